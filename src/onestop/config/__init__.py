@@ -1,5 +1,5 @@
-"""Config composition: Hydra groups under conf/, checked against the schemas in `schema`."""
+"""Config composition: Hydra groups under conf/, checked against the schemas in `schema`.
 
-from onestop.config.compose import ConfigError, compose, list_group_options
-
-__all__ = ["ConfigError", "compose", "list_group_options"]
+Import `onestop.config.compose` for composition (pulls in Hydra) and `onestop.config.groups` for the
+cheap listing used by `--help`.
+"""

@@ -11,11 +11,13 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from onestop.config.groups import config_groups
 from onestop.config.schema import register_schemas
+from onestop.errors import OnestopError
 from onestop.paths import CONF_DIR, PROJECT_ROOT, RECIPES_DIR
 
 
-class ConfigError(ValueError):
+class ConfigError(OnestopError):
     """A config that cannot be composed; the message is one line naming the key and what was expected."""
 
 
@@ -23,15 +25,6 @@ def _setup() -> None:
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     register_schemas()
-
-
-def list_group_options(group: str) -> list[str]:
-    """Options of a config group, read from the YAML files in conf/<group>/."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def config_groups() -> list[str]:
-    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 
 
 def resolve_recipe(recipe: str) -> Path:
@@ -74,11 +67,15 @@ def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] =
             HydraConfig.instance().set_config(cfg)
             for key in cfg:
                 if key != "hydra":
-                    OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
+                    OmegaConf.to_container(cfg[key], resolve=True) if isinstance(
+                        cfg[key], DictConfig
+                    ) else cfg[key]
     except MissingConfigException as err:
         raise ConfigError(_missing_config_message(err, config_name)) from None
     except OverrideParseException as err:
-        raise ConfigError(f"cannot parse override {err.override!r}: expected KEY=VALUE, e.g. trainer.max_steps=5") from None
+        raise ConfigError(
+            f"cannot parse override {err.override!r}: expected KEY=VALUE, e.g. trainer.max_steps=5"
+        ) from None
     except (ConfigCompositionException, OmegaConfBaseException) as err:
         raise ConfigError(_composition_message(err, *requested)) from None
     check_values(cfg)
@@ -88,9 +85,13 @@ def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] =
 def check_values(cfg: DictConfig) -> None:
     """Checks a type alone cannot express; each message says what to change."""
     if not 0.0 <= cfg.data.val_ratio < 1.0:
-        raise ConfigError(f"config key 'data.val_ratio': expected a fraction in [0, 1), got {cfg.data.val_ratio}")
+        raise ConfigError(
+            f"config key 'data.val_ratio': expected a fraction in [0, 1), got {cfg.data.val_ratio}"
+        )
     if cfg.data.batch_size < 1:
-        raise ConfigError(f"config key 'data.batch_size': expected a positive integer, got {cfg.data.batch_size}")
+        raise ConfigError(
+            f"config key 'data.batch_size': expected a positive integer, got {cfg.data.batch_size}"
+        )
     if cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr': expected a positive learning rate, got {cfg.optim.lr}")
     if "trainable_layers" in cfg.method and cfg.method.trainable_layers < 1:
@@ -98,7 +99,9 @@ def check_values(cfg: DictConfig) -> None:
             f"config key 'method.trainable_layers': expected at least 1, got {cfg.method.trainable_layers}"
         )
     if cfg.model.source not in {"hub", "embedded"}:
-        raise ConfigError(f"config key 'model.source': expected 'hub' or 'embedded', got {cfg.model.source!r}")
+        raise ConfigError(
+            f"config key 'model.source': expected 'hub' or 'embedded', got {cfg.model.source!r}"
+        )
 
 
 def _missing_config_message(err: MissingConfigException, config_name: str) -> str:
@@ -106,7 +109,9 @@ def _missing_config_message(err: MissingConfigException, config_name: str) -> st
     match = re.search(r"Could not find '([^']+)'", text)
     if match and "/" in match.group(1) and err.options is not None:
         group, _, option = match.group(1).rpartition("/")
-        return f"{group}={option}: unknown option; valid choices for '{group}': {', '.join(sorted(err.options))}"
+        return (
+            f"{group}={option}: unknown option; valid choices for '{group}': {', '.join(sorted(err.options))}"
+        )
     return f"{config_name}: {text.splitlines()[0]}"
 
 

@@ -109,6 +109,8 @@ class CsvLoggerConfig:
     _target_: str = "lightning.pytorch.loggers.CSVLogger"
     name: str = "csv"
     """Sub-directory of the run directory holding metrics.csv."""
+    version: str = ""
+    """Empty: metrics.csv sits directly in `name`, one logger per run directory."""
 
 
 @dataclass
@@ -146,7 +148,7 @@ class OptimConfig:
 
 @dataclass
 class SchedulerConfig:
-    _target_: str = "onestop.training.cosine_with_warmup"
+    _target_: str = "onestop.training.schedules.cosine_with_warmup"
     _partial_: bool = True
     warmup_ratio: float = 0.05
     """Fraction of the steps spent warming the learning rate up from zero."""

@@ -1,0 +1,123 @@
+"""Command-line glue between Invoke tasks and onestop's stages.
+
+Stock Invoke rejects bare words such as `model=qwen` ("No idea what 'model=qwen' is!"). Tasks that
+declare an iterable `overrides` argument accept them here: `accept_hydra_overrides()` teaches Invoke's
+parser that, inside such a task, a word shaped like a Hydra override (`key=value`, `+key=value`,
+`~key`) is one more value of `overrides`. Every other word goes through Invoke's parser untouched.
+This module imports nothing heavy, so `invoke --list` stays fast.
+"""
+
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+OVERRIDES_ARG = "overrides"
+_OVERRIDE = re.compile(r"^(?:[+~]{0,2}[A-Za-z_][\w.\-/@]*=.*|~[A-Za-z_][\w.\-/@]*)$")
+
+ARG_HELP = {
+    OVERRIDES_ARG: "Hydra override; also accepted bare after the task: model=qwen trainer.max_steps=5",
+    "cfg": "print the composed config and exit without loading a model: job, hydra or all",
+}
+
+
+def is_override(word: str) -> bool:
+    """True for words Hydra reads as overrides: `a.b=1`, `+a=1`, `++a=1`, `~a`, `hydra/launcher=x`."""
+    return bool(_OVERRIDE.match(word))
+
+
+def accept_hydra_overrides() -> None:
+    """Let tasks with an iterable `overrides` argument take bare `key=value` words."""
+    from invoke.parser.parser import ParseMachine
+
+    if getattr(ParseMachine.handle, "accepts_hydra_overrides", False):
+        return
+    invoke_handle = ParseMachine.handle
+
+    def handle(machine: ParseMachine, token: str) -> None:
+        context = machine.context
+        if (
+            context is not None
+            and OVERRIDES_ARG in context.args
+            and machine.current_state != "unknown"
+            and not machine.waiting_for_flag_value
+            and is_override(token)
+        ):
+            context.args[OVERRIDES_ARG].value = token  # a list argument appends
+            return
+        invoke_handle(machine, token)
+
+    handle.accepts_hydra_overrides = True  # type: ignore[attr-defined]
+    ParseMachine.handle = handle  # type: ignore[method-assign]
+
+
+def with_config_help(primary: str = "train") -> Callable:
+    """Append the config groups and their options to a task's docstring, so `--help` lists them."""
+    from onestop.config.groups import config_groups, default_options, list_group_options
+
+    def decorate(body: Callable) -> Callable:
+        defaults = default_options(primary)
+        lines = ["", "Config groups (choose with GROUP=OPTION; * marks the default):"]
+        for group in config_groups():
+            options = [f"{o}*" if defaults.get(group) == o else o for o in list_group_options(group)]
+            lines.append(f"  {group:<9} {' '.join(options)}")
+        lines += [
+            "",
+            "Any other key is set with KEY=VALUE (trainer.max_steps=5, optim.lr=1e-4, hydra.run.dir=/tmp/x);",
+            "recipe=NAME|FILE.yaml starts from a recipe in recipes/ or a shared file.",
+        ]
+        body.__doc__ = (body.__doc__ or "").rstrip() + "\n" + "\n".join(lines) + "\n"
+        return body
+
+    return decorate
+
+
+def run_stage(stage: str, overrides: Sequence[str] | None, print_cfg: str | None = None) -> None:
+    """Compose the config for `stage` and run it; user errors end the process with one line, status 2."""
+    from invoke.exceptions import Exit
+
+    from onestop.errors import OnestopError
+
+    try:
+        cfg = _compose_for(stage, list(overrides or []))
+        if print_cfg:
+            print(_config_text(cfg, print_cfg))
+            return
+        _stage_entry(stage)(cfg)
+    except OnestopError as err:
+        raise Exit(f"onestop {stage}: error: {err}", code=2) from None
+
+
+def _compose_for(stage: str, overrides: list[str]):
+    from onestop.config.compose import compose
+
+    if stage == "demo":
+        overrides = ["recipe=gemma3_270m_lora_demo", *overrides]
+    return compose("train", overrides)
+
+
+def _config_text(cfg, which: str) -> str:
+    from omegaconf import OmegaConf
+
+    from onestop.errors import OnestopError
+
+    job = {k: v for k, v in cfg.items() if k != "hydra"}
+    parts = {"job": [job], "hydra": [{"hydra": cfg.hydra}], "all": [job, {"hydra": cfg.hydra}]}
+    if which not in parts:
+        raise OnestopError(f"--cfg {which}: expected one of job, hydra, all")
+    return "".join(OmegaConf.to_yaml(OmegaConf.create(p)) for p in parts[which])
+
+
+def _stage_entry(stage: str) -> Callable:
+    if stage == "train":
+        from onestop.training.train import train
+
+        return train
+    if stage == "demo":
+        from onestop.demo import run_demo
+
+        return run_demo
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def main_error(message: str) -> None:
+    print(message, file=sys.stderr)

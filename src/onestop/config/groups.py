@@ -1,0 +1,21 @@
+"""The config groups and their options, read from conf/ without importing Hydra (used by --help)."""
+
+import re
+
+from onestop.paths import CONF_DIR
+
+
+def config_groups() -> list[str]:
+    """Names of the config groups: the sub-directories of conf/."""
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+
+
+def list_group_options(group: str) -> list[str]:
+    """Options of a config group: the YAML files in conf/<group>/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def default_options(primary: str = "train") -> dict[str, str]:
+    """The option each group takes when not overridden, from the primary config's defaults list."""
+    text = (CONF_DIR / f"{primary}.yaml").read_text()
+    return dict(re.findall(r"^\s*-\s*(\w+):\s*(\w+)\s*$", text, flags=re.MULTILINE))

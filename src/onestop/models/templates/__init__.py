@@ -1,0 +1,16 @@
+"""Chat templates onestop ships for models whose tokenizer has none (base models)."""
+
+from pathlib import Path
+
+_DIR = Path(__file__).parent
+
+
+def bundled_template(name: str) -> str:
+    """Text of a bundled Jinja chat template: `gemma` or `chatml`."""
+    path = _DIR / f"{name}.jinja"
+    if not path.is_file():
+        from onestop.errors import OnestopError
+
+        names = ", ".join(sorted(p.stem for p in _DIR.glob("*.jinja")))
+        raise OnestopError(f"config key 'model.chat_template': unknown template {name!r}; bundled: {names}")
+    return path.read_text()

@@ -1,0 +1,23 @@
+"""Turn the `hardware` config node into Lightning Trainer arguments, resolving `auto`."""
+
+import torch
+from omegaconf import DictConfig
+
+from onestop.errors import OnestopError
+
+
+def trainer_hardware(hardware: DictConfig) -> dict:
+    """`accelerator`, `devices` and `precision` for `lightning.Trainer`."""
+    has_gpu = torch.cuda.is_available()
+    if hardware.accelerator == "gpu" and not has_gpu:
+        raise OnestopError("hardware=gpu: no CUDA GPU is visible; use hardware=cpu or hardware=auto")
+    precision = hardware.precision
+    if precision == "auto":
+        on_gpu = has_gpu and hardware.accelerator != "cpu"
+        precision = "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return {"accelerator": hardware.accelerator, "devices": hardware.devices, "precision": precision}
+
+
+def weights_dtype(precision: str) -> str:
+    """Dtype to load base weights in: bf16 under bf16 precision (half the memory), else fp32."""
+    return "bfloat16" if str(precision).startswith("bf16") else "float32"

@@ -1,0 +1,83 @@
+"""The LightningModule: one causal LM, its optimizer and schedule, token-weighted validation loss."""
+
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from onestop.data.sft import IGNORE_INDEX
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the labelled tokens of a batch, and how many there were."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    loss = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+class CausalLMModule(L.LightningModule):
+    """Trains whatever parameters of `model` require grad; checkpoints hold only those."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: Callable, scheduler: Callable | None = None):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.strict_loading = False  # checkpoints omit the frozen base weights
+        self.tokens_seen = 0
+        self.train_seconds = 0.0
+        self._step_started = 0.0
+        self._val_loss_sum = 0.0
+        self._val_tokens = 0
+        self.val_history: list[dict] = []
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        self.log("loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.train_seconds += time.perf_counter() - self._step_started
+        self.tokens_seen += int(batch["attention_mask"].sum())
+        rate = self.tokens_seen / max(self.train_seconds, 1e-9)
+        self.log("train/tokens_per_s", rate, on_step=True, on_epoch=False)
+        self.log("tok/s", rate, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss_sum, tokens = token_loss_sum(self.model, batch)
+        self._val_loss_sum += float(loss_sum)
+        self._val_tokens += tokens
+
+    def on_validation_epoch_end(self) -> None:
+        val_loss = self._val_loss_sum / max(self._val_tokens, 1)
+        self.log("val/loss", val_loss, prog_bar=True)
+        if not self.trainer.sanity_checking and not any(
+            h["step"] == self.global_step for h in self.val_history
+        ):
+            self.val_history.append({"step": self.global_step, "val_loss": val_loss})
+        self._val_loss_sum, self._val_tokens = 0.0, 0
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

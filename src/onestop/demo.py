@@ -67,9 +67,7 @@ def print_comparison(before: dict, after: dict, conversations: list[list[dict]],
     scores.add_column("metric")
     scores.add_column("before", justify="right")
     scores.add_column("after", justify="right")
-    scores.add_row(
-        "loss on answers (lower is better)", f"{before['heldout_loss']:.3f}", f"{after['heldout_loss']:.3f}"
-    )
+    scores.add_row("loss on answers (lower is better)", f"{before['heldout_loss']:.3f}", f"{after['heldout_loss']:.3f}")
     scores.add_row("exact-match answers", f"{before['exact_match']:.0%}", f"{after['exact_match']:.0%}")
     scores.add_row("token F1", f"{before['token_f1']:.2f}", f"{after['token_f1']:.2f}")
     console.print(scores)

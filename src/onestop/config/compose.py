@@ -67,9 +67,7 @@ def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] =
             HydraConfig.instance().set_config(cfg)
             for key in cfg:
                 if key != "hydra":
-                    OmegaConf.to_container(cfg[key], resolve=True) if isinstance(
-                        cfg[key], DictConfig
-                    ) else cfg[key]
+                    OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
     except MissingConfigException as err:
         raise ConfigError(_missing_config_message(err, config_name)) from None
     except OverrideParseException as err:
@@ -85,13 +83,9 @@ def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] =
 def check_values(cfg: DictConfig) -> None:
     """Checks a type alone cannot express; each message says what to change."""
     if not 0.0 <= cfg.data.val_ratio < 1.0:
-        raise ConfigError(
-            f"config key 'data.val_ratio': expected a fraction in [0, 1), got {cfg.data.val_ratio}"
-        )
+        raise ConfigError(f"config key 'data.val_ratio': expected a fraction in [0, 1), got {cfg.data.val_ratio}")
     if cfg.data.batch_size < 1:
-        raise ConfigError(
-            f"config key 'data.batch_size': expected a positive integer, got {cfg.data.batch_size}"
-        )
+        raise ConfigError(f"config key 'data.batch_size': expected a positive integer, got {cfg.data.batch_size}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr': expected a positive learning rate, got {cfg.optim.lr}")
     if "trainable_layers" in cfg.method and cfg.method.trainable_layers < 1:
@@ -99,9 +93,7 @@ def check_values(cfg: DictConfig) -> None:
             f"config key 'method.trainable_layers': expected at least 1, got {cfg.method.trainable_layers}"
         )
     if cfg.model.source not in {"hub", "embedded"}:
-        raise ConfigError(
-            f"config key 'model.source': expected 'hub' or 'embedded', got {cfg.model.source!r}"
-        )
+        raise ConfigError(f"config key 'model.source': expected 'hub' or 'embedded', got {cfg.model.source!r}")
 
 
 def _missing_config_message(err: MissingConfigException, config_name: str) -> str:
@@ -109,9 +101,7 @@ def _missing_config_message(err: MissingConfigException, config_name: str) -> st
     match = re.search(r"Could not find '([^']+)'", text)
     if match and "/" in match.group(1) and err.options is not None:
         group, _, option = match.group(1).rpartition("/")
-        return (
-            f"{group}={option}: unknown option; valid choices for '{group}': {', '.join(sorted(err.options))}"
-        )
+        return f"{group}={option}: unknown option; valid choices for '{group}': {', '.join(sorted(err.options))}"
     return f"{config_name}: {text.splitlines()[0]}"
 
 

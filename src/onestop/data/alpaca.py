@@ -9,9 +9,7 @@ def alpaca_to_messages(record: Record, system_prompt: str | None = None) -> list
     fields = record.fields
     for key in ("instruction", "output"):
         if key not in fields:
-            raise OnestopError(
-                f"{record.where}: missing field '{key}' (alpaca records need instruction and output)"
-            )
+            raise OnestopError(f"{record.where}: missing field '{key}' (alpaca records need instruction and output)")
         if not isinstance(fields[key], str) or not fields[key].strip():
             raise OnestopError(f"{record.where}: field '{key}' must be a non-empty string")
     extra = fields.get("input") or ""

@@ -47,9 +47,7 @@ def generate_answers(
                 tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
                 for p in prompts[start : start + batch_size]
             ]
-            encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(
-                model.device
-            )
+            encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
             output = model.generate(
                 **encoded,
                 max_new_tokens=max_new_tokens,
@@ -93,8 +91,6 @@ class AnswerScores:
 
 def score_answers(predictions: list[str], references: list[str]) -> AnswerScores:
     n = max(len(references), 1)
-    exact = sum(
-        normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True)
-    )
+    exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
     f1 = sum(token_f1(p, r) for p, r in zip(predictions, references, strict=True))
     return AnswerScores(exact_match=exact / n, token_f1=f1 / n)

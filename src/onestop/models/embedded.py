@@ -25,9 +25,7 @@ def embedded_gemma_dir() -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    print(
-        f"Converting the embedded Gemma-3-270M to safetensors once (about a minute) -> {target}", flush=True
-    )
+    print(f"Converting the embedded Gemma-3-270M to safetensors once (about a minute) -> {target}", flush=True)
     gguf_path = package.assemble(cache_dir() / "gguf" / package.MODEL_NAME)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(

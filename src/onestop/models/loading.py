@@ -24,9 +24,7 @@ def resolve_model_path(model_cfg: DictConfig) -> str:
     if Path(path).is_dir():
         return path
     if path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise OnestopError(
-            f"model.path={model_cfg.path}: no such directory (expected a local model dir or hub id)"
-        )
+        raise OnestopError(f"model.path={model_cfg.path}: no such directory (expected a local model dir or hub id)")
     from huggingface_hub import snapshot_download
 
     try:

@@ -64,9 +64,7 @@ class CausalLMModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         val_loss = self._val_loss_sum / max(self._val_tokens, 1)
         self.log("val/loss", val_loss, prog_bar=True)
-        if not self.trainer.sanity_checking and not any(
-            h["step"] == self.global_step for h in self.val_history
-        ):
+        if not self.trainer.sanity_checking and not any(h["step"] == self.global_step for h in self.val_history):
             self.val_history.append({"step": self.global_step, "val_loss": val_loss})
         self._val_loss_sum, self._val_tokens = 0.0, 0
 

@@ -6,9 +6,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def cosine_with_warmup(
-    optimizer: Optimizer, total_steps: int, warmup_ratio: float, min_lr_ratio: float
-) -> LambdaLR:
+def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> LambdaLR:
     """Linear warmup from 0 over `warmup_ratio` of the steps, then cosine decay to `min_lr_ratio` x peak."""
     warmup = max(1, round(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
 

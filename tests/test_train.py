@@ -1,0 +1,165 @@
+"""Tiny end-to-end runs: the real config, the real Lightning Trainer, real files in the run directory."""
+
+import json
+
+import pytest
+import torch
+from conftest import TINY, TINY_DATA, compose, run_invoke
+from helpers import wandb_config, wandb_history
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from onestop.errors import OnestopError
+from onestop.models import load_causal_lm, resolve_model_path
+from onestop.training.train import train
+
+
+def tiny_run(tmp_path, *overrides):
+    cfg = compose(
+        *TINY, "logger=csv", "trainer.max_steps=3", "trainer.log_every_n_steps=1", *overrides, run_dir=tmp_path / "run"
+    )
+    return train(cfg)
+
+
+def test_invoke_train_runs_through_the_real_entry_point(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_invoke(
+        "train",
+        "model=tiny",
+        "method=lora",
+        "trainer.max_steps=2",
+        "logger=csv",
+        f"data.path={TINY_DATA}",
+        "data=alpaca",
+        "hardware=cpu",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == f"Run directory: {run_dir}"
+    for artefact in (
+        "config.yaml",
+        "metrics.json",
+        "checkpoints/last.ckpt",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+        "adapter/chat_template.jinja",
+    ):
+        assert (run_dir / artefact).is_file(), artefact
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["val_loss"] > 0 and metrics["tokens_per_s"] > 0
+    assert "max_steps: 2" in (run_dir / "config.yaml").read_text()
+
+
+def test_saved_adapter_reproduces_the_trained_model(tmp_path):
+    result = tiny_run(tmp_path, "optim.lr=1e-2")
+    batch = next(iter(result.datamodule.val_dataloader()))
+    trained = result.model.eval()
+    base = load_causal_lm(compose(*TINY).model)
+    reloaded = PeftModel.from_pretrained(base, result.run_dir / "adapter").eval()
+    with torch.no_grad():
+        expected = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        untrained = load_causal_lm(compose(*TINY).model)(input_ids=batch["input_ids"]).logits
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(untrained, expected, atol=1e-4), "training changed nothing"
+
+
+def test_checkpoints_hold_only_trainable_weights(tmp_path):
+    result = tiny_run(tmp_path)
+    state = torch.load(result.run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state and all("lora_" in key for key in state)
+    assert state.keys() == {f"model.{n}" for n, p in result.model.named_parameters() if p.requires_grad}
+
+
+def test_training_lowers_the_loss(tmp_path):
+    # Validating on the training file itself: the tiny model can memorise it, not generalise from it.
+    result = tiny_run(
+        tmp_path,
+        "method=full",
+        "trainer.max_steps=-1",
+        "trainer.max_epochs=8",
+        "optim.lr=1e-2",
+        f"data.val_path={TINY_DATA}",
+    )
+    history = [h["val_loss"] for h in result.metrics["val_history"]]
+    assert len(history) == 8 and history[-1] < history[0] - 1.0
+
+
+def test_full_method_writes_a_plain_transformers_model(tmp_path):
+    result = tiny_run(tmp_path, "method=full")
+    model_dir = result.run_dir / "model"
+    assert (model_dir / "config.json").is_file() and not (result.run_dir / "adapter").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(model_dir)
+    for (name, trained), (_, saved) in zip(
+        result.model.state_dict().items(), reloaded.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(saved, trained, msg=name)
+
+
+def test_freeze_trains_only_the_last_layers(tmp_path):
+    base = load_causal_lm(compose(*TINY).model).state_dict()
+    result = tiny_run(tmp_path, "method=freeze", "method.trainable_layers=1", "optim.lr=1e-2")
+    trained = AutoModelForCausalLM.from_pretrained(result.run_dir / "model").state_dict()
+    changed = {name for name in base if not torch.equal(base[name], trained[name])}
+    assert changed and all(name.startswith(("model.layers.1.", "model.norm.")) for name in changed)
+    assert result.metrics["trainable_params"] < result.metrics["total_params"]
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, so no credentials: W&B must go offline alone
+    monkeypatch.delenv("WANDB_MODE")
+    cfg = compose(*TINY, "logger=wandb", "trainer.max_steps=3", "trainer.log_every_n_steps=1", run_dir=tmp_path / "run")
+    result = train(cfg)
+    [run_file] = (result.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    history = wandb_history(run_file)
+    losses = [h["train/loss"] for h in history if "train/loss" in h]
+    assert len(losses) == 3 and all(loss > 0 for loss in losses)
+    assert any("train/lr" in h and "train/tokens_per_s" in h for h in history)
+    assert any("val/loss" in h for h in history)
+    config = wandb_config(run_file)
+    assert config["model"]["name"] == "tiny" and config["optim"]["lr"] == pytest.approx(2e-4)
+
+
+def test_wandb_sync_hint_and_no_key_leak(tmp_path):
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    run_dir = tmp_path / "run"
+    result = run_invoke(
+        "train",
+        *TINY,
+        "logger=wandb",
+        "logger.offline=true",
+        "trainer.max_steps=1",
+        f"hydra.run.dir={run_dir}",
+        env={"WANDB_API_KEY": secret, "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wandb sync {run_dir}/wandb/offline-run-" in result.stdout
+    assert secret not in result.stdout + result.stderr
+    assert not any(secret in p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file())
+
+
+def test_unreachable_hub_fails_in_one_line_with_the_way_out():
+    cfg = compose("model=qwen")
+    with pytest.raises(OnestopError) as caught:
+        resolve_model_path(cfg.model)
+    message = str(caught.value)
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in message and "unreachable" in message
+    assert "model.path=" in message and "model=gemma3_270m" in message and "\n" not in message
+
+
+def test_invoke_train_qwen_without_hub_exits_with_that_line(tmp_path):
+    result = run_invoke("train", "model=qwen", "method=lora", f"hydra.run.dir={tmp_path / 'run'}", "logger=none")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("onestop train: error: model.path=Qwen/Qwen2.5-0.5B")
+
+
+def test_missing_local_model_directory_is_named():
+    cfg = compose("model=qwen", "model.path=/data/no-such-model")
+    with pytest.raises(OnestopError, match="model.path=/data/no-such-model: no such directory"):
+        resolve_model_path(cfg.model)
+
+
+def test_local_directory_works_for_any_model_option(tmp_path):
+    result = tiny_run(tmp_path, "model=llama3_8b", f"model.path={compose(*TINY).model.path}", "model.max_seq_len=256")
+    assert result.metrics["steps"] == 3 and (result.run_dir / "adapter").is_dir()

@@ -163,3 +163,23 @@ def test_missing_local_model_directory_is_named():
 def test_local_directory_works_for_any_model_option(tmp_path):
     result = tiny_run(tmp_path, "model=llama3_8b", f"model.path={compose(*TINY).model.path}", "model.max_seq_len=256")
     assert result.metrics["steps"] == 3 and (result.run_dir / "adapter").is_dir()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_answer_only_head_matches_the_models_own_loss(method):
+    from hydra.utils import instantiate
+
+    from onestop.data import SFTDataModule
+    from onestop.models import load_tokenizer
+    from onestop.training.module import token_loss_sum
+
+    cfg = compose(*TINY, f"method={method}")
+    model = instantiate(cfg.method)(load_causal_lm(cfg.model)).eval()
+    datamodule = SFTDataModule(cfg.data, load_tokenizer(cfg.model))
+    datamodule.setup()
+    batch = next(iter(datamodule.train_dataloader()))
+    loss_sum, tokens = token_loss_sum(model, batch)
+    with torch.no_grad():
+        reference = model(**batch).loss
+    assert tokens == int((batch["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(loss_sum / tokens, reference, rtol=1e-5, atol=1e-5)

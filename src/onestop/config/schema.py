@@ -88,7 +88,7 @@ class HardwareConfig:
     devices: Any = "auto"
     """Device count or `auto`."""
     precision: str = "auto"
-    """Lightning precision (`32-true`, `bf16-mixed`, ...); `auto` picks bf16-mixed on a bf16 GPU, else 32-true."""
+    """Lightning precision (`32-true`, `bf16-mixed`, ...); `auto`: bf16-mixed on a bf16 GPU or bf16 CPU, else fp32."""
 
 
 @dataclass

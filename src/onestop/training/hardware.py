@@ -13,9 +13,19 @@ def trainer_hardware(hardware: DictConfig) -> dict:
         raise OnestopError("hardware=gpu: no CUDA GPU is visible; use hardware=cpu or hardware=auto")
     precision = hardware.precision
     if precision == "auto":
-        on_gpu = has_gpu and hardware.accelerator != "cpu"
-        precision = "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+        if has_gpu and hardware.accelerator != "cpu":
+            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            precision = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
     return {"accelerator": hardware.accelerator, "devices": hardware.devices, "precision": precision}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); without it bf16 is slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def weights_dtype(precision: str) -> str:

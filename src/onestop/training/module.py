@@ -10,17 +10,27 @@ import torch.nn.functional as F
 from onestop.data.sft import IGNORE_INDEX
 
 
+# Architectures whose logits are exactly `lm_head(last_hidden_state)` (no soft-capping or scaling), so
+# the head can be applied to the answer positions alone. With a 262k vocabulary (Gemma) the head costs
+# more than the rest of the model; skipping prompt and padding positions roughly halves a CPU step.
+PLAIN_HEAD_MODEL_TYPES = {"qwen2", "qwen3", "llama", "mistral", "gemma3_text", "glm", "phi3"}
+
+
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the labelled tokens of a batch, and how many there were."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:]
-    loss = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss, int((targets != IGNORE_INDEX).sum())
+    keep = targets != IGNORE_INDEX
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    if config.model_type in PLAIN_HEAD_MODEL_TYPES and not getattr(config, "final_logit_softcapping", None):
+        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = base.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep])
+        flat_targets = targets[keep]
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logits, flat_targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
+    loss = F.cross_entropy(logits.float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, int(keep.sum())
 
 
 class CausalLMModule(L.LightningModule):
@@ -33,6 +43,7 @@ class CausalLMModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.strict_loading = False  # checkpoints omit the frozen base weights
         self.tokens_seen = 0
+        self.last_train_loss: float | None = None
         self.train_seconds = 0.0
         self._step_started = 0.0
         self._val_loss_sum = 0.0
@@ -43,7 +54,9 @@ class CausalLMModule(L.LightningModule):
         self._step_started = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        loss_sum, tokens = token_loss_sum(self.model, batch)
+        loss = loss_sum / max(tokens, 1)
+        self.last_train_loss = float(loss.detach())
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)

@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     metrics = {
-        "train_loss": _metric(trainer, "train/loss"),
+        "train_loss": module.last_train_loss,
         "val_loss": module.val_history[-1]["val_loss"] if module.val_history else None,
         "val_history": module.val_history,
         "steps": trainer.global_step,
@@ -93,8 +93,3 @@ def train(cfg: DictConfig) -> TrainResult:
             logger.experiment.finish()
     print(f"Run directory: {run_dir}", flush=True)
     return TrainResult(run_dir, model, tokenizer, datamodule, metrics)
-
-
-def _metric(trainer, key: str) -> float | None:
-    value = trainer.callback_metrics.get(key)
-    return None if value is None else float(value)

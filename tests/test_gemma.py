@@ -1,0 +1,57 @@
+"""The offline embedded Gemma-3-270M: loads with no hub, chats in Gemma's format, and the demo runs."""
+
+import json
+
+import pytest
+import torch
+from conftest import compose, run_invoke
+
+from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+from onestop.paths import cache_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    cfg = compose("model=gemma3_270m")
+    path = resolve_model_path(cfg.model)
+    return load_tokenizer(cfg.model, path), load_causal_lm(cfg.model, "float32", path), path
+
+
+def test_gemma_loads_offline_from_the_safetensors_cache(gemma):
+    tokenizer, model, path = gemma
+    assert str(path).startswith(str(cache_dir()))
+    assert model.config.model_type == "gemma3_text"
+    assert 250e6 < sum(p.numel() for p in model.parameters()) < 300e6
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn in model.generation_config.eos_token_id
+
+
+def test_gemma_is_a_real_pretrained_model(gemma):
+    tokenizer, model, _ = gemma
+    inputs = tokenizer("The Eiffel Tower is in the city of", return_tensors="pt")
+    with torch.no_grad():
+        next_token = model(**inputs).logits[0, -1].topk(5).indices
+    assert "Paris" in [tokenizer.decode(t).strip() for t in next_token]
+    output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert len(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :]).split()) >= 2
+
+
+def test_gemma_chat_template_is_gemmas(gemma):
+    tokenizer, _, _ = gemma
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_demo_smoke_run_prints_the_comparison(tmp_path):
+    run_dir = tmp_path / "demo"
+    result = run_invoke("demo", "trainer.max_steps=2", "logger=none", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Held-out questions" in result.stdout and "before vs after" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == f"Run directory: {run_dir}"
+    report = json.loads((run_dir / "demo.json").read_text())
+    assert len(report["before"]["answers"]) == len(report["questions"]) > 40
+    assert (run_dir / "adapter" / "chat_template.jinja").read_text().count("<start_of_turn>") >= 2

@@ -152,6 +152,7 @@ def test_invoke_train_qwen_without_hub_exits_with_that_line(tmp_path):
     result = run_invoke("train", "model=qwen", "method=lora", f"hydra.run.dir={tmp_path / 'run'}", "logger=none")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("onestop train: error: model.path=Qwen/Qwen2.5-0.5B")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_local_model_directory_is_named():

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 SAMPLES = 3
 MAX_NEW_TOKENS = 48
+SHOWN_CHARS = 160  # a base model rambles to MAX_NEW_TOKENS; the table shows the start, demo.json all
 
 
 def evaluate(model, tokenizer, datamodule) -> dict:
@@ -32,6 +33,7 @@ def run_demo(cfg: DictConfig) -> dict:
     from onestop.data import SFTDataModule
     from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
     from onestop.training.export import write_json
+    from onestop.training.hardware import trainer_hardware, weights_dtype
     from onestop.training.train import train
 
     model_path = resolve_model_path(cfg.model)
@@ -43,7 +45,8 @@ def run_demo(cfg: DictConfig) -> dict:
 
         raise OnestopError("the demo compares held-out answers: set data.val_path or data.val_ratio > 0")
     print(f"Scoring the base model on {len(datamodule.val_conversations)} held-out questions...", flush=True)
-    base = load_causal_lm(cfg.model, "float32", model_path)
+    # Same weight dtype as training will use, so before and after differ only by the adapter.
+    base = load_causal_lm(cfg.model, weights_dtype(trainer_hardware(cfg.hardware)["precision"]), model_path)
     before = evaluate(base, tokenizer, datamodule)
     del base
 
@@ -80,7 +83,11 @@ def print_comparison(before: dict, after: dict, conversations: list[list[dict]],
         samples.add_row(
             conversation[-2]["content"],
             conversation[-1]["content"],
-            before["answers"][index],
-            after["answers"][index],
+            _clip(before["answers"][index]),
+            _clip(after["answers"][index]),
         )
     console.print(samples)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"

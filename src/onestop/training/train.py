@@ -31,9 +31,6 @@ def train(cfg: DictConfig) -> TrainResult:
     from onestop.training.module import CausalLMModule
     from onestop.training.progress import progress_bar
 
-    run_dir = Path(cfg.paths.run_dir).absolute()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(job_config(cfg)))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     hardware = trainer_hardware(cfg.hardware)
 
@@ -47,6 +44,11 @@ def train(cfg: DictConfig) -> TrainResult:
     model = instantiate(cfg.method)(model)
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live while training
     module = CausalLMModule(model, instantiate(cfg.optim), instantiate(cfg.scheduler))
+
+    # Created only now: a config, data or model error leaves no half-made run directory behind.
+    run_dir = Path(cfg.paths.run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(job_config(cfg)))
 
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
     if logger:

@@ -6,7 +6,7 @@ Bare KEY=VALUE words after a task are Hydra overrides (see src/onestop/cli.py). 
 src/onestop/; nothing heavy is imported until a task runs.
 """
 
-from invoke import task
+from invoke import Collection, task
 
 from onestop import cli
 
@@ -25,3 +25,20 @@ def train(c, overrides=None, cfg=None):
 def demo(c, overrides=None, cfg=None):
     """Offline demo: LoRA-tune Gemma-3-270M on CPU, show held-out loss and answers before vs after."""
     cli.run_stage("demo", overrides, cfg)
+
+
+@task(
+    name="train",
+    iterable=[cli.OVERRIDES_ARG],
+    help={
+        cli.OVERRIDES_ARG: cli.ARG_HELP[cli.OVERRIDES_ARG],
+        "steps": "optimizer steps per run",
+        "precisions": "comma-separated Lightning precisions to compare",
+    },
+)
+def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed"):
+    """Benchmark training throughput: invoke bench.train model=gemma3_270m data.batch_size=8"""
+    cli.run_benchmark(overrides, steps, precisions)
+
+
+ns = Collection(train, demo, Collection("bench", bench_train))

@@ -184,3 +184,15 @@ def test_answer_only_head_matches_the_models_own_loss(method):
         reference = model(**batch).loss
     assert tokens == int((batch["labels"][:, 1:] != -100).sum())
     torch.testing.assert_close(loss_sum / tokens, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_train_reports_throughput_per_precision():
+    result = run_invoke("bench.train", *TINY, "--steps", "2", "--precisions", "32-true,bf16-mixed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Training throughput, 2 steps" in result.stdout
+    rows = [line.split("│")[1:-1] for line in result.stdout.splitlines() if line.startswith("│ tiny")]
+    assert [[cell.strip() for cell in row[:5]] for row in rows] == [
+        ["tiny", "lora", "32-true", "4", "2"],
+        ["tiny", "lora", "bf16-mixed", "4", "2"],
+    ]
+    assert all(float(row[5]) > 0 for row in rows), rows

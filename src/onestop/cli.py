@@ -8,7 +8,6 @@ This module imports nothing heavy, so `invoke --list` stays fast.
 """
 
 import re
-import sys
 from collections.abc import Callable, Sequence
 
 OVERRIDES_ARG = "overrides"
@@ -87,6 +86,19 @@ def run_stage(stage: str, overrides: Sequence[str] | None, print_cfg: str | None
         raise Exit(f"onestop {stage}: error: {err}", code=2) from None
 
 
+def run_benchmark(overrides: Sequence[str] | None, steps: int, precisions: str) -> None:
+    """Run `bench.train` with user errors reported like any stage's."""
+    from invoke.exceptions import Exit
+
+    from onestop.bench import bench_train
+    from onestop.errors import OnestopError
+
+    try:
+        bench_train(list(overrides or []), steps, [p.strip() for p in precisions.split(",") if p.strip()])
+    except OnestopError as err:
+        raise Exit(f"onestop bench.train: error: {err}", code=2) from None
+
+
 def _compose_for(stage: str, overrides: list[str]):
     from onestop.config.compose import compose
 
@@ -117,7 +129,3 @@ def _stage_entry(stage: str) -> Callable:
 
         return run_demo
     raise ValueError(f"unknown stage {stage!r}")
-
-
-def main_error(message: str) -> None:
-    print(message, file=sys.stderr)

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from onestop.data.sft import IGNORE_INDEX
 
-
 # Architectures whose logits are exactly `lm_head(last_hidden_state)` (no soft-capping or scaling), so
 # the head can be applied to the answer positions alone. With a 262k vocabulary (Gemma) the head costs
 # more than the rest of the model; skipping prompt and padding positions roughly halves a CPU step.

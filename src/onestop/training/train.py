@@ -78,6 +78,7 @@ def train(cfg: DictConfig) -> TrainResult:
         "epochs": trainer.current_epoch,
         "tokens_seen": module.tokens_seen,
         "tokens_per_s": module.tokens_seen / max(module.train_seconds, 1e-9),
+        "train_seconds": module.train_seconds,
         "wall_seconds": time.perf_counter() - started,
         "trainable_params": trainable,
         "total_params": sum(p.numel() for p in model.parameters()),

@@ -27,6 +27,13 @@ def demo(c, overrides=None, cfg=None):
     cli.run_stage("demo", overrides, cfg)
 
 
+@task(name="prepare", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+@cli.with_config_help()
+def data_prepare(c, overrides=None, cfg=None):
+    """Validate, tokenize and cache a dataset, with a report: invoke data.prepare data=alpaca data.path=FILE"""
+    cli.run_stage("data.prepare", overrides, cfg)
+
+
 @task(
     name="train",
     iterable=[cli.OVERRIDES_ARG],
@@ -41,4 +48,4 @@ def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed"):
     cli.run_benchmark(overrides, steps, precisions)
 
 
-ns = Collection(train, demo, Collection("bench", bench_train))
+ns = Collection(train, demo, Collection("data", data_prepare), Collection("bench", bench_train))

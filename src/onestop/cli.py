@@ -128,4 +128,8 @@ def _stage_entry(stage: str) -> Callable:
         from onestop.demo import run_demo
 
         return run_demo
+    if stage == "data.prepare":
+        from onestop.data.report import run_prepare
+
+        return run_prepare
     raise ValueError(f"unknown stage {stage!r}")

@@ -80,20 +80,34 @@ def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] =
     return cfg
 
 
+CHOICES = {
+    "data.format": ("alpaca", "sharegpt", "messages", "text", "preference"),
+    "data.on_error": ("raise", "skip"),
+    "data.overlength": ("truncate", "drop"),
+    "model.source": ("hub", "embedded"),
+}
+
+
 def check_values(cfg: DictConfig) -> None:
     """Checks a type alone cannot express; each message says what to change."""
-    if not 0.0 <= cfg.data.val_ratio < 1.0:
-        raise ConfigError(f"config key 'data.val_ratio': expected a fraction in [0, 1), got {cfg.data.val_ratio}")
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"config key 'data.batch_size': expected a positive integer, got {cfg.data.batch_size}")
-    if cfg.optim.lr <= 0:
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and value not in choices:
+            raise ConfigError(f"config key '{key}': expected one of {', '.join(choices)}, got {value!r}")
+    if "data" in cfg:
+        if not 0.0 <= cfg.data.val_ratio < 1.0:
+            raise ConfigError(f"config key 'data.val_ratio': expected a fraction in [0, 1), got {cfg.data.val_ratio}")
+        if cfg.data.batch_size < 1:
+            raise ConfigError(f"config key 'data.batch_size': expected a positive integer, got {cfg.data.batch_size}")
+        ngram = cfg.data.contamination.ngram
+        if ngram < 1:
+            raise ConfigError(f"config key 'data.contamination.ngram': expected a positive integer, got {ngram}")
+    if "optim" in cfg and cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr': expected a positive learning rate, got {cfg.optim.lr}")
-    if "trainable_layers" in cfg.method and cfg.method.trainable_layers < 1:
+    if "method" in cfg and "trainable_layers" in cfg.method and cfg.method.trainable_layers < 1:
         raise ConfigError(
             f"config key 'method.trainable_layers': expected at least 1, got {cfg.method.trainable_layers}"
         )
-    if cfg.model.source not in {"hub", "embedded"}:
-        raise ConfigError(f"config key 'model.source': expected 'hub' or 'embedded', got {cfg.model.source!r}")
 
 
 def _missing_config_message(err: MissingConfigException, config_name: str) -> str:

@@ -32,21 +32,50 @@ class ModelConfig:
 
 
 @dataclass
+class ContaminationConfig:
+    enabled: bool = True
+    """Report word n-grams shared between training data and the evaluation sets."""
+    ngram: int = 8
+    """Words per n-gram; an evaluation prompt sharing one with the training data counts as contaminated."""
+    eval_paths: list[str] = field(default_factory=list)
+    """Further evaluation files to check, besides the validation split."""
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     """Short name of the option, used in run names."""
     format: str = "alpaca"
-    """Record layout of the file; `alpaca` = instruction / input / output."""
+    """Record layout: alpaca, sharegpt, messages, text or preference."""
     path: str = MISSING
-    """JSON or JSONL file of training records."""
+    """A JSON/JSONL/CSV/Parquet file, a glob of them, or a Hugging Face dataset id (online)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Format field -> your column, e.g. columns.instruction=question; your file needs no rewrite."""
+    mix: list[Any] = field(default_factory=list)
+    """Several sources instead of `path`: [{path, format, columns, weight}]; weight 0.5 = half, 2 = twice."""
+    split: str = "train"
+    """Split of a Hugging Face dataset id."""
+    subset: str | None = None
+    """Configuration name of a Hugging Face dataset id."""
     val_path: str | None = None
     """Separate validation file; when unset, `val_ratio` of `path` is held out."""
     val_ratio: float = 0.1
     """Fraction of `path` held out for validation when `val_path` is unset."""
     system_prompt: str | None = None
-    """System message put before every conversation."""
+    """System message put before every conversation that has none."""
     max_seq_len: int = "${model.max_seq_len}"  # type: ignore[assignment]
     """Longest sequence in tokens; defaults to the model's."""
+    overlength: str = "truncate"
+    """What to do with examples longer than max_seq_len: truncate or drop (counted either way)."""
+    on_error: str = "raise"
+    """A record that does not fit its format: raise (stop with file:line) or skip (count it by reason)."""
+    cache: bool = True
+    """Reuse prepared data from the cache while sources, data config and tokenizer are unchanged."""
+    contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
+    packing: bool = False
+    """Pack several examples into each sequence; attention and positions never cross examples."""
+    streaming: bool = False
+    """Text data only: stream files larger than memory, tokenizing on the fly."""
     batch_size: int = 4
     """Sequences per step on each device."""
     num_workers: int = 0

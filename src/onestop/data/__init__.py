@@ -1,5 +1,15 @@
-"""Data stage: read records, turn them into conversations, tokenize with loss masks, batch."""
+"""Data stage: read records of any format, normalise, validate, tokenize with loss masks, cache, batch."""
 
-from onestop.data.sft import SFTDataModule, tokenize_conversation
+from onestop.data.prepare import DataReport, PreparedData, prepare
+from onestop.data.sft import SFTDataModule
+from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation, tokenize_example
 
-__all__ = ["SFTDataModule", "tokenize_conversation"]
+__all__ = [
+    "IGNORE_INDEX",
+    "DataReport",
+    "PreparedData",
+    "SFTDataModule",
+    "prepare",
+    "tokenize_conversation",
+    "tokenize_example",
+]

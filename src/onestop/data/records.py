@@ -1,10 +1,18 @@
-"""Reading record files (JSON list or JSONL) with errors that name the file and line."""
+"""Reading raw records from JSON, JSONL, CSV and Parquet files or a Hugging Face dataset id.
 
+Every record keeps where it came from (`file:line`, `file[row]`), so a bad record is reported by place.
+"""
+
+import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from onestop.errors import OnestopError
+
+FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".md")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -15,16 +23,33 @@ class Record:
     where: str
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """Records of a `.json` (list of objects) or `.jsonl` (one object per line) file."""
+def is_hub_dataset_id(path: str) -> bool:
+    """`org/name` that is not a local file: a dataset on the Hugging Face Hub."""
+    return bool(_HUB_ID.match(path)) and not Path(path).exists() and not path.endswith(FILE_SUFFIXES)
+
+
+def read_records(path: str | Path, split: str = "train", subset: str | None = None) -> list[Record]:
+    """Records of one file (`.json` list, `.jsonl`, `.csv`, `.parquet`, `.txt`/`.md` whole-file text) or hub id."""
+    if isinstance(path, str) and is_hub_dataset_id(path):
+        return _read_hub(path, split, subset)
     path = Path(path)
     if not path.is_file():
         raise OnestopError(f"{path}: no such data file")
+    if path.suffix == ".parquet":
+        return _read_parquet(path)
     text = path.read_text(encoding="utf-8")
     if not text.strip():
-        raise OnestopError(f"{path}: the file is empty; expected JSON or JSONL records")
+        raise OnestopError(f"{path}: the file is empty; expected records")
+    if path.suffix in {".txt", ".md"}:
+        return [Record({"text": text}, str(path))]
+    if path.suffix == ".csv":
+        return _read_csv(path, text)
     if path.suffix == ".json" or text.lstrip().startswith("["):
         return _read_json_list(path, text)
+    return _read_jsonl(path, text)
+
+
+def _read_jsonl(path: Path, text: str) -> list[Record]:
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -54,3 +79,51 @@ def _read_json_list(path: Path, text: str) -> list[Record]:
             raise OnestopError(f"{where}: expected a JSON object, got {type(fields).__name__}")
         records.append(Record(fields, where))
     return records
+
+
+def _read_csv(path: Path, text: str) -> list[Record]:
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames:
+        raise OnestopError(f"{path}:1: expected a header row naming the columns")
+    records = []
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if None in row:
+            raise OnestopError(f"{where}: more cells than the {len(reader.fieldnames)} header columns")
+        records.append(Record({key: _maybe_json(value) for key, value in row.items()}, where))
+    return records
+
+
+def _maybe_json(cell: str | None):
+    """CSV cells holding a JSON list or object (a conversation, a history) are decoded; others stay text."""
+    if cell and cell.lstrip()[:1] in "[{":
+        try:
+            return json.loads(cell)
+        except json.JSONDecodeError:
+            return cell
+    return cell
+
+
+def _read_parquet(path: Path) -> list[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as err:  # pyarrow raises several unrelated types for a damaged file
+        raise OnestopError(f"{path}: not a readable Parquet file ({err})") from None
+    if not rows:
+        raise OnestopError(f"{path}: the file is empty; expected records")
+    return [Record(fields, f"{path}[row {index}]") for index, fields in enumerate(rows)]
+
+
+def _read_hub(dataset_id: str, split: str, subset: str | None) -> list[Record]:
+    from datasets import load_dataset
+
+    try:
+        rows = load_dataset(dataset_id, subset, split=split)
+    except Exception as err:
+        raise OnestopError(
+            f"data.path={dataset_id}: cannot load it from the Hugging Face Hub ({type(err).__name__}); "
+            "offline, download the dataset where the hub is reachable and set data.path to the local file"
+        ) from None
+    return [Record(dict(fields), f"{dataset_id}[{split}][{index}]") for index, fields in enumerate(rows)]

@@ -25,6 +25,7 @@ def train(cfg: DictConfig) -> TrainResult:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from onestop.data import SFTDataModule
+    from onestop.data.report import copy_data_report, print_report
     from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
     from onestop.training.hardware import trainer_hardware, weights_dtype
     from onestop.training.loggers import wandb_sync_hint
@@ -38,7 +39,7 @@ def train(cfg: DictConfig) -> TrainResult:
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed)
     datamodule.setup()
-    print(datamodule.report.summary(), flush=True)
+    print_report(datamodule.prepared)
 
     model = load_causal_lm(cfg.model, weights_dtype(hardware["precision"]), model_path)
     model = instantiate(cfg.method)(model)
@@ -49,6 +50,7 @@ def train(cfg: DictConfig) -> TrainResult:
     run_dir = Path(cfg.paths.run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(job_config(cfg)))
+    copy_data_report(datamodule.prepared, run_dir)
 
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
     if logger:

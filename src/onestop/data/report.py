@@ -1,0 +1,72 @@
+"""`invoke data.prepare` and the data report table printed before training."""
+
+from omegaconf import DictConfig
+
+from onestop.data.prepare import DataReport, PreparedData
+
+
+def report_table(report: DataReport):
+    """A rich table of what happened to every record, for the terminal."""
+    from rich.table import Table
+
+    table = Table(title="Data report", show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for source in report.sources:
+        used = f", used {source['used']} (weight {source['weight']:g})" if "used" in source else ""
+        table.add_row(f"read {source['path']} ({source['format']})", f"{source['records']}{used}")
+    table.add_row("records read", str(report.records_read))
+    for reason, count in sorted(report.dropped.items()):
+        table.add_row(f"dropped: {reason}", str(count))
+    table.add_row("dropped: exact duplicates", str(report.duplicates))
+    verb = "dropped" if report.overlength == "drop" else "truncated"
+    over = report.dropped_overlength if report.overlength == "drop" else report.truncated
+    table.add_row(f"over max_seq_len {report.max_seq_len}: {verb}", str(over))
+    if report.dropped_no_answer_left:
+        table.add_row("dropped: no answer token left after truncation", str(report.dropped_no_answer_left))
+    table.add_row("train examples", str(report.train_records))
+    table.add_row("validation examples", str(report.val_records))
+    table.add_row("train tokens", str(report.train_tokens))
+    table.add_row("tokens per example p50 / p95 / max", f"{report.tokens_p50} / {report.tokens_p95} / {report.max_len}")
+    contamination = report.contamination
+    for name, counts in contamination.items():
+        if isinstance(counts, dict):
+            table.add_row(
+                f"contamination: {name} prompts sharing {contamination['ngram']} words in a row with training",
+                f"{counts['contaminated']} of {counts['samples']}",
+            )
+    return table
+
+
+def print_report(prepared: PreparedData) -> None:
+    from rich.console import Console
+
+    console = Console(width=max(Console().width, 100))
+    console.print(report_table(prepared.report))
+    state = "reused from cache" if prepared.report.cache_hit else "written"
+    console.print(f"Prepared data ({state}, fingerprint {prepared.report.fingerprint}): {prepared.directory}")
+
+
+def run_prepare(cfg: DictConfig) -> PreparedData:
+    """Prepare `cfg.data` for `cfg.model`'s tokenizer (no model weights are loaded) and report."""
+    from onestop.data.prepare import prepare
+    from onestop.models import load_tokenizer, resolve_model_path
+
+    tokenizer = load_tokenizer(cfg.model, resolve_model_path(cfg.model))
+    prepared = prepare(cfg.data, tokenizer, seed=cfg.seed)
+    print_report(prepared)
+    print(f"Report: {prepared.directory / 'report.json'}  Lengths: {prepared.directory / 'lengths.png'}")
+    return prepared
+
+
+def copy_data_report(prepared: PreparedData, run_dir) -> None:
+    """The run directory keeps its own copy of the data report and length histogram."""
+    import json
+    import shutil
+    from dataclasses import asdict
+
+    from onestop.training.export import write_text_atomic
+
+    write_text_atomic(run_dir / "data_report.json", json.dumps(asdict(prepared.report), indent=2, ensure_ascii=False))
+    if (prepared.directory / "lengths.png").is_file():
+        shutil.copyfile(prepared.directory / "lengths.png", run_dir / "data_lengths.png")

@@ -258,7 +258,7 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
     val, val_kept = _tokenize_all(val_examples, tokenizer, data_cfg, DataReport())
     val_examples = [example for example, kept in zip(val_examples, val_kept, strict=True) if kept]
     report.train_records, report.val_records = len(train), len(val)
-    lengths = sorted(len(e["input_ids"]) for e in train)
+    lengths = sorted(example_length(e) for e in train)
     report.train_tokens = sum(lengths)
     report.tokens_p50, report.tokens_p95 = _percentile(lengths, 50), _percentile(lengths, 95)
     report.max_len = lengths[-1] if lengths else 0
@@ -270,6 +270,13 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
     if data_cfg.cache:
         _save(prepared, lengths)
     return prepared
+
+
+def example_length(example: dict) -> int:
+    """Tokens of an example; a preference pair counts its longer side."""
+    if "input_ids" in example:
+        return len(example["input_ids"])
+    return max(len(example["chosen_input_ids"]), len(example["rejected_input_ids"]))
 
 
 def _percentile(sorted_values: list[int], q: int) -> int:

@@ -93,7 +93,43 @@ class LoraMethodConfig:
     dropout: float = 0.05
     """Dropout on the LoRA input."""
     target_modules: list[str] = "${model.lora_target_modules}"  # type: ignore[assignment]
-    """Module names to adapt; defaults to the model's list."""
+    """Module names to adapt; defaults to the model's list; `[all-linear]` adapts every linear layer."""
+    use_dora: bool = False
+    """DoRA: learn each weight's magnitude and direction separately (method=dora sets it)."""
+    use_rslora: bool = False
+    """rsLoRA: scale by alpha / sqrt(r) instead of alpha / r, so large ranks keep learning."""
+
+
+@dataclass
+class QuantizationConfig:
+    load_in_4bit: bool = True
+    """Load the frozen base in 4 bits (bitsandbytes; CUDA only)."""
+    quant_type: str = "nf4"
+    """4-bit data type: nf4 or fp4."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves ~0.4 bit per weight)."""
+    compute_dtype: str = "bfloat16"
+    """Dtype of the matmuls on the dequantized weights."""
+
+
+@dataclass
+class QLoraMethodConfig(LoraMethodConfig):
+    _target_: str = "onestop.methods.apply_qlora"
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: slower steps, much less memory."""
+
+
+@dataclass
+class PromptMethodConfig:
+    _target_: str = "onestop.methods.apply_prompt_learning"
+    _partial_: bool = True
+    kind: str = "p_tuning"
+    """prompt (prompt tuning), p_tuning (P-Tuning, MLP-encoded virtual tokens) or prefix (P-Tuning v2)."""
+    num_virtual_tokens: int = 20
+    """Virtual tokens learned in front of every sequence (or per layer, for prefix)."""
+    encoder_hidden_size: int | None = None
+    """Hidden size of the P-Tuning encoder; None uses the model's hidden size."""
 
 
 @dataclass
@@ -108,6 +144,8 @@ class FreezeMethodConfig:
     _partial_: bool = True
     trainable_layers: int = 2
     """How many of the last decoder layers stay trainable; the rest are frozen."""
+    trainable_modules: list[str] = field(default_factory=list)
+    """Instead of layers: train parameters whose names contain any of these strings, e.g. [mlp]."""
 
 
 @dataclass
@@ -216,5 +254,7 @@ def register_schemas() -> None:
     cs.store(group="schema/method", name="lora", node=LoraMethodConfig)
     cs.store(group="schema/method", name="full", node=FullMethodConfig)
     cs.store(group="schema/method", name="freeze", node=FreezeMethodConfig)
+    cs.store(group="schema/method", name="qlora", node=QLoraMethodConfig)
+    cs.store(group="schema/method", name="ptuning", node=PromptMethodConfig)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
     cs.store(group="schema/logger", name="csv", node=CsvLoggerConfig)

@@ -1,4 +1,4 @@
-"""Full fine-tuning and Freeze tuning (only the last decoder layers learn)."""
+"""Full fine-tuning and Freeze tuning (only the last decoder layers, or named modules, learn)."""
 
 import torch
 
@@ -19,8 +19,22 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     return max(lists, key=len)
 
 
-def apply_freeze(model, trainable_layers: int):
-    """Freeze everything except the last `trainable_layers` decoder layers and the final norm."""
+def apply_freeze(model, trainable_layers: int, trainable_modules: list[str] | None = None):
+    """Freeze everything except the last `trainable_layers` decoder layers and the final norm.
+
+    `trainable_modules` instead names what trains: parameters whose name contains any of the strings
+    (e.g. `[mlp]`, `[lm_head, layers.0.]`).
+    """
+    if trainable_modules:
+        model.requires_grad_(False)
+        matched = [p for name, p in model.named_parameters() if any(key in name for key in trainable_modules)]
+        if not matched:
+            raise OnestopError(
+                f"config key 'method.trainable_modules': no parameter name contains any of {list(trainable_modules)}"
+            )
+        for parameter in matched:
+            parameter.requires_grad_(True)
+        return model
     layers = decoder_layers(model)
     if trainable_layers > len(layers):
         raise OnestopError(

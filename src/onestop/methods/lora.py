@@ -1,9 +1,22 @@
-"""LoRA: low-rank adapters on chosen linear layers; the base weights stay frozen."""
+"""LoRA and its variants: low-rank adapters on chosen linear layers; the base weights stay frozen.
+
+DoRA (`method=dora`) splits each update into magnitude and direction; rsLoRA (`method.use_rslora=true`)
+scales by alpha / sqrt(r) so higher ranks keep learning; QLoRA (`method=qlora`) trains LoRA on a base
+loaded in 4-bit NF4 (see `onestop.models.loading.quantization_config`).
+"""
 
 from onestop.errors import OnestopError
 
 
-def apply_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str]):
+def apply_lora(
+    model,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: list[str],
+    use_dora: bool = False,
+    use_rslora: bool = False,
+):
     """Wrap `model` in a peft `PeftModel` with a LoRA adapter on `target_modules`."""
     from peft import LoraConfig, get_peft_model
 
@@ -13,9 +26,23 @@ def apply_lora(model, r: int, alpha: int, dropout: float, target_modules: list[s
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=targets[0] if targets == ["all-linear"] else targets,
+        use_dora=use_dora,
+        use_rslora=use_rslora,
         task_type="CAUSAL_LM",
     )
     try:
         return get_peft_model(model, config)
     except ValueError as err:
         raise OnestopError(f"config key 'method.target_modules': {str(err).splitlines()[0]}") from None
+
+
+def apply_qlora(model, quantization: dict, gradient_checkpointing: bool = True, **lora):
+    """LoRA on a 4-bit base: make the quantized model trainable (norms in fp32, input grads), then adapt.
+
+    `quantization` was applied when the base was loaded; it sits in this method's config so that one
+    `method=qlora` choice carries both halves.
+    """
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return apply_lora(model, **lora)

@@ -71,17 +71,44 @@ def load_tokenizer(model_cfg: DictConfig, path: str | None = None):
     return tokenizer
 
 
-def load_causal_lm(model_cfg: DictConfig, dtype: str = "float32", path: str | None = None):
-    """The pretrained causal LM in `dtype` (`float32` or `bfloat16`)."""
+def quantization_config(quantization: DictConfig | dict | None):
+    """A transformers `BitsAndBytesConfig` for a method's `quantization` node; CUDA and bitsandbytes only."""
+    if not quantization or not quantization.get("load_in_4bit"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise OnestopError(
+            "method=qlora: a 4-bit base needs a CUDA GPU (bitsandbytes); on this machine use method=lora or method=dora"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise OnestopError('method=qlora: bitsandbytes is not installed; pip install -e ".[qlora]"') from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization["quant_type"],
+        bnb_4bit_use_double_quant=quantization["double_quant"],
+        bnb_4bit_compute_dtype=getattr(torch, quantization["compute_dtype"]),
+    )
+
+
+def load_causal_lm(model_cfg: DictConfig, dtype: str = "float32", path: str | None = None, quantization=None):
+    """The pretrained causal LM in `dtype` (`float32` or `bfloat16`), or 4-bit when `quantization` asks."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    bnb = quantization_config(quantization)
     path = path or resolve_model_path(model_cfg)
+    extra = {"quantization_config": bnb, "device_map": {"": torch.cuda.current_device()}} if bnb else {}
     model = AutoModelForCausalLM.from_pretrained(
         path,
         revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,
         dtype=getattr(torch, dtype),
+        **extra,
     )
     model.config.use_cache = False  # training never reuses the KV cache; generation turns it back on
     return model

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from onestop.data.sft import IGNORE_INDEX
+from onestop.methods.prompt import is_prompt_learning
 
 # Architectures whose logits are exactly `lm_head(last_hidden_state)` (no soft-capping or scaling), so
 # the head can be applied to the answer positions alone. With a 262k vocabulary (Gemma) the head costs
@@ -21,7 +22,12 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     keep = targets != IGNORE_INDEX
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
-    if config.model_type in PLAIN_HEAD_MODEL_TYPES and not getattr(config, "final_logit_softcapping", None):
+    if is_prompt_learning(model):
+        # The adapter prepends virtual tokens inside forward(); the last positions are the real ones.
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, -batch["input_ids"].size(1) : -1]
+        logits, flat_targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
+    elif config.model_type in PLAIN_HEAD_MODEL_TYPES and not getattr(config, "final_logit_softcapping", None):
         hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits = base.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep])
         flat_targets = targets[keep]

@@ -27,6 +27,7 @@ def train(cfg: DictConfig) -> TrainResult:
     from onestop.data import SFTDataModule
     from onestop.data.report import copy_data_report, print_report
     from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+    from onestop.models.loading import quantization_config
     from onestop.training.hardware import trainer_hardware, weights_dtype
     from onestop.training.loggers import wandb_sync_hint
     from onestop.training.module import CausalLMModule
@@ -34,6 +35,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     hardware = trainer_hardware(cfg.hardware)
+    quantization_config(cfg.method.get("quantization"))  # a 4-bit request on a CPU fails here, before any work
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
@@ -41,7 +43,9 @@ def train(cfg: DictConfig) -> TrainResult:
     datamodule.setup()
     print_report(datamodule.prepared)
 
-    model = load_causal_lm(cfg.model, weights_dtype(hardware["precision"]), model_path)
+    model = load_causal_lm(
+        cfg.model, weights_dtype(hardware["precision"]), model_path, quantization=cfg.method.get("quantization")
+    )
     model = instantiate(cfg.method)(model)
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live while training
     module = CausalLMModule(model, instantiate(cfg.optim), instantiate(cfg.scheduler))

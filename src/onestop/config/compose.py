@@ -85,6 +85,7 @@ CHOICES = {
     "data.on_error": ("raise", "skip"),
     "data.overlength": ("truncate", "drop"),
     "model.source": ("hub", "embedded"),
+    "stage": ("sft", "pretrain", "dpo"),
 }
 
 

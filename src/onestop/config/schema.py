@@ -153,9 +153,17 @@ class HardwareConfig:
     accelerator: str = "auto"
     """`cpu`, `gpu` or `auto` (GPU when one is present)."""
     devices: Any = "auto"
-    """Device count or `auto`."""
+    """Devices per node: a count, `auto`, or -1 for all."""
+    num_nodes: int = 1
+    """Machines taking part; launch one process per node with torchrun or SLURM (see docs/hardware.md)."""
+    strategy: str = "auto"
+    """Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2, deepspeed_stage_3, ..."""
     precision: str = "auto"
     """Lightning precision (`32-true`, `bf16-mixed`, ...); `auto`: bf16-mixed on a bf16 GPU or bf16 CPU, else fp32."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: about a third slower, far less activation memory."""
+    compile: bool = False
+    """torch.compile the decoder (needs a C++ compiler on CPU; pays off on long GPU runs)."""
 
 
 @dataclass
@@ -224,6 +232,20 @@ class SchedulerConfig:
 
 
 @dataclass
+class DPOConfig:
+    beta: float = 0.1
+    """Strength of the pull towards the reference model; lower lets the policy drift further."""
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int | None = None
+    """Save a checkpoint every N optimizer steps; None saves at the end of each epoch only."""
+    keep_last: int = 2
+    """How many step checkpoints to keep (the newest), besides last.ckpt."""
+
+
+@dataclass
 class PathsConfig:
     run_dir: str = "${hydra:run.dir}"
     """Directory of this run's artefacts; set it with hydra.run.dir=..."""
@@ -242,6 +264,12 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    stage: str = "sft"
+    """sft (supervised fine-tuning), pretrain (raw text, loss on every token) or dpo (preference pairs)."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None
+    """`auto`: continue from the newest checkpoint in hydra.run.dir; or a .ckpt path."""
 
 
 def register_schemas() -> None:

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 
 from onestop.data.prepare import DataReport, prepare
 from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
+from onestop.errors import OnestopError
 
 __all__ = ["IGNORE_INDEX", "SFTDataModule", "pad_batch", "tokenize_conversation"]
 
@@ -28,8 +29,9 @@ def pad_batch(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 class SFTDataModule(L.LightningDataModule):
     """Train and validation examples of a `data` config node, prepared (or read from cache) for one tokenizer."""
 
-    def __init__(self, data_cfg: DictConfig, tokenizer, seed: int = 42):
+    def __init__(self, data_cfg: DictConfig, tokenizer, seed: int = 42, stage: str = "sft"):
         super().__init__()
+        self.stage = stage
         self.cfg = data_cfg
         self.tokenizer = tokenizer
         self.seed = seed
@@ -38,17 +40,20 @@ class SFTDataModule(L.LightningDataModule):
         self.val_set: list[dict] = []
         self.val_conversations: list[list[dict]] = []
         self.prepared = None
+        self.sampler = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set:
             return
         prepared = prepare(self.cfg, self.tokenizer, seed=self.seed)
-        if "chosen_input_ids" in prepared.train[0]:
-            from onestop.errors import OnestopError
-
-            raise OnestopError(
-                f"data.format={self.cfg.format}: preference data trains with the DPO stage, not supervised fine-tuning"
-            )
+        pairs = "chosen_input_ids" in prepared.train[0]
+        got = f"got data.format={self.cfg.format}"
+        if pairs and self.stage != "dpo":
+            raise OnestopError(f"stage={self.stage}: preference pairs train with stage=dpo; {got}")
+        if self.stage == "dpo" and not pairs:
+            raise OnestopError(f"stage=dpo: needs preference pairs (data=preference); {got}")
+        if self.stage == "pretrain" and self.cfg.format != "text":
+            raise OnestopError(f"stage=pretrain: needs raw text (data=text); {got}")
         self.prepared, self.report = prepared, prepared.report
         self.train_set, self.val_set = prepared.train, prepared.val
         self.val_conversations = [
@@ -56,15 +61,27 @@ class SFTDataModule(L.LightningDataModule):
         ]
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if self.stage == "dpo":
+            from onestop.training.dpo import pad_pairs
+
+            return pad_pairs(examples, self.tokenizer.pad_token_id)
         return pad_batch(examples, self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+        from onestop.training.resume import ResumableSampler
+
+        trainer = self.trainer
+        self.sampler = ResumableSampler(
+            len(self.train_set),
+            self.cfg.batch_size,
+            self.seed,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
         return DataLoader(
             self.train_set,
             batch_size=self.cfg.batch_size,
-            shuffle=True,
-            generator=generator,
+            sampler=self.sampler,
             collate_fn=self.collate,
             num_workers=self.cfg.num_workers,
         )

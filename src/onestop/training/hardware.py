@@ -17,7 +17,42 @@ def trainer_hardware(hardware: DictConfig) -> dict:
             precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         else:
             precision = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
-    return {"accelerator": hardware.accelerator, "devices": hardware.devices, "precision": precision}
+    return {
+        "accelerator": hardware.accelerator,
+        "devices": hardware.devices,
+        "num_nodes": hardware.num_nodes,
+        "strategy": hardware.strategy,
+        "precision": precision,
+    }
+
+
+def build_strategy(hardware: DictConfig, model):
+    """The Lightning strategy; FSDP wraps (and, with gradient checkpointing, recomputes) each decoder layer."""
+    if hardware.strategy != "fsdp":
+        return hardware.strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from onestop.methods.freeze import decoder_layers
+
+    layer = {type(decoder_layers(model)[0])}
+    return FSDPStrategy(
+        auto_wrap_policy=layer,
+        activation_checkpointing_policy=layer if hardware.gradient_checkpointing else None,
+        state_dict_type="full",
+        use_orig_params=True,  # adapters: frozen and trainable weights share the flat parameters
+    )
+
+
+def prepare_model_for_hardware(model, hardware: DictConfig):
+    """Gradient checkpointing and torch.compile, as the hardware node asks."""
+    if hardware.gradient_checkpointing and hardware.strategy != "fsdp":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # adapters on a frozen base still need grads at the input
+    if hardware.compile:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.get_decoder().compile()
+    return model
 
 
 def cpu_has_native_bf16() -> bool:

@@ -97,3 +97,14 @@ class CausalLMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["onestop_counters"] = {
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds,
+            "val_history": self.val_history,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        counters = checkpoint.get("onestop_counters", {})
+        self.tokens_seen = counters.get("tokens_seen", 0)
+        self.train_seconds = counters.get("train_seconds", 0.0)
+        self.val_history = list(counters.get("val_history", []))

@@ -1,11 +1,13 @@
 """The training stage: seed -> data -> model -> method -> trainer -> fit -> export -> metrics."""
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from onestop.errors import OnestopError
 from onestop.training.export import export_trained, job_config, write_json, write_text_atomic
 
 
@@ -23,15 +25,22 @@ def train(cfg: DictConfig) -> TrainResult:
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from onestop.data import SFTDataModule
     from onestop.data.report import copy_data_report, print_report
     from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
     from onestop.models.loading import quantization_config
-    from onestop.training.hardware import trainer_hardware, weights_dtype
+    from onestop.training.hardware import (
+        build_strategy,
+        prepare_model_for_hardware,
+        trainer_hardware,
+        weights_dtype,
+    )
     from onestop.training.loggers import wandb_sync_hint
     from onestop.training.module import CausalLMModule
     from onestop.training.progress import progress_bar
+    from onestop.training.resume import AtomicCheckpointIO, SaveOnSigterm, TrainingPosition, resume_path
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     hardware = trainer_hardware(cfg.hardware)
@@ -39,16 +48,27 @@ def train(cfg: DictConfig) -> TrainResult:
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
-    datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed)
+    datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed, stage=cfg.stage)
     datamodule.setup()
     print_report(datamodule.prepared)
 
     model = load_causal_lm(
         cfg.model, weights_dtype(hardware["precision"]), model_path, quantization=cfg.method.get("quantization")
     )
-    model = instantiate(cfg.method)(model)
+    reference = None
+    if cfg.stage == "dpo" and cfg.method._target_.endswith(("apply_full", "apply_freeze")):
+        reference = copy.deepcopy(model).eval().requires_grad_(False)  # adapters use the base, adapter off
+    model = prepare_model_for_hardware(instantiate(cfg.method)(model), cfg.hardware)
+    hardware["strategy"] = build_strategy(cfg.hardware, model)
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live while training
-    module = CausalLMModule(model, instantiate(cfg.optim), instantiate(cfg.scheduler))
+    if cfg.stage == "dpo":
+        from onestop.training.dpo import DPOModule
+
+        module = DPOModule(
+            model, instantiate(cfg.optim), instantiate(cfg.scheduler), beta=cfg.dpo.beta, reference=reference
+        )
+    else:
+        module = CausalLMModule(model, instantiate(cfg.optim), instantiate(cfg.scheduler))
 
     # Created only now: a config, data or model error leaves no half-made run directory behind.
     run_dir = Path(cfg.paths.run_dir).absolute()
@@ -59,20 +79,41 @@ def train(cfg: DictConfig) -> TrainResult:
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
     if logger:
         logger.log_hyperparams(job_config(cfg))
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=cfg.checkpoint.every_n_steps,
+        save_top_k=cfg.checkpoint.keep_last if cfg.checkpoint.every_n_steps else 0,
+        monitor="step" if cfg.checkpoint.every_n_steps else None,
+        mode="max",
+        save_last=True,
+    )
+    sigterm = SaveOnSigterm(run_dir / "checkpoints" / "sigterm.ckpt")
     trainer = instantiate(
         cfg.trainer,
         **hardware,
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[checkpoint, progress_bar()],
+        callbacks=[TrainingPosition(lambda: datamodule.sampler), sigterm, checkpoint, progress_bar()],
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the resumable sampler shards across ranks itself
         limit_val_batches=1.0 if datamodule.val_set else 0,
     )
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, run_dir))
+    except SIGTERMException:
+        raise OnestopError(
+            f"stopped by SIGTERM after step {trainer.global_step}; checkpoint {sigterm.saved}; "
+            f"continue with: invoke train ... resume=auto hydra.run.dir={run_dir}"
+        ) from None
     last_validated = module.val_history[-1]["step"] if module.val_history else None
     if datamodule.val_set and last_validated != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
+    in_sync = replicas_in_sync(trainer, model)
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, model, tokenizer, datamodule, {})
     export_dir = export_trained(model, tokenizer, run_dir)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -91,6 +132,9 @@ def train(cfg: DictConfig) -> TrainResult:
         "precision": hardware["precision"],
         "data": asdict(datamodule.report),
         "export": str(export_dir),
+        "world_size": trainer.world_size,
+        "replicas_in_sync": in_sync,
+        "resumed_from": str(resume_path(cfg.resume, run_dir)) if cfg.resume else None,
     }
     write_json(run_dir / "metrics.json", metrics)
     if logger:
@@ -102,3 +146,14 @@ def train(cfg: DictConfig) -> TrainResult:
             logger.experiment.finish()
     print(f"Run directory: {run_dir}", flush=True)
     return TrainResult(run_dir, model, tokenizer, datamodule, metrics)
+
+
+def replicas_in_sync(trainer, model) -> bool | None:
+    """With several processes: whether every rank ends with the same trainable weights (None: one process)."""
+    if trainer.world_size < 2:
+        return None
+    import torch
+
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad]).sum()
+    gathered = trainer.strategy.all_gather(checksum.to(trainer.strategy.root_device))
+    return bool(torch.all(gathered == gathered[0]))

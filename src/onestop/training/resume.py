@@ -1,0 +1,157 @@
+"""Exact resume: after a crash (even `kill -9`) a run continues as if it had never stopped.
+
+Lightning's checkpoint restores the weights, optimizer, scheduler and loop counters. What it does not
+restore, this module does: the position inside the epoch (a seeded sampler that can skip the batches
+already seen), the random number generators (dropout), and checkpoint files that are never half-written.
+"""
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import Sampler
+
+from onestop.errors import OnestopError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file beside its target, then rename: whole or absent."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+class ResumableSampler(Sampler[int]):
+    """A shuffled order fixed by (seed, epoch), sharded across ranks, that can skip its first batches.
+
+    Lightning calls `set_epoch` at every epoch start; `skip_batches` is set once when resuming mid-epoch.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.world_size > 1:
+            order = order[: len(order) - len(order) % self.world_size][self.rank :: self.world_size]
+        return order
+
+    def __iter__(self):
+        order = self._order()[self.skip_batches * self.batch_size :]
+        self.skip_batches = 0
+        return iter(order)
+
+    def __len__(self) -> int:
+        return len(self._order())
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainingPosition(Callback):
+    """Checkpoints where in the epoch training is and the RNG states; on resume, puts both back."""
+
+    def __init__(self, sampler_of):
+        self.sampler_of = sampler_of  # the sampler is created with the dataloader, after this callback
+        self.epoch = 0
+        self.batches_done = 0
+        self._restored: dict | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epoch = trainer.current_epoch
+        if self._restored is not None and self._restored["epoch"] == self.epoch:
+            self.batches_done = self._restored["batches_done"]
+            self.sampler_of().skip_batches = self.batches_done
+        else:
+            self.batches_done = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._restored is not None:
+            set_rng_state(self._restored["rng"])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._restored = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.batches_done += 1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": rng_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = state_dict
+
+
+class SaveOnSigterm(Callback):
+    """SIGTERM (a scheduler's preemption, `kill`) stops at the next step boundary with a checkpoint."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)
+            self.saved = self.path
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    """The most recently written complete checkpoint of a run (temporary files are ignored)."""
+    directory = run_dir / "checkpoints"
+    candidates = [p for p in directory.glob("*.ckpt") if not p.name.startswith(".")] if directory.is_dir() else []
+    if not candidates:
+        raise OnestopError(
+            f"resume=auto: no checkpoint in {directory}; set hydra.run.dir to the run to resume, or drop resume"
+        )
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+
+
+def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    """`resume=auto` (newest checkpoint of the run directory), a checkpoint path, or None."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return newest_checkpoint(run_dir)
+    path = Path(resume)
+    if not path.is_file():
+        raise OnestopError(f"config key 'resume': no checkpoint file {path}; use resume=auto or a .ckpt path")
+    return path

@@ -1,0 +1,154 @@
+"""Fault tolerance and multi-process training, through the real `invoke train` in subprocesses.
+
+A run killed with SIGKILL mid-epoch and resumed with `resume=auto` ends with bitwise the same weights as
+an uninterrupted run; SIGTERM saves a checkpoint first; two DDP processes on CPU end in sync.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, TINY_DATA
+from safetensors.torch import load_file
+
+from onestop.paths import PROJECT_ROOT
+
+# 20 records, batch 2: 9 steps per epoch after the validation split, so 30 steps cross epoch boundaries.
+RESUMABLE = [
+    *[o for o in TINY if not o.startswith("data.batch_size")],
+    "data.batch_size=2",
+    "logger=csv",
+    "trainer.max_steps=30",
+    "trainer.max_epochs=10",
+    "checkpoint.every_n_steps=3",
+    "checkpoint.keep_last=2",
+    "optim.lr=5e-3",
+]
+
+
+def invoke_cmd(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "invoke"), *args]
+
+
+def start(run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        invoke_cmd("train", *RESUMABLE, *extra, f"hydra.run.dir={run_dir}"),
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        invoke_cmd("train", *RESUMABLE, *extra, f"hydra.run.dir={run_dir}"),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path, step: int, timeout: float = 120) -> None:
+    target = run_dir / "checkpoints" / f"step{step:07d}.ckpt"
+    deadline = time.monotonic() + timeout
+    while not target.exists():
+        assert process.poll() is None, f"training ended before step {step}: {process.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+def adapter_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    finish(run_dir)
+    return adapter_weights(run_dir)
+
+
+def assert_bitwise_equal(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_auto_gives_identical_weights(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    wait_for_checkpoint(process, run_dir, 12)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run_dir / "adapter").exists(), "the run was killed before it finished"
+    leftovers = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+    steps = sorted(p.name for p in (run_dir / "checkpoints").glob("step*.ckpt"))
+    assert len(steps) <= 2 + len(leftovers), steps  # keep_last=2 (a temp file may be mid-write)
+
+    result = finish(run_dir, "resume=auto")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 30 and metrics["resumed_from"].endswith(".ckpt")
+    assert_bitwise_equal(adapter_weights(run_dir), uninterrupted)
+    assert "Run directory:" in result.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    wait_for_checkpoint(process, run_dir, 6)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr[-2000:]
+    assert "stopped by SIGTERM after step" in stderr.strip().splitlines()[-1]
+    assert (run_dir / "checkpoints" / "sigterm.ckpt").is_file()
+    finish(run_dir, "resume=auto")
+    assert_bitwise_equal(adapter_weights(run_dir), uninterrupted)
+
+
+def test_resume_auto_without_checkpoints_says_so(tmp_path):
+    result = subprocess.run(
+        invoke_cmd("train", *TINY, "resume=auto", f"hydra.run.dir={tmp_path / 'new'}"),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "resume=auto: no checkpoint in" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_end_in_sync(tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        invoke_cmd(
+            "train",
+            *TINY,
+            "hardware=ddp_cpu",
+            "logger=csv",
+            "trainer.max_steps=4",
+            f"data.path={TINY_DATA}",
+            f"hydra.run.dir={run_dir}",
+        ),  # fmt: skip
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["replicas_in_sync"] is True
+    assert metrics["steps"] == 4
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()

@@ -85,3 +85,34 @@ def test_pretrain_stage_refuses_conversations_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "onestop train: error: stage=pretrain: needs raw text (data=text); got data.format=alpaca"
     )
+
+
+def test_pretraining_from_scratch_with_a_tokenizer_trained_on_the_corpus(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    corpus = DATA / "corpus" / "*.txt"
+    cfg = compose(
+        *TINY_MODEL,
+        "stage=pretrain",
+        "data=text",
+        f"data.path={corpus}",
+        "data.val_ratio=0",
+        "model.from_scratch=true",
+        "model.train_tokenizer=300",
+        "+model.config_overrides.num_hidden_layers=1",
+        "method=full",
+        "optim.lr=3e-3",
+        "logger=csv",
+        "trainer.max_steps=8",
+        "trainer.max_epochs=100",
+        "trainer.log_every_n_steps=1",
+        run_dir=tmp_path / "run",
+    )
+    result = train(cfg)
+    losses = logged(result.run_dir, "train/loss")
+    assert losses[-1] < losses[0] - 0.5, losses
+    tokenizer = AutoTokenizer.from_pretrained(result.run_dir / "model")
+    model = AutoModelForCausalLM.from_pretrained(result.run_dir / "model")
+    assert len(tokenizer) <= 300 + len(tokenizer.all_special_tokens)
+    assert model.config.num_hidden_layers == 1 and model.config.vocab_size == len(tokenizer)
+    assert tokenizer.decode(tokenizer("The quick brown fox")["input_ids"]) == "The quick brown fox"

@@ -29,6 +29,12 @@ class ModelConfig:
     """Allow the checkpoint's own Python code (needed by GLM-4, InternLM2.5 and Baichuan2)."""
     revision: str | None = None
     """Hub branch, tag or commit to pin."""
+    from_scratch: bool = False
+    """Pretraining from scratch: the architecture of `path`, randomly initialised (its weights unused)."""
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    """Architecture changes for from_scratch, e.g. {num_hidden_layers: 4, hidden_size: 256}."""
+    train_tokenizer: int | None = None
+    """Train a new tokenizer of this vocabulary size on the corpus (from_scratch only)."""
 
 
 @dataclass

@@ -41,6 +41,7 @@ class SFTDataModule(L.LightningDataModule):
         self.val_conversations: list[list[dict]] = []
         self.prepared = None
         self.sampler = None
+        self.resume_at: tuple[int, int] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set:
@@ -77,6 +78,7 @@ class SFTDataModule(L.LightningDataModule):
             self.seed,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            resume_at=self.resume_at,
         )
         return DataLoader(
             self.train_set,
@@ -84,7 +86,13 @@ class SFTDataModule(L.LightningDataModule):
             sampler=self.sampler,
             collate_fn=self.collate,
             num_workers=self.cfg.num_workers,
+            generator=self._own_generator(),
         )
+
+    def _own_generator(self) -> torch.Generator:
+        """Loaders draw worker seeds from this, not from the global RNG that dropout uses, so when a loader is
+        created or iterated does not change training randomness, and a resumed run matches an unbroken one."""
+        return torch.Generator().manual_seed(self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -92,4 +100,5 @@ class SFTDataModule(L.LightningDataModule):
             batch_size=self.cfg.batch_size,
             collate_fn=self.collate,
             num_workers=self.cfg.num_workers,
+            generator=self._own_generator(),
         )

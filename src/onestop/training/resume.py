@@ -38,16 +38,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ResumableSampler(Sampler[int]):
-    """A shuffled order fixed by (seed, epoch), sharded across ranks, that can skip its first batches.
+    """A shuffled order fixed by (seed, epoch), sharded across ranks, that can start mid-epoch.
 
-    Lightning calls `set_epoch` at every epoch start; `skip_batches` is set once when resuming mid-epoch.
+    Lightning calls `set_epoch` before each epoch's iteration; `resume_at = (epoch, batches_done)`,
+    set from a checkpoint, makes the first iteration of that epoch skip the batches already trained on.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, resume_at=None):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self.skip_batches = 0
+        self.resume_at = resume_at
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -60,8 +61,12 @@ class ResumableSampler(Sampler[int]):
         return order
 
     def __iter__(self):
-        order = self._order()[self.skip_batches * self.batch_size :]
-        self.skip_batches = 0
+        order = self._order()
+        if self.resume_at is not None:
+            epoch, batches_done = self.resume_at
+            self.resume_at = None
+            if epoch == self.epoch:
+                order = order[batches_done * self.batch_size :]
         return iter(order)
 
     def __len__(self) -> int:
@@ -69,9 +74,11 @@ class ResumableSampler(Sampler[int]):
 
 
 def rng_state() -> dict:
+    """Every generator's state in types a `weights_only` checkpoint load accepts (tensors, ints, tuples)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -79,28 +86,29 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class TrainingPosition(Callback):
-    """Checkpoints where in the epoch training is and the RNG states; on resume, puts both back."""
+    """Checkpoints where in the epoch training is and the RNG states; on resume, puts both back.
 
-    def __init__(self, sampler_of):
-        self.sampler_of = sampler_of  # the sampler is created with the dataloader, after this callback
+    `datamodule.resume_at` is read by the sampler it creates, whenever Lightning asks for the loader.
+    """
+
+    def __init__(self, datamodule):
+        self.datamodule = datamodule
         self.epoch = 0
         self.batches_done = 0
         self._restored: dict | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epoch = trainer.current_epoch
-        if self._restored is not None and self._restored["epoch"] == self.epoch:
-            self.batches_done = self._restored["batches_done"]
-            self.sampler_of().skip_batches = self.batches_done
-        else:
-            self.batches_done = 0
+        restored = self._restored
+        self.batches_done = restored["batches_done"] if restored and restored["epoch"] == self.epoch else 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self._restored is not None:
@@ -117,6 +125,7 @@ class TrainingPosition(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restored = state_dict
+        self.datamodule.resume_at = (state_dict["epoch"], state_dict["batches_done"])
 
 
 class SaveOnSigterm(Callback):

@@ -31,6 +31,7 @@ def train(cfg: DictConfig) -> TrainResult:
     from onestop.data.report import copy_data_report, print_report
     from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
     from onestop.models.loading import quantization_config
+    from onestop.models.scratch import fresh_model, train_tokenizer
     from onestop.training.hardware import (
         build_strategy,
         prepare_model_for_hardware,
@@ -48,13 +49,20 @@ def train(cfg: DictConfig) -> TrainResult:
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
+    if cfg.model.train_tokenizer:
+        if not cfg.model.from_scratch:
+            raise OnestopError("model.train_tokenizer: a new vocabulary needs model.from_scratch=true")
+        tokenizer = train_tokenizer(tokenizer, cfg.data, cfg.model.train_tokenizer)
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed, stage=cfg.stage)
     datamodule.setup()
     print_report(datamodule.prepared)
 
-    model = load_causal_lm(
-        cfg.model, weights_dtype(hardware["precision"]), model_path, quantization=cfg.method.get("quantization")
-    )
+    if cfg.model.from_scratch:
+        model = fresh_model(cfg.model, model_path, tokenizer, weights_dtype(hardware["precision"]))
+    else:
+        model = load_causal_lm(
+            cfg.model, weights_dtype(hardware["precision"]), model_path, quantization=cfg.method.get("quantization")
+        )
     reference = None
     if cfg.stage == "dpo" and cfg.method._target_.endswith(("apply_full", "apply_freeze")):
         reference = copy.deepcopy(model).eval().requires_grad_(False)  # adapters use the base, adapter off
@@ -95,7 +103,7 @@ def train(cfg: DictConfig) -> TrainResult:
         **hardware,
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[TrainingPosition(lambda: datamodule.sampler), sigterm, checkpoint, progress_bar()],
+        callbacks=[TrainingPosition(datamodule), sigterm, checkpoint, progress_bar()],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the resumable sampler shards across ranks itself
         limit_val_batches=1.0 if datamodule.val_set else 0,

@@ -57,11 +57,27 @@ class SFTDataModule(L.LightningDataModule):
             raise OnestopError(f"stage=pretrain: needs raw text (data=text); {got}")
         self.prepared, self.report = prepared, prepared.report
         self.train_set, self.val_set = prepared.train, prepared.val
+        if self.cfg.packing:
+            if self.stage == "dpo":
+                raise OnestopError("data.packing: preference pairs are not packed; set data.packing=false")
+            from onestop.data.packing import pack_examples
+
+            self.train_set = pack_examples(prepared.train, self.cfg.max_seq_len, self.seed)
+            tokens = sum(len(e["input_ids"]) for e in prepared.train)
+            print(
+                f"packing: {len(prepared.train)} examples in {len(self.train_set)} sequences of up to "
+                f"{self.cfg.max_seq_len} tokens ({tokens / (len(self.train_set) * self.cfg.max_seq_len):.0%} full)",
+                flush=True,
+            )
         self.val_conversations = [
             e["messages"] for e in prepared.val_examples if e.get("messages", [{}])[-1].get("role") == "assistant"
         ]
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if "position_ids" in examples[0]:
+            from onestop.data.packing import collate_packed
+
+            return collate_packed(examples, self.tokenizer.pad_token_id)
         if self.stage == "dpo":
             from onestop.training.dpo import pad_pairs
 

@@ -7,6 +7,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from onestop.data.packing import model_inputs, real_token_mask
 from onestop.data.sft import IGNORE_INDEX
 from onestop.methods.prompt import is_prompt_learning
 
@@ -24,15 +25,15 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     config = base.config
     if is_prompt_learning(model):
         # The adapter prepends virtual tokens inside forward(); the last positions are the real ones.
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**model_inputs(batch)).logits
         logits = logits[:, -batch["input_ids"].size(1) : -1]
         logits, flat_targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
     elif config.model_type in PLAIN_HEAD_MODEL_TYPES and not getattr(config, "final_logit_softcapping", None):
-        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = base.get_decoder()(**model_inputs(batch))
         logits = base.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep])
         flat_targets = targets[keep]
     else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logits = model(**model_inputs(batch)).logits[:, :-1]
         logits, flat_targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
     loss = F.cross_entropy(logits.float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss, int(keep.sum())
@@ -54,6 +55,16 @@ class CausalLMModule(L.LightningModule):
         self._val_loss_sum = 0.0
         self._val_tokens = 0
         self.val_history: list[dict] = []
+        self._epoch_slots = 0
+        self._epoch_padding = 0
+        self.padding_history: list[dict] = []
+
+    def on_train_epoch_end(self) -> None:
+        # Share of the token slots in this epoch's batches that held padding: what packing saves.
+        fraction = self._epoch_padding / max(self._epoch_slots, 1)
+        self.log("train/padding_fraction", fraction, on_step=False, on_epoch=True)
+        self.padding_history.append({"epoch": self.current_epoch, "padding_fraction": fraction})
+        self._epoch_slots = self._epoch_padding = 0
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
@@ -69,7 +80,10 @@ class CausalLMModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.train_seconds += time.perf_counter() - self._step_started
-        self.tokens_seen += int(batch["attention_mask"].sum())
+        real = real_token_mask(batch)
+        self.tokens_seen += int(real.sum())
+        self._epoch_slots += real.numel()
+        self._epoch_padding += int((real == 0).sum())
         rate = self.tokens_seen / max(self.train_seconds, 1e-9)
         self.log("train/tokens_per_s", rate, on_step=True, on_epoch=False)
         self.log("tok/s", rate, prog_bar=True, logger=False, on_step=True, on_epoch=False)

@@ -29,6 +29,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
     from onestop.data import SFTDataModule
     from onestop.data.report import copy_data_report, print_report
+    from onestop.methods.prompt import is_prompt_learning
     from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
     from onestop.models.loading import quantization_config
     from onestop.models.scratch import fresh_model, train_tokenizer
@@ -67,6 +68,8 @@ def train(cfg: DictConfig) -> TrainResult:
     if cfg.stage == "dpo" and cfg.method._target_.endswith(("apply_full", "apply_freeze")):
         reference = copy.deepcopy(model).eval().requires_grad_(False)  # adapters use the base, adapter off
     model = prepare_model_for_hardware(instantiate(cfg.method)(model), cfg.hardware)
+    if cfg.data.packing and is_prompt_learning(model):
+        raise OnestopError("data.packing: virtual tokens of method=ptuning cannot be packed; set data.packing=false")
     hardware["strategy"] = build_strategy(cfg.hardware, model)
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live while training
     if cfg.stage == "dpo":
@@ -129,6 +132,7 @@ def train(cfg: DictConfig) -> TrainResult:
         "train_loss": module.last_train_loss,
         "val_loss": module.val_history[-1]["val_loss"] if module.val_history else None,
         "val_history": module.val_history,
+        "padding": module.padding_history,
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
         "tokens_seen": module.tokens_seen,

@@ -1,0 +1,72 @@
+"""Sequence packing: several examples share one row, and still never see each other.
+
+Each packed row carries position ids that restart at 0 for every example. Given position ids and no
+attention mask, transformers builds a block-diagonal causal mask from them (`find_packed_sequence_indices`
+in `transformers.masking_utils`), so attention never crosses an example boundary; the first token of
+every example gets no label, so no example is trained to predict the next one's start. The loss of a
+packed batch is therefore the loss of the same examples unpacked, with far less padding.
+"""
+
+import random
+
+import torch
+
+from onestop.data.tokenize import IGNORE_INDEX
+
+
+def pack_examples(examples: list[dict], max_seq_len: int, seed: int) -> list[dict]:
+    """First-fit-decreasing packing into rows of at most `max_seq_len` tokens; deterministic for a seed."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)  # ties in length are broken by the seed, not by file order
+    order.sort(key=lambda i: -len(examples[i]["input_ids"]))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in order:
+        length = len(examples[index]["input_ids"])
+        slot = next((r for r, free in enumerate(room) if free >= length), None)
+        if slot is None:
+            rows.append([])
+            room.append(max_seq_len)
+            slot = len(rows) - 1
+        rows[slot].append(index)
+        room[slot] -= length
+    packed = []
+    for members in rows:
+        input_ids, labels, positions = [], [], []
+        for index in members:
+            example = examples[index]
+            input_ids += example["input_ids"]
+            labels += [IGNORE_INDEX, *example["labels"][1:]]
+            positions += list(range(len(example["input_ids"])))
+        packed.append({"input_ids": input_ids, "labels": labels, "position_ids": positions})
+    random.Random(seed).shuffle(packed)
+    return packed
+
+
+def collate_packed(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad packed rows; the padding is one more (unlabelled) segment, so it attends only to itself."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.arange(width).repeat(len(rows), 1)
+    token_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, packed in enumerate(rows):
+        n = len(packed["input_ids"])
+        ids[row, :n] = torch.tensor(packed["input_ids"])
+        labels[row, :n] = torch.tensor(packed["labels"])
+        positions[row, :n] = torch.tensor(packed["position_ids"])
+        positions[row, n:] = torch.arange(width - n)
+        token_mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "token_mask": token_mask}
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the model's forward takes: a packed batch gives position ids and, on purpose, no attention mask."""
+    if "position_ids" in batch:
+        # transformers detects packing only without a KV cache; a model loaded for inference would make one.
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def real_token_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return batch["token_mask"] if "token_mask" in batch else batch["attention_mask"]

@@ -152,3 +152,33 @@ def test_ddp_two_cpu_processes_end_in_sync(tmp_path):
     assert metrics["world_size"] == 2 and metrics["replicas_in_sync"] is True
     assert metrics["steps"] == 4
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+GPU_STRATEGIES = ["fsdp", "deepspeed_zero2", "deepspeed_zero3"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 1, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("hardware", GPU_STRATEGIES)
+def test_sharded_strategies_train_on_gpus(tmp_path, hardware):
+    if hardware.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        invoke_cmd(
+            "train",
+            *[o for o in TINY if o != "hardware=cpu"],
+            f"hardware={hardware}",
+            "logger=csv",
+            "trainer.max_steps=4",
+            f"hydra.run.dir={run_dir}",
+        ),  # fmt: skip
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 4
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()

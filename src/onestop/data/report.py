@@ -38,7 +38,9 @@ def report_table(report: DataReport):
     return table
 
 
-def print_report(prepared: PreparedData) -> None:
+def print_report(prepared: PreparedData | None) -> None:
+    if prepared is None:  # a streamed corpus is never prepared as a whole
+        return
     from rich.console import Console
 
     console = Console(width=max(Console().width, 100))
@@ -61,6 +63,8 @@ def run_prepare(cfg: DictConfig) -> PreparedData:
 
 def copy_data_report(prepared: PreparedData, run_dir) -> None:
     """The run directory keeps its own copy of the data report and length histogram."""
+    if prepared is None:
+        return
     import json
     import shutil
     from dataclasses import asdict

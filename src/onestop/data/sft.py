@@ -1,5 +1,7 @@
 """Batching prepared data for Lightning: conversations with answer-only labels, or raw text."""
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from omegaconf import DictConfig
@@ -42,9 +44,13 @@ class SFTDataModule(L.LightningDataModule):
         self.prepared = None
         self.sampler = None
         self.resume_at: tuple[int, int] | None = None
+        self.stream = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set:
+        if self.train_set or self.stream is not None:
+            return
+        if self.cfg.streaming:
+            self._setup_stream()
             return
         prepared = prepare(self.cfg, self.tokenizer, seed=self.seed)
         pairs = "chosen_input_ids" in prepared.train[0]
@@ -73,6 +79,34 @@ class SFTDataModule(L.LightningDataModule):
             e["messages"] for e in prepared.val_examples if e.get("messages", [{}])[-1].get("role") == "assistant"
         ]
 
+    def _setup_stream(self) -> None:
+        """Raw text read lazily from its files; validation, if any, prepared normally from `data.val_path`."""
+        from omegaconf import OmegaConf
+
+        from onestop.data.prepare import sources_of
+        from onestop.data.records import is_hub_dataset_id
+        from onestop.data.streaming import TextBlockStream
+
+        if self.cfg.format != "text":
+            raise OnestopError(f"data.streaming: streams raw text (data=text); got data.format={self.cfg.format}")
+        paths = [source.path for source in sources_of(self.cfg)]
+        for path in paths:
+            if is_hub_dataset_id(path) or not Path(path).is_file():
+                raise OnestopError(f"data.streaming: {path}: no such local file (streaming reads local files)")
+        self.stream = TextBlockStream(paths, self.tokenizer, self.cfg.max_seq_len, self.cfg.columns.get("text", "text"))
+        if self.cfg.val_path:
+            val_cfg = OmegaConf.merge(
+                self.cfg, {"path": self.cfg.val_path, "val_path": None, "val_ratio": 0.0, "streaming": False}
+            )
+            self.val_set = prepare(val_cfg, self.tokenizer, seed=self.seed).train
+        self.report = DataReport(sources=[{"path": p, "format": "text", "records": 0, "valid": 0} for p in paths])
+        self.report.val_records = len(self.val_set)
+        print(
+            f"data: streaming {len(paths)} file(s) in blocks of {self.cfg.max_seq_len} tokens; "
+            f"{len(self.val_set)} validation examples",
+            flush=True,
+        )
+
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         if "position_ids" in examples[0]:
             from onestop.data.packing import collate_packed
@@ -86,6 +120,11 @@ class SFTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         from onestop.training.resume import ResumableSampler
+
+        if self.stream is not None:
+            if self.resume_at is not None:
+                self.stream.skip_blocks = self.resume_at[1] * self.cfg.batch_size
+            return DataLoader(self.stream, batch_size=self.cfg.batch_size, collate_fn=self.collate)
 
         trainer = self.trainer
         self.sampler = ResumableSampler(

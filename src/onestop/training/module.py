@@ -87,6 +87,7 @@ class CausalLMModule(L.LightningModule):
         rate = self.tokens_seen / max(self.train_seconds, 1e-9)
         self.log("train/tokens_per_s", rate, on_step=True, on_epoch=False)
         self.log("tok/s", rate, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        self.log("tokens", float(self.tokens_seen), prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss_sum, tokens = token_loss_sum(self.model, batch)

@@ -34,6 +34,12 @@ def data_prepare(c, overrides=None, cfg=None):
     cli.run_stage("data.prepare", overrides, cfg)
 
 
+@task(name="qa", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+def data_qa(c, overrides=None, cfg=None):
+    """Question-answer pairs from your documents: invoke data.qa source='docs/*.md' endpoint.model=NAME"""
+    cli.run_stage("data.qa", overrides, cfg)
+
+
 @task(
     name="train",
     iterable=[cli.OVERRIDES_ARG],
@@ -48,4 +54,4 @@ def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed"):
     cli.run_benchmark(overrides, steps, precisions)
 
 
-ns = Collection(train, demo, Collection("data", data_prepare), Collection("bench", bench_train))
+ns = Collection(train, demo, Collection("data", data_prepare, data_qa), Collection("bench", bench_train))

@@ -6,6 +6,7 @@ import shlex
 import pytest
 from conftest import run_invoke
 
+from onestop.deploy.server import ServedModel
 from onestop.paths import PROJECT_ROOT
 
 FILE_BLOCK = re.compile(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", re.DOTALL)
@@ -40,14 +41,40 @@ def test_data_doc_command_runs(command, tmp_path):
     for name, body in DATA_FILES.items():
         (tmp_path / name).write_text(body)
     task, *overrides = command[1:]
+    if "qa_run/qa.jsonl" in " ".join(overrides):
+        _documented_qa_run(tmp_path)
     extra = TINY_RUN if task == "train" else ["model=tiny"]
-    result = run_invoke(
-        "-r", str(PROJECT_ROOT), task, *overrides, *extra, f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path, env={"ONESTOP_HOME": str(tmp_path / "home")},
-    )  # fmt: skip
+    if task == "data.qa":
+        overrides, extra = [o for o in overrides if not o.startswith("endpoint.")], []
+        served = ServedModel(PROJECT_ROOT / "tests" / "assets" / "tiny-qwen2").start()
+        extra = [f"endpoint.base_url={served.base_url}", f"endpoint.model={served.model_name}", "max_tokens=16"]
+    try:
+        result = run_invoke(
+            "-r", str(PROJECT_ROOT), task, *overrides, *extra, f"hydra.run.dir={tmp_path / 'run'}",
+            cwd=tmp_path, env={"ONESTOP_HOME": str(tmp_path / "home")},
+        )  # fmt: skip
+    finally:
+        if task == "data.qa":
+            served.stop()
     assert result.returncode == 0, result.stderr[-2000:]
     if task == "train":
         assert (tmp_path / "run" / "data_report.json").is_file()
         assert result.stdout.strip().splitlines()[-1] == f"Run directory: {tmp_path / 'run'}"
+    elif task == "data.qa":
+        assert (tmp_path / "qa_run" / "report.json").is_file()
     else:
         assert "Prepared data (written" in result.stdout
+
+
+def _documented_qa_run(tmp_path):
+    """What `invoke data.qa ... output=qa_run` leaves behind, for the command that trains on it."""
+    import json
+
+    (tmp_path / "qa_run").mkdir()
+    pairs = [("How do I install?", "With pip, in a venv."), ("How do I start the demo?", "Type invoke demo.")] * 3
+    (tmp_path / "qa_run" / "qa.jsonl").write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in pairs
+        )
+    )

@@ -104,6 +104,8 @@ def _compose_for(stage: str, overrides: list[str]):
 
     if stage == "demo":
         overrides = ["recipe=gemma3_270m_lora_demo", *overrides]
+    if stage == "data.qa":
+        return compose("data_qa", overrides)
     return compose("train", overrides)
 
 
@@ -132,4 +134,8 @@ def _stage_entry(stage: str) -> Callable:
         from onestop.data.report import run_prepare
 
         return run_prepare
+    if stage == "data.qa":
+        from onestop.data.qa import run_qa
+
+        return run_qa
     raise ValueError(f"unknown stage {stage!r}")

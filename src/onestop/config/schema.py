@@ -278,10 +278,58 @@ class TrainConfig:
     """`auto`: continue from the newest checkpoint in hydra.run.dir; or a .ckpt path."""
 
 
+@dataclass
+class EndpointConfig:
+    base_url: str | None = "${oc.env:OPENAI_BASE_URL,null}"
+    """OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1; defaults to $OPENAI_BASE_URL."""
+    model: str | None = "${oc.env:OPENAI_MODEL,null}"
+    """Model name the endpoint serves; defaults to $OPENAI_MODEL."""
+    api_key: str | None = "${oc.env:OPENAI_API_KEY,null}"
+    """Key for the endpoint; defaults to $OPENAI_API_KEY (never written to any file)."""
+    timeout: float = 120.0
+    """Seconds to wait for one reply."""
+
+
+@dataclass
+class QAConfig:
+    source: str = MISSING
+    """A directory (every .md and .txt below it) or a glob of documents."""
+    output: str = "${hydra:run.dir}"
+    """Directory receiving qa.jsonl, report.json and the progress file; rerun it to resume."""
+    chunk_chars: int = 1500
+    """Longest chunk in characters; Markdown is split at headings and paragraphs first."""
+    overlap_chars: int = 200
+    """Characters repeated from the end of one chunk at the start of the next."""
+    pairs_per_chunk: int = 3
+    """Question-answer pairs asked for per chunk."""
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    temperature: float = 0.3
+    """Sampling temperature of the generator."""
+    max_tokens: int = 768
+    """Longest reply."""
+    max_retries: int = 4
+    """Retries per chunk on connection errors, 429 and 5xx, with exponential backoff."""
+    backoff_seconds: float = 1.0
+    """First retry delay; doubled on each further retry."""
+    requests_per_minute: float = 0
+    """Rate limit; 0 sends as fast as replies come."""
+    min_answer_chars: int = 2
+    """Shorter answers are dropped (counted)."""
+    max_answer_chars: int = 2000
+    """Longer answers are dropped (counted)."""
+    prompt: str = (
+        "Write {n} question-answer pairs that a user of the documented software might ask, answered only "
+        'from the text below. Reply with a JSON list of objects with keys "question" and "answer", nothing '
+        "else.\n\nSource: {source}\n\n{chunk}"
+    )
+    """Template with {n}, {source} and {chunk}."""
+
+
 def register_schemas() -> None:
     """Make the schemas visible to YAML defaults lists under `/schema/...`."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="qa_schema", node=QAConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)

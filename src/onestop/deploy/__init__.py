@@ -1,0 +1,1 @@
+"""Deployment stage: serve a model behind an OpenAI-compatible HTTP API."""

@@ -90,3 +90,24 @@ def test_qlora_trains_on_a_gpu(tmp_path):
     losses = train_losses(result.run_dir)
     assert sum(losses[-3:]) < sum(losses[:3])
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path):
+    def run(name, *extra):
+        cfg = compose(*TINY, "logger=none", "trainer.max_steps=3", *extra, run_dir=tmp_path / name)
+        return train(cfg).model
+
+    plain = run("plain")
+    recomputed = run("recomputed", "hardware.gradient_checkpointing=true")
+    assert recomputed.get_base_model().is_gradient_checkpointing
+    for (name, expected), (_, got) in zip(plain.named_parameters(), recomputed.named_parameters(), strict=True):
+        if expected.requires_grad:
+            torch.testing.assert_close(got, expected, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_decoder_trains(tmp_path):
+    cfg = compose(*TINY, "logger=none", "trainer.max_steps=2", "hardware.compile=true", run_dir=tmp_path / "run")
+    result = train(cfg)
+    assert result.metrics["steps"] == 2 and result.metrics["train_loss"] > 0
+    assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()

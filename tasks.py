@@ -27,6 +27,12 @@ def demo(c, overrides=None, cfg=None):
     cli.run_stage("demo", overrides, cfg)
 
 
+@task(iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+def export(c, overrides=None, cfg=None):
+    """Merge a run's adapter into its base (or copy it): invoke export run_dir=DIR [format=adapter]"""
+    cli.run_stage("export", overrides, cfg)
+
+
 @task(name="prepare", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
 @cli.with_config_help()
 def data_prepare(c, overrides=None, cfg=None):
@@ -54,4 +60,4 @@ def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed"):
     cli.run_benchmark(overrides, steps, precisions)
 
 
-ns = Collection(train, demo, Collection("data", data_prepare, data_qa), Collection("bench", bench_train))
+ns = Collection(train, demo, export, Collection("data", data_prepare, data_qa), Collection("bench", bench_train))

@@ -106,6 +106,8 @@ def _compose_for(stage: str, overrides: list[str]):
         overrides = ["recipe=gemma3_270m_lora_demo", *overrides]
     if stage == "data.qa":
         return compose("data_qa", overrides)
+    if stage == "export":
+        return compose("export", overrides)
     return compose("train", overrides)
 
 
@@ -138,4 +140,8 @@ def _stage_entry(stage: str) -> Callable:
         from onestop.data.qa import run_qa
 
         return run_qa
+    if stage == "export":
+        from onestop.deploy.export import run_export
+
+        return run_export
     raise ValueError(f"unknown stage {stage!r}")

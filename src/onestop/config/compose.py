@@ -86,6 +86,7 @@ CHOICES = {
     "data.overlength": ("truncate", "drop"),
     "model.source": ("hub", "embedded"),
     "stage": ("sft", "pretrain", "dpo"),
+    "format": ("merged", "adapter"),
 }
 
 

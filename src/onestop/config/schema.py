@@ -325,11 +325,24 @@ class QAConfig:
     """Template with {n}, {source} and {chunk}."""
 
 
+@dataclass
+class ExportConfig:
+    run_dir: str = MISSING
+    """The training run to export."""
+    format: str = "merged"
+    """merged: adapter folded into the base, a plain transformers model; adapter: the PEFT adapter alone."""
+    output: str | None = None
+    """Target directory; default RUN_DIR/export-merged or RUN_DIR/export-adapter."""
+    dtype: str = "float32"
+    """Weights dtype of a merged export (float32, bfloat16, float16)."""
+
+
 def register_schemas() -> None:
     """Make the schemas visible to YAML defaults lists under `/schema/...`."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="qa_schema", node=QAConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)

@@ -9,8 +9,6 @@ import glob
 import hashlib
 import json
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from onestop.data.records import is_hub_dataset_id, read_records
 from onestop.data.tokenize import IGNORE_INDEX, tokenize_example
 from onestop.errors import OnestopError
 from onestop.paths import cache_dir
+from onestop.training.export import staged_directory
 
 # Bump when preparation changes what it writes, so older caches are not reused.
 PIPELINE_VERSION = 1
@@ -313,10 +312,7 @@ def _save(prepared: PreparedData, lengths: list[int]) -> None:
     from datasets import Dataset, disable_progress_bars
 
     disable_progress_bars()
-    target = prepared.directory
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staged_directory(prepared.directory, replace=False) as staging:
         for name, rows in (("train", prepared.train), ("validation", prepared.val)):
             Dataset.from_list(rows).save_to_disk(str(staging / name)) if rows else (staging / name).mkdir()
         with open(staging / "validation_examples.jsonl", "w", encoding="utf-8") as handle:
@@ -324,11 +320,6 @@ def _save(prepared: PreparedData, lengths: list[int]) -> None:
                 handle.write(json.dumps(example, ensure_ascii=False) + "\n")
         plot_lengths(lengths, prepared.report.max_seq_len, staging / "lengths.png")
         (staging / "report.json").write_text(json.dumps(asdict(prepared.report), indent=2, ensure_ascii=False))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _load(directory: Path) -> PreparedData:

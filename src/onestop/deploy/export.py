@@ -6,7 +6,6 @@ the model learned to end.
 """
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -68,15 +67,10 @@ def _export_merged(run_dir: Path, source: Path, target: Path, dtype: str) -> Pat
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    from onestop.training.export import staged_directory
+
+    with staged_directory(target) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_export(cfg: DictConfig) -> Path:

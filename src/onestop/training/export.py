@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -31,17 +32,30 @@ def job_config(cfg: DictConfig) -> dict:
     }
 
 
-def save_pretrained_atomic(model, tokenizer, target: Path) -> Path:
-    """`save_pretrained` of model (or peft adapter) and tokenizer into `target`, via a staging directory."""
+@contextmanager
+def staged_directory(target: Path, replace: bool = True):
+    """Yield a staging directory beside `target`; when the block succeeds it becomes `target` in one rename.
+
+    `replace=False` keeps an existing `target` (another process wrote the same content and may be reading it).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        yield staging
         if target.exists():
+            if not replace:
+                return
             shutil.rmtree(target)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_pretrained_atomic(model, tokenizer, target: Path) -> Path:
+    """`save_pretrained` of model (or peft adapter) and tokenizer into `target`, via a staging directory."""
+    with staged_directory(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return target
 
 

@@ -227,3 +227,11 @@ def test_invoke_data_prepare_bad_line_exits_2(tmp_path):
     result = run_invoke("data.prepare", "model=tiny", f"data.path={bad}", env={"ONESTOP_HOME": str(tmp_path)})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"onestop data.prepare: error: {bad}:2: malformed JSON")
+
+
+def test_hub_dataset_id_offline_says_how_to_use_a_local_file(tokenizer):
+    with pytest.raises(OnestopError) as caught:
+        prepare(data_cfg("data=alpaca", "data.path=tatsu-lab/alpaca"), tokenizer)
+    message = str(caught.value)
+    assert message.startswith("data.path=tatsu-lab/alpaca: cannot load it from the Hugging Face Hub")
+    assert "set data.path to the local file" in message and "\n" not in message

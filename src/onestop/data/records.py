@@ -119,7 +119,11 @@ def _read_parquet(path: Path) -> list[Record]:
 def _read_hub(dataset_id: str, split: str, subset: str | None) -> list[Record]:
     from datasets import load_dataset
 
+    from onestop.models.loading import hub_reachable
+
     try:
+        if not hub_reachable():
+            raise ConnectionError("the hub is unreachable")
         rows = load_dataset(dataset_id, subset, split=split)
     except Exception as err:
         raise OnestopError(

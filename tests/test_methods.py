@@ -65,7 +65,7 @@ def test_method_lowers_training_loss_and_reloads_exactly(method, tmp_path):
 
 
 def test_qlora_on_cpu_fails_in_one_line_before_loading(tmp_path):
-    result = run_invoke("train", *TINY, "method=qlora", f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_invoke("train", *TINY, "method=qlora", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("onestop train: error: method=qlora: a 4-bit base needs a CUDA GPU")

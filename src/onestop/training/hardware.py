@@ -63,6 +63,12 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def weights_dtype(precision: str) -> str:
-    """Dtype to load base weights in: bf16 under bf16 precision (half the memory), else fp32."""
+def weights_dtype(precision: str, strategy: str = "auto") -> str:
+    """Dtype to load base weights in: bf16 under bf16 precision (half the memory), else fp32.
+
+    FSDP flattens frozen base weights and fp32 adapter weights into one parameter that must have a single
+    dtype, so under FSDP the base stays fp32 and FSDP's mixed precision casts to bf16 for compute.
+    """
+    if strategy == "fsdp":
+        return "float32"
     return "bfloat16" if str(precision).startswith("bf16") else "float32"

@@ -59,10 +59,15 @@ def train(cfg: DictConfig) -> TrainResult:
     print_report(datamodule.prepared)
 
     if cfg.model.from_scratch:
-        model = fresh_model(cfg.model, model_path, tokenizer, weights_dtype(hardware["precision"]))
+        model = fresh_model(
+            cfg.model, model_path, tokenizer, weights_dtype(hardware["precision"], cfg.hardware.strategy)
+        )
     else:
         model = load_causal_lm(
-            cfg.model, weights_dtype(hardware["precision"]), model_path, quantization=cfg.method.get("quantization")
+            cfg.model,
+            weights_dtype(hardware["precision"], cfg.hardware.strategy),
+            model_path,
+            quantization=cfg.method.get("quantization"),
         )
     reference = None
     if cfg.stage == "dpo" and cfg.method._target_.endswith(("apply_full", "apply_freeze")):

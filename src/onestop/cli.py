@@ -99,16 +99,21 @@ def run_benchmark(overrides: Sequence[str] | None, steps: int, precisions: str) 
         raise Exit(f"onestop bench.train: error: {err}", code=2) from None
 
 
+# stage -> (primary config in conf/, "module:function" that runs it, overrides placed before the user's)
+STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "train": ("train", "onestop.training.train:train", ()),
+    "demo": ("train", "onestop.demo:run_demo", ("recipe=gemma3_270m_lora_demo",)),
+    "data.prepare": ("train", "onestop.data.report:run_prepare", ()),
+    "data.qa": ("data_qa", "onestop.data.qa:run_qa", ()),
+    "export": ("export", "onestop.deploy.export:run_export", ()),
+}
+
+
 def _compose_for(stage: str, overrides: list[str]):
     from onestop.config.compose import compose
 
-    if stage == "demo":
-        overrides = ["recipe=gemma3_270m_lora_demo", *overrides]
-    if stage == "data.qa":
-        return compose("data_qa", overrides)
-    if stage == "export":
-        return compose("export", overrides)
-    return compose("train", overrides)
+    primary, _, preset = STAGES[stage]
+    return compose(primary, [*preset, *overrides])
 
 
 def _config_text(cfg, which: str) -> str:
@@ -124,24 +129,7 @@ def _config_text(cfg, which: str) -> str:
 
 
 def _stage_entry(stage: str) -> Callable:
-    if stage == "train":
-        from onestop.training.train import train
+    import importlib
 
-        return train
-    if stage == "demo":
-        from onestop.demo import run_demo
-
-        return run_demo
-    if stage == "data.prepare":
-        from onestop.data.report import run_prepare
-
-        return run_prepare
-    if stage == "data.qa":
-        from onestop.data.qa import run_qa
-
-        return run_qa
-    if stage == "export":
-        from onestop.deploy.export import run_export
-
-        return run_export
-    raise ValueError(f"unknown stage {stage!r}")
+    module, function = STAGES[stage][1].split(":")
+    return getattr(importlib.import_module(module), function)

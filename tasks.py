@@ -33,6 +33,19 @@ def export(c, overrides=None, cfg=None):
     cli.run_stage("export", overrides, cfg)
 
 
+@task(name="eval", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+@cli.with_config_help("eval")
+def evaluate(c, overrides=None, cfg=None):
+    """Evaluate a model, a run or an endpoint: invoke eval run_dir=DIR eval=qa eval.path=FILE"""
+    cli.run_stage("eval", overrides, cfg)
+
+
+@task(name="compare", iterable=["results"], help={"results": "result dirs/files", "output": "PNG path"})
+def eval_compare(c, results=None, output=None):
+    """Side-by-side table and PNG of evaluations: invoke eval.compare DIR_A DIR_B ..."""
+    cli.run_compare(results or [], output)
+
+
 @task(name="prepare", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
 @cli.with_config_help()
 def data_prepare(c, overrides=None, cfg=None):
@@ -60,4 +73,7 @@ def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed"):
     cli.run_benchmark(overrides, steps, precisions)
 
 
-ns = Collection(train, demo, export, Collection("data", data_prepare, data_qa), Collection("bench", bench_train))
+evaluation = Collection("eval")
+evaluation.add_task(evaluate, default=True)
+evaluation.add_task(eval_compare)
+ns = Collection(train, demo, export, evaluation, Collection("data", data_prepare, data_qa), Collection("bench", bench_train))

@@ -56,7 +56,7 @@ def with_config_help(primary: str = "train") -> Callable:
     def decorate(body: Callable) -> Callable:
         defaults = default_options(primary)
         lines = ["", "Config groups (choose with GROUP=OPTION; * marks the default):"]
-        for group in config_groups():
+        for group in (g for g in config_groups() if g in defaults):
             options = [f"{o}*" if defaults.get(group) == o else o for o in list_group_options(group)]
             lines.append(f"  {group:<9} {' '.join(options)}")
         lines += [
@@ -106,7 +106,21 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "data.prepare": ("train", "onestop.data.report:run_prepare", ()),
     "data.qa": ("data_qa", "onestop.data.qa:run_qa", ()),
     "export": ("export", "onestop.deploy.export:run_export", ()),
+    "eval": ("eval", "onestop.evaluation.run:run_eval", ()),
 }
+
+
+def run_compare(paths: Sequence[str], output: str | None) -> None:
+    """`eval.compare` with user errors reported in one line."""
+    from invoke.exceptions import Exit
+
+    from onestop.errors import OnestopError
+    from onestop.evaluation.report import compare
+
+    try:
+        compare(list(paths), output)
+    except OnestopError as err:
+        raise Exit(f"onestop eval.compare: error: {err}", code=2) from None
 
 
 def _compose_for(stage: str, overrides: list[str]):

@@ -24,6 +24,8 @@ class ConfigError(OnestopError):
 def _setup() -> None:
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("first_set"):
+        OmegaConf.register_new_resolver("first_set", lambda *values: next((v for v in values if v), None))
     register_schemas()
 
 

@@ -258,6 +258,51 @@ class PathsConfig:
 
 
 @dataclass
+class EvalSuiteConfig:
+    name: str = MISSING
+    """Short name of the suite, used in results and W&B keys."""
+    kind: str = "qa"
+    """public (lm-eval benchmarks in `tasks`), mcq, qa or ppl (the user's own file in `path`)."""
+    tasks: list[str] = field(default_factory=list)
+    """lm-eval task or group names of a public suite."""
+    hub_dataset: str | None = None
+    """Hub dataset a public suite downloads (named in the offline error)."""
+    path: str | None = None
+    """The local suite's file: .jsonl/.json/.csv (mcq, qa), or also .txt/.md (ppl)."""
+    num_fewshot: int | None = None
+    """Examples shown before each question; None keeps the benchmark's own default (0 for local suites)."""
+    batch_size: int = 8
+    """Prompts per forward pass in-process."""
+    limit: int | None = None
+    """Evaluate only the first N rows of each task (quick checks)."""
+    max_new_tokens: int = 64
+    """Longest generated answer."""
+    chat_template: bool = True
+    """Format prompts with the model's chat template, as training and serving do."""
+    mcq_mode: str = "auto"
+    """mcq: loglikelihood (score each letter), generate (read the letter from the answer), auto (log-likelihood
+    in-process, generate through an endpoint, which has no log-probabilities)."""
+    description: str | None = None
+    """Text put before every prompt (e.g. 'The following are multiple choice questions about X.')."""
+    bootstrap_iters: int = 100
+    """Bootstrap resamples for the standard errors of corpus metrics (BLEU, chrF); 0 skips them."""
+    log_samples: bool = True
+    """Keep every prompt, answer and score in results.json."""
+
+
+@dataclass
+class PeriodicEvalConfig:
+    every_n_steps: int = 0
+    """Run the suite every N optimizer steps during training and log it; 0 turns it off."""
+    suite: str = "qa"
+    """Option of the eval/ group to run (a small one: qa, mcq, ppl, demo)."""
+    path: str | None = None
+    """The suite's file, when it needs one; default: the suite's own."""
+    limit: int | None = 32
+    """Rows per evaluation, to keep training moving."""
+
+
+@dataclass
 class TrainConfig:
     seed: int = 42
     """Seed for Python, NumPy, torch and the data split."""
@@ -276,6 +321,29 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None
     """`auto`: continue from the newest checkpoint in hydra.run.dir; or a .ckpt path."""
+    periodic_eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
+
+
+@dataclass
+class EvalConfig:
+    seed: int = 42
+    """Seed of lm-eval's few-shot sampling and of torch."""
+    model: ModelConfig = MISSING
+    eval: EvalSuiteConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    logger: Any = None
+    run_dir: str | None = None
+    """A training run: its base model with its adapter (or its full weights) and its chat template."""
+    endpoint: str | None = None
+    """OpenAI-compatible API root (http://127.0.0.1:8000/v1): evaluates the model as served."""
+    endpoint_model: str | None = None
+    """Model name the endpoint serves (see its /v1/models)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's key (the key itself is never written anywhere)."""
+    num_concurrent: int = 1
+    """Requests in flight to the endpoint."""
+    output_dir: str = "${hydra:run.dir}"
+    """Where results.json and the table go; default runs/eval/TIME, or RUN_DIR/eval/TIME with run_dir=."""
 
 
 @dataclass
@@ -343,6 +411,8 @@ def register_schemas() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="qa_schema", node=QAConfig)
     cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(group="schema/eval", name="eval", node=EvalSuiteConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/hardware", name="hardware", node=HardwareConfig)

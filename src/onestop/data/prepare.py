@@ -352,7 +352,9 @@ def plot_lengths(lengths: list[int], max_seq_len: int, path: Path) -> None:
     axes.set_title(f"{len(lengths)} training examples")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    from onestop.training.export import save_figure_atomic
+
+    save_figure_atomic(figure, path, dpi=100)
     plt.close(figure)
 
 

@@ -19,6 +19,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_figure_atomic(figure, path: Path, dpi: int = 120) -> None:
+    """Render a matplotlib figure to PNG beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    figure.savefig(tmp, format="png", dpi=dpi)
+    os.replace(tmp, path)
+
+
 def write_json(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 

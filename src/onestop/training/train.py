@@ -106,12 +106,19 @@ def train(cfg: DictConfig) -> TrainResult:
         save_last=True,
     )
     sigterm = SaveOnSigterm(run_dir / "checkpoints" / "sigterm.ckpt")
+    callbacks = [TrainingPosition(datamodule), sigterm, checkpoint, progress_bar()]
+    periodic = None
+    if cfg.periodic_eval.every_n_steps:
+        from onestop.evaluation.callback import PeriodicEvaluation
+
+        periodic = PeriodicEvaluation(cfg.periodic_eval, cfg.model, tokenizer, cfg.seed, run_dir)
+        callbacks.append(periodic)
     trainer = instantiate(
         cfg.trainer,
         **hardware,
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[TrainingPosition(datamodule), sigterm, checkpoint, progress_bar()],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the resumable sampler shards across ranks itself
         limit_val_batches=1.0 if datamodule.val_set else 0,
@@ -152,6 +159,7 @@ def train(cfg: DictConfig) -> TrainResult:
         "world_size": trainer.world_size,
         "replicas_in_sync": in_sync,
         "resumed_from": str(resume_path(cfg.resume, run_dir)) if cfg.resume else None,
+        "periodic_eval": periodic.history if periodic else [],
     }
     write_json(run_dir / "metrics.json", metrics)
     if logger:

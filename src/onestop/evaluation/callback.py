@@ -1,0 +1,52 @@
+"""Periodic evaluation during training: a small suite every N optimizer steps, logged with the losses."""
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+
+class PeriodicEvaluation(Callback):
+    """Runs `periodic_eval.suite` through lm-eval on the model being trained, on global rank 0."""
+
+    def __init__(self, periodic: DictConfig, model_cfg: DictConfig, tokenizer, seed: int, run_dir: Path):
+        from onestop.evaluation.run import suite_config
+
+        self.every_n_steps = periodic.every_n_steps
+        self.suite = suite_config(periodic.suite, path=periodic.path, limit=periodic.limit, log_samples=False)
+        if self.suite.kind in {"mcq", "qa", "ppl"} and not self.suite.path:
+            from onestop.errors import OnestopError
+
+            raise OnestopError(f"periodic_eval.path: suite {periodic.suite} needs a file")
+        self.config = OmegaConf.create(
+            {"eval": self.suite, "model": model_cfg, "seed": seed, "output_dir": str(run_dir), "endpoint": None}
+        )
+        self.tokenizer = tokenizer
+        self.history: list[dict] = []
+        self._last_step = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last_step or step % self.every_n_steps:
+            return  # gradient accumulation: several batches share one optimizer step
+        self._last_step = step
+        if not trainer.is_global_zero:
+            return
+        from lm_eval.models.huggingface import HFLM
+
+        from onestop.evaluation.run import evaluate
+
+        model = pl_module.model
+        was_training, use_cache = model.training, model.config.use_cache
+        model.eval()
+        model.config.use_cache = True
+        try:
+            lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.suite.batch_size)
+            result = evaluate(self.config, lm=lm, tokenizer=self.tokenizer, quiet=True)
+        finally:
+            model.config.use_cache = use_cache
+            model.train(was_training)
+        scores = result.logged(self.suite.name)
+        self.history.append({"step": step, **scores})
+        if trainer.logger:
+            trainer.logger.log_metrics(scores, step=step)

@@ -1,0 +1,360 @@
+"""The eval stage: one suite, run by lm-evaluation-harness on a base model, a training run, or an endpoint.
+
+    invoke eval model=qwen eval=mmlu
+    invoke eval run_dir=runs/train/DIR eval=qa eval.path=my_questions.jsonl
+    invoke eval endpoint=http://127.0.0.1:8000/v1 endpoint_model=NAME eval=qa eval.path=my_questions.jsonl
+
+Writes results.json (metrics with standard errors, config, model identity, samples) to the output
+directory, prints a table, and logs to W&B: into the training run's own W&B run when run_dir is given.
+"""
+
+import json
+import os
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from onestop.errors import OnestopError
+
+
+@dataclass
+class EvalResult:
+    output_dir: Path
+    metrics: dict[str, dict[str, dict[str, float | None]]]
+    """{task: {metric: {"value": v, "stderr": s}}}."""
+    samples: dict[str, list[dict]] = field(default_factory=dict)
+
+    def flat(self) -> dict[str, float]:
+        """{"task/metric": value}, the form W&B, sweeps and comparisons use."""
+        return {f"{t}/{m}": v["value"] for t, ms in self.metrics.items() for m, v in ms.items()}
+
+    def logged(self, suite: str) -> dict[str, float]:
+        """W&B keys: eval/SUITE/METRIC for a one-task suite, eval/SUITE/TASK/METRIC otherwise."""
+        return {
+            f"eval/{m}" if m.startswith(f"{suite}/") else f"eval/{suite}/{m}": value for m, value in self.flat().items()
+        }
+
+
+@dataclass
+class Target:
+    """What is evaluated: exactly one of a run directory, a base model, or an endpoint."""
+
+    kind: str
+    identity: dict
+    run_config: DictConfig | None = None
+
+
+def describe_target(cfg: DictConfig) -> Target:
+    if cfg.endpoint and cfg.run_dir:
+        raise OnestopError("endpoint= and run_dir= both set: evaluate one target at a time")
+    if cfg.endpoint:
+        return Target("endpoint", {"endpoint": cfg.endpoint, "endpoint_model": endpoint_model(cfg)})
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir).expanduser().absolute()
+        config_file = run_dir / "config.yaml"
+        if not config_file.is_file():
+            raise OnestopError(f"run_dir={cfg.run_dir}: no config.yaml; expected a directory `invoke train` wrote")
+        run_config = OmegaConf.load(config_file)
+        adapter, full = run_dir / "adapter", run_dir / "model"
+        if (adapter / "adapter_config.json").is_file():
+            weights = {"adapter": str(adapter)}
+        elif (full / "config.json").is_file():
+            weights = {"model_dir": str(full)}
+        else:
+            raise OnestopError(f"run_dir={cfg.run_dir}: neither adapter/ nor model/ found; did the run finish?")
+        identity = {"run_dir": str(run_dir), "model": run_config.model.name, "model_path": run_config.model.path}
+        return Target("run", {**identity, **weights}, run_config)
+    return Target("model", {"model": cfg.model.name, "model_path": cfg.model.path})
+
+
+def endpoint_model(cfg: DictConfig) -> str:
+    """The served model's name: `endpoint_model=`, or the only model the endpoint lists."""
+    if cfg.endpoint_model:
+        return cfg.endpoint_model
+    request = urllib.request.Request(cfg.endpoint.rstrip("/") + "/models", headers=_auth_headers(cfg))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            names = [m["id"] for m in json.load(reply).get("data", [])]
+    except (OSError, ValueError) as err:
+        raise OnestopError(f"endpoint={cfg.endpoint}: /models did not answer ({err}); is the server up?") from None
+    if len(names) != 1:
+        raise OnestopError(f"endpoint_model: the endpoint serves {names or 'no models'}; name one with endpoint_model=")
+    return names[0]
+
+
+def _auth_headers(cfg: DictConfig) -> dict:
+    key = os.environ.get(cfg.api_key_env)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def end_of_turn(tokenizer) -> list[str]:
+    """The text the chat template closes an assistant turn with (`<end_of_turn>`, `<|im_end|>`): a stop string."""
+    probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "ANSWER"}]
+    text = tokenizer.apply_chat_template(probe, tokenize=False)
+    closing = text.split("ANSWER", 1)[1].strip()
+    return [closing] if closing else []
+
+
+def build_tasks(suite: DictConfig, mode: str, stop_strings: list[str]):
+    """lm-eval tasks for the suite (checks local files and public datasets before any model loads)."""
+    from onestop.evaluation.suites import PUBLIC_SUITES, local_task
+
+    if suite.kind != "public":
+        return [local_task(suite, mode, stop_strings)], None
+    from lm_eval.tasks import TaskManager
+
+    from onestop.models.loading import hub_reachable
+
+    tasks = list(suite.tasks) or PUBLIC_SUITES.get(suite.name, ([], None))[0]
+    if not tasks:
+        raise OnestopError(f"eval={suite.name}: a public suite needs eval.tasks (lm-eval task names)")
+    manager = TaskManager()
+    if not hub_reachable():
+        os.environ["HF_DATASETS_OFFLINE"] = "1"  # use the datasets cache if the benchmark was downloaded before
+    try:
+        loaded = manager.load(tasks)
+    except Exception as err:  # lm-eval raises many types for a missing dataset; all mean the same to a user
+        dataset = suite.hub_dataset or "its dataset"
+        layout = "a JSONL/CSV of prompt + reference" if suite.name == "gsm8k" else "the MMLU/C-Eval CSV layout"
+        local = "eval=qa" if suite.name == "gsm8k" else "eval=mcq"
+        raise OnestopError(
+            f"eval={suite.name}: could not load {dataset} ({type(err).__name__}); offline, download it on a "
+            f"machine with internet, or run your local copy with {local} eval.path=FILE ({layout})"
+        ) from None
+    return list(loaded["tasks"].values()), manager
+
+
+def build_lm(cfg: DictConfig, target: Target, tokenizer):
+    """The lm-eval model: its in-process `hf` model (with the peft adapter) or its chat-completions client."""
+    suite = cfg.eval
+    if target.kind == "endpoint":
+        return chat_completions_client()(
+            base_url=cfg.endpoint.rstrip("/") + "/chat/completions",
+            model=target.identity["endpoint_model"],
+            num_concurrent=cfg.num_concurrent,
+            max_retries=2,
+            max_gen_toks=suite.max_new_tokens,
+            seed=cfg.seed,
+            header=_auth_headers(cfg) or None,
+        )
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    from onestop.models.loading import resolve_model_path
+
+    device = "cuda" if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu" else "cpu"
+    common = {
+        "tokenizer": tokenizer,
+        "device": device,
+        "dtype": "bfloat16" if device == "cuda" else "float32",
+        "batch_size": suite.batch_size,
+        "trust_remote_code": bool(cfg.model.trust_remote_code),
+    }
+    if target.kind == "run":
+        identity = target.identity
+        if "adapter" in identity:
+            base = resolve_model_path(target.run_config.model)
+            return HFLM(pretrained=base, peft=identity["adapter"], **common)
+        return HFLM(pretrained=identity["model_dir"], **common)
+    return HFLM(pretrained=resolve_model_path(cfg.model), **common)
+
+
+def chat_completions_client():
+    """lm-eval's chat-completions model, minus an empty `stop` list (some servers, transformers serve among
+    them, answer 500 to `"stop": []`, which the OpenAI API accepts)."""
+    from lm_eval.models.openai_completions import LocalChatCompletion
+
+    class ChatCompletions(LocalChatCompletion):
+        def _create_payload(self, *args, **kwargs) -> dict:
+            payload = super()._create_payload(*args, **kwargs)
+            payload["stop"] = [s for s in payload.get("stop") or [] if s]
+            if not payload["stop"]:
+                del payload["stop"]
+            return payload
+
+    return ChatCompletions
+
+
+def load_target_tokenizer(cfg: DictConfig, target: Target):
+    """The tokenizer (chat template included) the target was trained with."""
+    from transformers import AutoTokenizer
+
+    from onestop.models.loading import load_tokenizer
+
+    if target.kind == "run":
+        saved = Path(target.identity.get("adapter") or target.identity["model_dir"])
+        tokenizer = AutoTokenizer.from_pretrained(saved)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    return load_tokenizer(cfg.model)
+
+
+def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> EvalResult:
+    """Run `cfg.eval` on the target `cfg` names (or on an already built lm-eval model `lm`)."""
+    from lm_eval import simple_evaluate
+
+    suite = cfg.eval
+    if suite.kind in {"mcq", "qa", "ppl"} and not suite.path:
+        raise OnestopError(f"eval={suite.name}: set eval.path=FILE")
+    target = describe_target(cfg) if lm is None else Target("in-memory", {"model": cfg.model.name})
+    if target.kind != "endpoint" and tokenizer is None:
+        tokenizer = load_target_tokenizer(cfg, target)
+    stop_strings = end_of_turn(tokenizer) if tokenizer is not None and suite.chat_template else []
+    mode = suite.mcq_mode
+    if mode == "auto":
+        mode = "generate" if target.kind == "endpoint" else "loglikelihood"
+    tasks, manager = build_tasks(suite, mode, stop_strings)
+    if lm is None:
+        lm = build_lm(cfg, target, tokenizer)
+    # Chat endpoints take messages, so the server's own template formats them, as it does for any client.
+    chat = bool(suite.chat_template or target.kind == "endpoint")
+    started = time.perf_counter()
+    raw = simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        task_manager=manager,
+        num_fewshot=suite.num_fewshot,
+        limit=suite.limit,
+        apply_chat_template=chat,
+        fewshot_as_multiturn=chat and bool(suite.num_fewshot),
+        log_samples=suite.log_samples,
+        bootstrap_iters=suite.bootstrap_iters,
+        random_seed=cfg.seed,
+        numpy_random_seed=cfg.seed,
+        torch_random_seed=cfg.seed,
+        fewshot_random_seed=cfg.seed,
+    )
+    metrics = collect_metrics(raw)
+    samples = {task: [compact_sample(s) for s in rows] for task, rows in (raw.get("samples") or {}).items()}
+    result = EvalResult(Path(cfg.output_dir).absolute(), metrics, samples)
+    if not quiet:
+        write_results(result, cfg, target, raw, time.perf_counter() - started)
+    return result
+
+
+def collect_metrics(raw: dict) -> dict:
+    """lm-eval's {"acc,none": v, "acc_stderr,none": s} per task and group, as {task: {metric: {value, stderr}}}."""
+    metrics: dict[str, dict] = {}
+    for table in ("results", "groups"):
+        for task, values in (raw.get(table) or {}).items():
+            row = {}
+            for key, value in values.items():
+                if "," not in key or "_stderr," in key or not isinstance(value, int | float):
+                    continue
+                name, filter_name = key.split(",", 1)
+                stderr = values.get(f"{name}_stderr,{filter_name}")
+                label = name if filter_name == "none" else f"{name}[{filter_name}]"
+                row[label] = {
+                    "value": float(value),
+                    "stderr": float(stderr) if isinstance(stderr, int | float) else None,
+                }
+            if row:
+                metrics[task] = row
+    return metrics
+
+
+def compact_sample(sample: dict) -> dict:
+    """One evaluated row: the document, the target, what the model answered, and its scores."""
+    responses = sample.get("filtered_resps") or sample.get("resps")
+    if isinstance(responses, list) and len(responses) == 1:
+        responses = responses[0]
+    kept = {"doc_id": sample.get("doc_id"), "doc": sample.get("doc"), "target": sample.get("target")}
+    kept["response"] = responses
+    for key, value in sample.items():
+        if key not in {"doc", "target", "arguments", "resps", "filtered_resps", "doc_id", "doc_hash"}:
+            if key in {"prompt_hash", "target_hash", "filter"}:
+                continue
+            kept[key] = value
+    return json.loads(json.dumps(kept, default=str))
+
+
+def write_results(result: EvalResult, cfg: DictConfig, target: Target, raw: dict, seconds: float) -> None:
+    import lm_eval
+
+    from onestop.evaluation.report import print_metrics
+    from onestop.training.export import job_config, write_json
+
+    payload = {
+        "suite": cfg.eval.name,
+        "target": target.identity | {"kind": target.kind},
+        "metrics": result.metrics,
+        "n_samples": raw.get("n-samples"),
+        "versions": {"lm_eval": lm_eval.__version__, **(raw.get("versions") or {})},
+        "seconds": seconds,
+        "config": job_config(cfg),
+        "samples": result.samples,
+    }
+    write_json(result.output_dir / "results.json", json.loads(json.dumps(payload, default=str)))
+    print_metrics(f"{cfg.eval.name} on {describe(target)}", result.metrics)
+    log_to_wandb(cfg, target, result)
+    print(f"Results: {result.output_dir / 'results.json'}", flush=True)
+
+
+def describe(target: Target) -> str:
+    identity = target.identity
+    if target.kind == "endpoint":
+        return f"{identity['endpoint_model']} at {identity['endpoint']}"
+    if target.kind == "run":
+        return f"run {identity['run_dir']}"
+    return str(identity["model"])
+
+
+def log_to_wandb(cfg: DictConfig, target: Target, result: EvalResult) -> None:
+    """Log the scores to W&B: into the training run's own W&B run when evaluating a run directory."""
+    if not cfg.logger or not str(cfg.logger.get("_target_", "")).endswith("wandb_logger"):
+        return  # csv and none: results.json is the record
+    import wandb
+
+    from onestop.training.loggers import wandb_credentials_present
+
+    offline = os.environ.get("WANDB_MODE") in {"offline", "dryrun"} or not wandb_credentials_present()
+    os.environ.setdefault("WANDB_SILENT", "true")
+    init = {"project": cfg.logger.get("project") or "onestop", "entity": cfg.logger.get("entity")}
+    run_id = training_wandb_id(Path(target.identity["run_dir"])) if target.kind == "run" else None
+    if run_id:
+        run_dir = Path(target.identity["run_dir"])
+        init |= {"id": run_id, "resume": "allow", "dir": str(run_dir)}
+        if target.run_config is not None and target.run_config.get("logger"):
+            init["project"] = target.run_config.logger.get("project") or init["project"]
+    else:
+        result.output_dir.mkdir(parents=True, exist_ok=True)
+        init |= {"dir": str(result.output_dir), "name": f"eval-{cfg.eval.name}-{result.output_dir.name}"}
+    run = wandb.init(mode="offline" if offline else "online", job_type="eval", **init)
+    flat = result.logged(cfg.eval.name)
+    run.log(flat)
+    run.summary.update(flat)
+    run.finish()
+    if offline:
+        print(f"W&B: logged offline; upload later with: wandb sync {Path(run.dir).parent}")
+
+
+def training_wandb_id(run_dir: Path) -> str | None:
+    """The W&B run id `invoke train` logged to: the suffix of wandb/*run-DATE-ID/."""
+    runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+
+
+def run_eval(cfg: DictConfig) -> EvalResult:
+    return evaluate(cfg)
+
+
+def suite_config(name: str, **overrides) -> DictConfig:
+    """An option of the eval/ group as a typed node, without composing a whole config (used mid-training)."""
+    from onestop.config.schema import EvalSuiteConfig
+    from onestop.paths import CONF_DIR
+
+    option = CONF_DIR / "eval" / f"{name}.yaml"
+    if not option.is_file():
+        names = ", ".join(sorted(p.stem for p in option.parent.glob("*.yaml")))
+        raise OnestopError(f"periodic_eval.suite={name}: no such suite; choose one of: {names}")
+    values = OmegaConf.load(option)
+    values.pop("defaults", None)
+    suite = OmegaConf.merge(OmegaConf.structured(EvalSuiteConfig), values)
+    for key, value in overrides.items():
+        if value is not None:
+            suite[key] = value
+    return suite

@@ -40,10 +40,14 @@ def evaluate(c, overrides=None, cfg=None):
     cli.run_stage("eval", overrides, cfg)
 
 
-@task(name="compare", iterable=["results"], help={"results": "result dirs/files", "output": "PNG path"})
-def eval_compare(c, results=None, output=None):
+@task(
+    name="compare",
+    iterable=[cli.PATHS_ARG],
+    help={cli.PATHS_ARG: "results.json, an eval output dir, or a run dir (bare words)", "output": "PNG path"},
+)
+def eval_compare(c, paths=None, output=None):
     """Side-by-side table and PNG of evaluations: invoke eval.compare DIR_A DIR_B ..."""
-    cli.run_compare(results or [], output)
+    cli.run_compare(paths or [], output)
 
 
 @task(name="prepare", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)

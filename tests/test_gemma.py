@@ -1,6 +1,7 @@
 """The offline embedded Gemma-3-270M: loads with no hub, chats in Gemma's format, and the demo runs."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,7 @@ def test_gemma_chat_template_is_gemmas(gemma):
     assert text == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
 
 
+@pytest.mark.slow
 def test_demo_smoke_run_prints_the_comparison(tmp_path):
     run_dir = tmp_path / "demo"
     result = run_invoke("demo", "trainer.max_steps=2", "logger=none", f"hydra.run.dir={run_dir}")
@@ -53,5 +55,9 @@ def test_demo_smoke_run_prints_the_comparison(tmp_path):
     assert "Held-out questions" in result.stdout and "before vs after" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == f"Run directory: {run_dir}"
     report = json.loads((run_dir / "demo.json").read_text())
-    assert len(report["before"]["answers"]) == len(report["questions"]) > 40
+    assert {"heldout_loss", "demo/exact_match", "demo/token_f1", "demo/rougeL"} <= report["before"].keys()
+    assert report["after"].keys() == report["before"].keys()
+    after = json.loads(Path(report["results"]["after"]).read_text())  # written by the eval stage
+    assert after["target"]["run_dir"] == str(run_dir) and after["target"]["adapter"] == str(run_dir / "adapter")
+    assert after["n_samples"]["demo"]["effective"] == len(after["samples"]["demo"]) > 40
     assert (run_dir / "adapter" / "chat_template.jinja").read_text().count("<start_of_turn>") >= 2

@@ -3,14 +3,16 @@
 Stock Invoke rejects bare words such as `model=qwen` ("No idea what 'model=qwen' is!"). Tasks that
 declare an iterable `overrides` argument accept them here: `accept_hydra_overrides()` teaches Invoke's
 parser that, inside such a task, a word shaped like a Hydra override (`key=value`, `+key=value`,
-`~key`) is one more value of `overrides`. Every other word goes through Invoke's parser untouched.
-This module imports nothing heavy, so `invoke --list` stays fast.
+`~key`) is one more value of `overrides`; in a task with an iterable `paths` argument
+(`invoke eval.compare DIR_A DIR_B`) every bare word is one more path. Every other word goes through
+Invoke's parser untouched. This module imports nothing heavy, so `invoke --list` stays fast.
 """
 
 import re
 from collections.abc import Callable, Sequence
 
 OVERRIDES_ARG = "overrides"
+PATHS_ARG = "paths"  # a task with an iterable `paths` argument takes every bare word as one more path
 _OVERRIDE = re.compile(r"^(?:[+~]{0,2}[A-Za-z_][\w.\-/@]*=.*|~[A-Za-z_][\w.\-/@]*)$")
 
 ARG_HELP = {
@@ -34,15 +36,13 @@ def accept_hydra_overrides() -> None:
 
     def handle(machine: ParseMachine, token: str) -> None:
         context = machine.context
-        if (
-            context is not None
-            and OVERRIDES_ARG in context.args
-            and machine.current_state != "unknown"
-            and not machine.waiting_for_flag_value
-            and is_override(token)
-        ):
-            context.args[OVERRIDES_ARG].value = token  # a list argument appends
-            return
+        if context is not None and machine.current_state != "unknown" and not machine.waiting_for_flag_value:
+            if OVERRIDES_ARG in context.args and is_override(token):
+                context.args[OVERRIDES_ARG].value = token  # a list argument appends
+                return
+            if PATHS_ARG in context.args and not token.startswith("-"):
+                context.args[PATHS_ARG].value = token
+                return
         invoke_handle(machine, token)
 
     handle.accepts_hydra_overrides = True  # type: ignore[attr-defined]

@@ -2,66 +2,83 @@
 
 invoke demo                      # the full run, about 10 minutes on 2 CPU cores
 invoke demo trainer.max_steps=4  # a smoke run
+
+Before and after are measured by the eval stage (lm-evaluation-harness on the held-out questions, the
+same as `invoke eval run_dir=RUN eval=demo`), plus the loss on the held-out answers.
 """
 
-from dataclasses import asdict
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 SAMPLES = 3
-MAX_NEW_TOKENS = 48
-SHOWN_CHARS = 160  # a base model rambles to MAX_NEW_TOKENS; the table shows the start, demo.json all
+SHOWN_CHARS = 160  # a base model rambles to max_new_tokens; the table shows the start, results.json all
+HEADLINE = ("exact_match", "token_f1", "contains", "rougeL", "chrf")
 
 
-def evaluate(model, tokenizer, datamodule) -> dict:
-    """Held-out loss plus greedy answers to every held-out question, scored against the references."""
-    from onestop.evaluation.heldout import generate_answers, heldout_loss, score_answers
+def heldout_questions(conversations: list[list[dict]], path: Path) -> str | None:
+    """Write the held-out conversations as a `qa` suite file; return their system prompt, if any."""
+    from onestop.training.export import write_text_atomic
 
-    prompts = [conv[:-1] for conv in datamodule.val_conversations]
-    references = [conv[-1]["content"] for conv in datamodule.val_conversations]
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS)
-    return {
-        "heldout_loss": heldout_loss(model, datamodule.val_dataloader()),
-        **asdict(score_answers(answers, references)),
-        "answers": answers,
-    }
+    rows = [{"prompt": c[-2]["content"], "reference": c[-1]["content"]} for c in conversations]
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    first = conversations[0]
+    return first[0]["content"] if first[0]["role"] == "system" else None
 
 
 def run_demo(cfg: DictConfig) -> dict:
-    """Evaluate the base model, train with `cfg`, evaluate again, print both side by side."""
+    """Evaluate the base model, train with `cfg`, evaluate the run, print both side by side."""
+    from lm_eval.models.huggingface import HFLM
+
     from onestop.data import SFTDataModule
+    from onestop.errors import OnestopError
+    from onestop.evaluation.heldout import heldout_loss
+    from onestop.evaluation.run import eval_config, evaluate, suite_config
     from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
     from onestop.training.export import write_json
     from onestop.training.hardware import trainer_hardware, weights_dtype
     from onestop.training.train import train
 
+    run_dir = Path(cfg.paths.run_dir).absolute()
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed)
     datamodule.setup()
     if not datamodule.val_conversations:
-        from onestop.errors import OnestopError
-
         raise OnestopError("the demo compares held-out answers: set data.val_path or data.val_ratio > 0")
+    questions = run_dir / "eval" / "heldout_questions.jsonl"
+    system_prompt = heldout_questions(datamodule.val_conversations, questions)
+    suite = suite_config("demo", path=str(questions), system_prompt=system_prompt)
+    common = {"model": cfg.model, "hardware": cfg.hardware, "logger": cfg.logger, "seed": cfg.seed}
+
     print(f"Scoring the base model on {len(datamodule.val_conversations)} held-out questions...", flush=True)
-    # Same weight dtype as training will use, so before and after differ only by the adapter.
+    # Same weight dtype as training, so before and after differ only by the adapter.
     base = load_causal_lm(cfg.model, weights_dtype(trainer_hardware(cfg.hardware)["precision"]), model_path)
-    before = evaluate(base, tokenizer, datamodule)
+    before_loss = heldout_loss(base, datamodule.val_dataloader())
+    before_cfg = eval_config(suite, output_dir=str(run_dir / "eval" / "base"), **common)
+    before = evaluate(before_cfg, lm=HFLM(pretrained=base, tokenizer=tokenizer, batch_size=suite.batch_size))
     del base
 
     result = train(cfg)
-    print("Scoring the fine-tuned model...", flush=True)
-    after = evaluate(result.model, tokenizer, result.datamodule)
+    print("Scoring the fine-tuned run...", flush=True)
+    after_loss = heldout_loss(result.model, result.datamodule.val_dataloader())
+    after_cfg = eval_config(suite, run_dir=str(result.run_dir), output_dir=str(run_dir / "eval" / "run"), **common)
+    after = evaluate(after_cfg)
 
-    report = {"before": before, "after": after, "questions": datamodule.val_conversations}
+    report = {
+        "before": {"heldout_loss": before_loss, **before.flat()},
+        "after": {"heldout_loss": after_loss, **after.flat()},
+        "results": {"before": str(before.output_dir / "results.json"), "after": str(after.output_dir / "results.json")},
+    }
     write_json(result.run_dir / "demo.json", report)
-    print_comparison(before, after, datamodule.val_conversations, result.run_dir)
+    print_comparison(report, before, after)
+    print(f"Compare any two evaluations: invoke eval.compare {before.output_dir} {after.output_dir}")
     print(f"Run directory: {result.run_dir}", flush=True)
     return report
 
 
-def print_comparison(before: dict, after: dict, conversations: list[list[dict]], run_dir: Path) -> None:
+def print_comparison(report: dict, before, after) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -70,24 +87,26 @@ def print_comparison(before: dict, after: dict, conversations: list[list[dict]],
     scores.add_column("metric")
     scores.add_column("before", justify="right")
     scores.add_column("after", justify="right")
-    scores.add_row("loss on answers (lower is better)", f"{before['heldout_loss']:.3f}", f"{after['heldout_loss']:.3f}")
-    scores.add_row("exact-match answers", f"{before['exact_match']:.0%}", f"{after['exact_match']:.0%}")
-    scores.add_row("token F1", f"{before['token_f1']:.2f}", f"{after['token_f1']:.2f}")
+    loss_before, loss_after = report["before"]["heldout_loss"], report["after"]["heldout_loss"]
+    scores.add_row("loss on answers (lower is better)", f"{loss_before:.3f}", f"{loss_after:.3f}")
+    for metric in HEADLINE:
+        key = f"demo/{metric}"
+        if key in report["before"] and key in report["after"]:
+            shown = "{:.0%}" if metric in {"exact_match", "contains"} else "{:.2f}"
+            scores.add_row(metric, shown.format(report["before"][key]), shown.format(report["after"][key]))
     console.print(scores)
 
     samples = Table(title=f"{SAMPLES} held-out answers, before vs after", show_lines=True)
     for column in ("question", "reference", "before", "after"):
         samples.add_column(column, overflow="fold")
-    for index in range(min(SAMPLES, len(conversations))):
-        conversation = conversations[index]
-        samples.add_row(
-            conversation[-2]["content"],
-            conversation[-1]["content"],
-            _clip(before["answers"][index]),
-            _clip(after["answers"][index]),
-        )
+    pairs = zip(before.samples.get("demo", []), after.samples.get("demo", []), strict=False)
+    for index, (old, new) in enumerate(sorted(pairs, key=lambda pair: pair[0]["doc_id"])):
+        if index == SAMPLES:
+            break
+        samples.add_row(old["doc"]["prompt"], old["target"], _clip(old["response"]), _clip(new["response"]))
     console.print(samples)
 
 
-def _clip(text: str) -> str:
+def _clip(text) -> str:
+    text = str(text).strip()
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"

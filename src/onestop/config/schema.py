@@ -284,6 +284,8 @@ class EvalSuiteConfig:
     in-process, generate through an endpoint, which has no log-probabilities)."""
     description: str | None = None
     """Text put before every prompt (e.g. 'The following are multiple choice questions about X.')."""
+    system_prompt: str | None = None
+    """System message of every chat prompt (use the one the model was trained with)."""
     bootstrap_iters: int = 100
     """Bootstrap resamples for the standard errors of corpus metrics (BLEU, chrF); 0 skips them."""
     log_samples: bool = True

@@ -222,6 +222,7 @@ def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> E
         apply_chat_template=chat,
         fewshot_as_multiturn=chat and bool(suite.num_fewshot),
         log_samples=suite.log_samples,
+        system_instruction=suite.system_prompt,
         bootstrap_iters=suite.bootstrap_iters,
         random_seed=cfg.seed,
         numpy_random_seed=cfg.seed,
@@ -340,6 +341,16 @@ def training_wandb_id(run_dir: Path) -> str | None:
 
 def run_eval(cfg: DictConfig) -> EvalResult:
     return evaluate(cfg)
+
+
+def eval_config(suite: DictConfig, **keys) -> DictConfig:
+    """A typed eval config built in code (no Hydra compose, which would replace the caller's Hydra state)."""
+    from onestop.config.schema import EvalConfig
+
+    config = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"eval": suite})
+    for key, value in keys.items():
+        config[key] = value
+    return config
 
 
 def suite_config(name: str, **overrides) -> DictConfig:

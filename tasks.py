@@ -80,4 +80,5 @@ def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed"):
 evaluation = Collection("eval")
 evaluation.add_task(evaluate, default=True)
 evaluation.add_task(eval_compare)
-ns = Collection(train, demo, export, evaluation, Collection("data", data_prepare, data_qa), Collection("bench", bench_train))
+data = Collection("data", data_prepare, data_qa)
+ns = Collection(train, demo, export, evaluation, data, Collection("bench", bench_train))

@@ -17,6 +17,14 @@ GROUP_OPTIONS = [(group, option) for group in config_groups() for option in list
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes_and_resolves(group, option, tmp_path):
+    if group == "eval":
+        from onestop.config.compose import compose as compose_config
+
+        cfg = compose_config("eval", [f"eval={option}", "eval.path=suite.jsonl", f"hydra.run.dir={tmp_path}"])
+        resolved = job_config(cfg)
+        assert resolved["eval"]["name"] == option and resolved["output_dir"] == str(tmp_path)
+        assert resolved["eval"]["kind"] in {"public", "mcq", "qa", "ppl"}
+        return
     overrides = [f"{group}={option}"]
     if (group, option) == ("data", "alpaca"):
         overrides.append("data.path=train.jsonl")

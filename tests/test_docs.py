@@ -78,3 +78,19 @@ def _documented_qa_run(tmp_path):
             for q, a in pairs
         )
     )
+
+
+EVAL_FILES, EVAL_COMMANDS = documented("eval.md")
+
+
+@pytest.mark.slow
+def test_eval_doc_commands_run_in_order(tmp_path):
+    """Each documented `invoke` line, in order (later ones read what earlier ones wrote), on the tiny model."""
+    assert len(EVAL_COMMANDS) >= 8
+    for command in EVAL_COMMANDS:
+        words = [w.replace("runs/", f"{tmp_path}/runs/") for w in command[1:]]
+        task, *rest = words
+        extra = {"train": TINY_RUN, "eval": ["model=tiny", "logger=none", "eval.limit=3"]}.get(task, [])
+        result = run_invoke(task, *rest, *extra, env={"ONESTOP_HOME": str(tmp_path / "home")})
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+    assert (tmp_path / "runs" / "eval-b" / "compare.png").is_file()

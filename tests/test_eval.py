@@ -211,3 +211,11 @@ def test_periodic_evaluation_rejects_an_unknown_suite(tmp_path):
     )
     with pytest.raises(OnestopError, match="periodic_eval.suite=nope: no such suite"):
         train(cfg)
+
+
+def test_base_model_scored_in_process(tmp_path):
+    result = evaluate_cfg("eval=mcq", f"eval.path={EVAL_ASSETS / 'mcq.jsonl'}", "logger=none", output=tmp_path / "out")
+    assert set(result.metrics["mcq"]) == {"acc", "acc_norm"}
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["target"] == {"kind": "model", "model": "tiny", "model_path": str(ASSETS / "tiny-qwen2")}
+    assert [s["target"] for s in sorted(saved["samples"]["mcq"], key=lambda s: s["doc_id"])] == [1, 1, 2, 0]

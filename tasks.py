@@ -50,6 +50,37 @@ def eval_compare(c, paths=None, output=None):
     cli.run_compare(paths or [], output)
 
 
+@task(name="deploy", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+@cli.with_config_help("deploy")
+def deploy(c, overrides=None, cfg=None):
+    """Serve a run or model behind an OpenAI API: invoke deploy run_dir=DIR [deploy=lmdeploy] [port=8000]"""
+    cli.run_stage("deploy", overrides, cfg)
+
+
+@task(name="stop", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+def deploy_stop(c, overrides=None, cfg=None):
+    """Stop deployments: invoke deploy.stop [name=NAME]"""
+    cli.run_stage("deploy.stop", overrides, cfg)
+
+
+@task(name="status", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+def deploy_status(c, overrides=None, cfg=None):
+    """List deployments with their URL and health: invoke deploy.status"""
+    cli.run_stage("deploy.status", overrides, cfg)
+
+
+@task(name="setup", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+def deploy_setup(c, overrides=None, cfg=None):
+    """Create (once) the isolated LMDeploy environment for deploy=lmdeploy: invoke deploy.setup"""
+    cli.run_stage("deploy.setup", overrides, cfg)
+
+
+@task(iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+def chat(c, overrides=None, cfg=None):
+    """Chat with a deployment in the terminal: invoke chat [prompt="one question"] [name=NAME]"""
+    cli.run_stage("chat", overrides, cfg)
+
+
 @task(name="prepare", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
 @cli.with_config_help()
 def data_prepare(c, overrides=None, cfg=None):
@@ -80,5 +111,9 @@ def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed"):
 evaluation = Collection("eval")
 evaluation.add_task(evaluate, default=True)
 evaluation.add_task(eval_compare)
+serve = Collection("deploy")
+serve.add_task(deploy, default=True)
+for subtask in (deploy_stop, deploy_status, deploy_setup):
+    serve.add_task(subtask)
 data = Collection("data", data_prepare, data_qa)
-ns = Collection(train, demo, export, evaluation, data, Collection("bench", bench_train))
+ns = Collection(train, demo, export, evaluation, serve, chat, data, Collection("bench", bench_train))

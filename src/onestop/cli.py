@@ -107,6 +107,11 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "data.qa": ("data_qa", "onestop.data.qa:run_qa", ()),
     "export": ("export", "onestop.deploy.export:run_export", ()),
     "eval": ("eval", "onestop.evaluation.run:run_eval", ()),
+    "deploy": ("deploy", "onestop.deploy.service:run_deploy", ()),
+    "deploy.stop": ("deploy", "onestop.deploy.service:run_stop", ()),
+    "deploy.status": ("deploy", "onestop.deploy.service:run_status", ()),
+    "deploy.setup": ("deploy", "onestop.deploy.lmdeploy:run_setup", ("deploy=lmdeploy",)),
+    "chat": ("chat", "onestop.deploy.chat:run_chat", ()),
 }
 
 

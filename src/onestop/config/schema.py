@@ -407,6 +407,71 @@ class ExportConfig:
     """Weights dtype of a merged export (float32, bfloat16, float16)."""
 
 
+@dataclass
+class DeployBackendConfig:
+    backend: str = "auto"
+    """transformers (CPU or GPU), lmdeploy (GPU), or auto: lmdeploy when a CUDA GPU is present."""
+    merge_adapter: bool = True
+    """Serve a run's adapter merged into its base (TurboMind); false keeps it separate (LMDeploy's PyTorch engine)."""
+    device: str = "auto"
+    """transformers: cpu, cuda:0 or auto."""
+    dtype: str = "auto"
+    """transformers: weights dtype; auto keeps the saved one (what evaluation measured)."""
+    continuous_batching: bool = False
+    """transformers: batch concurrent requests continuously (throughput) instead of one at a time."""
+    engine: str = "turbomind"
+    """lmdeploy: turbomind (merged weights, fastest) or pytorch."""
+    tp: int = 1
+    """lmdeploy: tensor-parallel GPUs."""
+    session_len: int = 4096
+    """lmdeploy: longest conversation in tokens."""
+    cache_max_entry_count: float = 0.8
+    """lmdeploy: share of free GPU memory given to the KV cache."""
+    quant_policy: int = 0
+    """lmdeploy: KV-cache quantisation, 0 (off), 4 or 8 bits."""
+    model_format: str | None = None
+    """lmdeploy: weight format when not plain hf weights, e.g. awq."""
+    env_dir: str | None = None
+    """lmdeploy: its isolated environment; default $ONESTOP_HOME/envs/lmdeploy (made by invoke deploy.setup)."""
+
+
+@dataclass
+class DeployConfig:
+    model: ModelConfig = MISSING
+    deploy: DeployBackendConfig = MISSING
+    run_dir: str | None = None
+    """A training run to serve (its adapter merged into its base); without it, the `model` option is served."""
+    name: str | None = None
+    """Model name clients use; default the run directory's name or the model option's."""
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 exposes the server to the network."""
+    port: int = 8000
+    """Public port; 0 picks a free one."""
+    api_key_env: str | None = "ONESTOP_API_KEY"
+    """When this environment variable is set, clients must send its value as a Bearer key."""
+    startup_timeout: float = 600.0
+    """Seconds to wait for the server to answer /health."""
+
+
+@dataclass
+class ChatConfig:
+    name: str | None = None
+    """Deployment to talk to (see invoke deploy.status); default the only one running."""
+    endpoint: str | None = None
+    """Any OpenAI-compatible API root instead of a local deployment."""
+    endpoint_model: str | None = None
+    """Model name at `endpoint`."""
+    api_key_env: str = "ONESTOP_API_KEY"
+    """Environment variable holding the key, if the server wants one."""
+    prompt: str | None = None
+    """One question, one answer, then exit; without it the chat is interactive."""
+    system: str | None = None
+    """System message opening the conversation."""
+    max_tokens: int = 256
+    temperature: float = 0.0
+    """0 answers greedily, as evaluation does."""
+
+
 def register_schemas() -> None:
     """Make the schemas visible to YAML defaults lists under `/schema/...`."""
     cs = ConfigStore.instance()
@@ -414,6 +479,9 @@ def register_schemas() -> None:
     cs.store(name="qa_schema", node=QAConfig)
     cs.store(name="export_schema", node=ExportConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="deploy_schema", node=DeployConfig)
+    cs.store(name="chat_schema", node=ChatConfig)
+    cs.store(group="schema/deploy", name="deploy", node=DeployBackendConfig)
     cs.store(group="schema/eval", name="eval", node=EvalSuiteConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/data", name="data", node=DataConfig)

@@ -1,0 +1,327 @@
+"""`invoke deploy`, `deploy.stop`, `deploy.status`: a model behind an OpenAI-compatible API on this machine.
+
+    invoke deploy run_dir=runs/train/DIR              # transformers on CPU, LMDeploy on a GPU
+    invoke deploy model=gemma3_270m deploy=transformers port=8001
+    invoke deploy.status
+    invoke deploy.stop
+
+A deployment is two processes: onestop's gateway on the public port (validation, API key, the short
+model name) and the backend server on an internal port. `invoke deploy` returns once /health answers,
+leaving both running; a state file under $ONESTOP_HOME/deploy/ records them for status and stop.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from onestop.errors import OnestopError
+from onestop.paths import cache_dir
+
+
+@dataclass
+class Deployment:
+    name: str
+    base_url: str
+    state_file: Path
+    pid: int
+
+
+def state_dir() -> Path:
+    return cache_dir() / "deploy"
+
+
+def free_port() -> int:
+    from onestop.deploy.server import free_port as pick
+
+    return pick()
+
+
+def choose_backend(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "lmdeploy" if torch.cuda.is_available() else "transformers"
+
+
+def served_name(cfg: DictConfig) -> str:
+    if cfg.name:
+        return cfg.name
+    return Path(cfg.run_dir).name if cfg.run_dir else cfg.model.name
+
+
+def model_to_serve(cfg: DictConfig, backend: str) -> tuple[Path, Path | None]:
+    """(model directory, unmerged adapter or None). A run's adapter is merged once into RUN/export-merged."""
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir).expanduser().absolute()
+        if not (run_dir / "config.yaml").is_file():
+            raise OnestopError(f"run_dir={cfg.run_dir}: no config.yaml; expected a directory `invoke train` wrote")
+        adapter = run_dir / "adapter"
+        if backend == "lmdeploy" and adapter.is_dir() and not cfg.deploy.merge_adapter:
+            from onestop.models import resolve_model_path
+
+            return Path(resolve_model_path(OmegaConf.load(run_dir / "config.yaml").model)), adapter
+        if not adapter.is_dir():
+            return run_dir / "model", None
+        merged = run_dir / "export-merged"
+        if not (merged / "config.json").is_file():
+            from onestop.deploy.export import export_run
+
+            print(f"Merging the adapter into its base once: {merged}", flush=True)
+            export_run(
+                OmegaConf.create({"run_dir": str(run_dir), "format": "merged", "output": None, "dtype": "float32"})
+            )
+        return merged, None
+    return base_model_dir(cfg.model), None
+
+
+def base_model_dir(model_cfg: DictConfig) -> Path:
+    """A base model's directory; one whose tokenizer lacks a chat template gets a serving copy that has it."""
+    from transformers import AutoTokenizer
+
+    from onestop.deploy.export import end_of_turn_ids
+    from onestop.models import load_tokenizer, resolve_model_path
+
+    path = Path(resolve_model_path(model_cfg))
+    if not path.is_dir():
+        raise OnestopError(f"model.path={model_cfg.path}: download it first (invoke train or huggingface-cli download)")
+    if AutoTokenizer.from_pretrained(path).chat_template and not model_cfg.chat_template:
+        return path
+    serving = cache_dir() / "serving" / model_cfg.name
+    if not (serving / "tokenizer_config.json").is_file():
+        from transformers import GenerationConfig
+
+        from onestop.training.export import staged_directory
+
+        tokenizer = load_tokenizer(model_cfg, str(path))
+        with staged_directory(serving) as staging:
+            for item in path.iterdir():
+                if not item.name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
+                    (staging / item.name).symlink_to(item)
+            tokenizer.save_pretrained(staging)
+            generation = (
+                GenerationConfig.from_pretrained(path)
+                if (path / "generation_config.json").exists()
+                else GenerationConfig()
+            )
+            generation.eos_token_id = end_of_turn_ids(tokenizer)
+            generation.save_pretrained(staging)
+    return serving
+
+
+def transformers_command(model_dir: Path, port: int, deploy: DictConfig) -> list[str]:
+    cli = Path(sys.executable).parent / "transformers"
+    command = [str(cli), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--device", deploy.device, "--dtype", deploy.dtype, "--model-timeout", "-1"]
+    command.append("--continuous-batching" if deploy.continuous_batching else "--no-continuous-batching")
+    return command
+
+
+def start(cfg: DictConfig) -> Deployment:
+    from onestop.deploy.gateway import wait_until_healthy
+    from onestop.training.export import write_json
+
+    backend = choose_backend(cfg.deploy.backend)
+    name = served_name(cfg)
+    state_file = state_dir() / f"{name}.json"
+    running = read_state(state_file)
+    if running and alive(running["pid"]):
+        raise OnestopError(
+            f"{name} is already served at {running['base_url']}; stop it with invoke deploy.stop name={name}"
+        )
+    model_dir, adapter = model_to_serve(cfg, backend)
+    internal = free_port()
+    port = cfg.port or free_port()
+    log = state_dir() / f"{name}.log"
+    if backend == "transformers":
+        command = transformers_command(model_dir, internal, cfg.deploy)
+        backend_model, env = str(model_dir), {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home())}
+    elif backend == "lmdeploy":
+        from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
+
+        template = write_chat_template(model_dir if adapter is None else adapter, state_dir() / f"{name}.template.json")
+        command = lmdeploy_command(model_dir, internal, cfg.deploy, name, adapter, template)
+        backend_model, env = name, {}
+    else:
+        raise OnestopError(f"deploy.backend={backend}: expected transformers, lmdeploy or auto")
+    state = {
+        "name": name,
+        "model": name,
+        "backend": backend,
+        "backend_model": backend_model,
+        "backend_port": internal,
+        "backend_command": command,
+        "backend_env": env,
+        "backend_log": str(log),
+        "model_dir": str(model_dir),
+        "adapter": str(adapter) if adapter else None,
+        "host": cfg.host,
+        "port": port,
+        "base_url": f"http://{cfg.host}:{port}/v1",
+        "api_key": bool(cfg.api_key_env and os.environ.get(cfg.api_key_env)),
+        "started": time.time(),
+        "pid": None,
+    }
+    write_json(state_file, state)
+    gateway_env = dict(os.environ)
+    if state["api_key"]:
+        gateway_env["ONESTOP_DEPLOY_API_KEY"] = os.environ[cfg.api_key_env]
+    with open(log, "ab") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "onestop.deploy.gateway", str(state_file)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=gateway_env,
+            start_new_session=True,  # outlives `invoke deploy`; deploy.stop ends it
+        )
+    state["pid"] = process.pid
+    write_json(state_file, state)
+    try:
+        wait_until_healthy(f"http://{cfg.host}:{port}", process, cfg.startup_timeout, log)
+    except OnestopError:
+        state_file.unlink(missing_ok=True)
+        raise
+    return Deployment(name, state["base_url"], state_file, process.pid)
+
+
+def hf_home() -> Path:
+    # transformers serve answers /v1/models with 500 for a local directory when the hub cache folder is missing.
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    (home / "hub").mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def read_state(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def deployments() -> list[dict]:
+    return [s for p in sorted(state_dir().glob("*.json")) if (s := read_state(p)) and "backend_command" in s]
+
+
+def stop(name: str | None = None, timeout: float = 20.0) -> list[str]:
+    """Stop one deployment (or every one when `name` is None); returns the names stopped."""
+    chosen = [s for s in deployments() if name in (None, s["name"])]
+    if name and not chosen:
+        names = ", ".join(s["name"] for s in deployments()) or "none"
+        raise OnestopError(f"name={name}: no such deployment; running: {names}")
+    for state in chosen:
+        pid = state.get("pid")
+        if alive(pid):
+            os.killpg(pid, signal.SIGTERM)  # the gateway's session: gateway and backend together
+            deadline = time.monotonic() + timeout
+            while alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.2)
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+                _reap(pid)
+        (state_dir() / f"{state['name']}.json").unlink(missing_ok=True)
+    return [s["name"] for s in chosen]
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # our own child when started in this process (tests, the demo)
+    except ChildProcessError:
+        pass
+
+
+def health(state: dict) -> str:
+    import urllib.request
+
+    if not alive(state.get("pid")):
+        return "stopped"
+    try:
+        with urllib.request.urlopen(state["base_url"].removesuffix("/v1") + "/health", timeout=3) as reply:
+            return json.load(reply).get("status", "?")
+    except (OSError, ValueError):
+        return "not answering"
+
+
+@contextmanager
+def serving(cfg: DictConfig):
+    """A deployment for the duration of a block (the demo, tests)."""
+    deployment = start(cfg)
+    try:
+        yield deployment
+    finally:
+        stop(deployment.name)
+
+
+def deploy_config(**keys) -> DictConfig:
+    """A typed deploy config built in code, for callers that already hold a composed config."""
+    from onestop.config.schema import DeployConfig
+
+    config = OmegaConf.structured(DeployConfig)
+    for key, value in keys.items():
+        config[key] = value
+    return config
+
+
+def ask_served(run_dir: Path, question: str, model_cfg: DictConfig, max_tokens: int = 48) -> tuple[str, str]:
+    """Serve a run, ask one question through the openai SDK, stop; returns (base URL, answer)."""
+    from openai import OpenAI
+
+    from onestop.config.schema import DeployBackendConfig
+
+    backend = OmegaConf.structured(DeployBackendConfig(backend="transformers"))
+    cfg = deploy_config(model=model_cfg, run_dir=str(run_dir), name=Path(run_dir).name, port=0, deploy=backend)
+    with serving(cfg) as deployment:
+        client = OpenAI(base_url=deployment.base_url, api_key="-")
+        reply = client.chat.completions.create(
+            model=deployment.name,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=max_tokens,
+            temperature=0,
+        )
+        return deployment.base_url, reply.choices[0].message.content
+
+
+def run_deploy(cfg: DictConfig) -> Deployment:
+    deployment = start(cfg)
+    print(f"Serving {deployment.name} at {deployment.base_url} (OpenAI API; model={deployment.name!r})")
+    print(f"Try: invoke chat name={deployment.name} prompt='Hello'   Stop: invoke deploy.stop name={deployment.name}")
+    return deployment
+
+
+def run_stop(cfg: DictConfig) -> None:
+    stopped = stop(cfg.name)
+    print(f"Stopped: {', '.join(stopped)}" if stopped else "No deployment is running.")
+
+
+def run_status(cfg: DictConfig) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Deployments")
+    for column in ("name", "backend", "URL", "health", "model directory", "pid"):
+        table.add_column(column)
+    for state in deployments():
+        table.add_row(
+            state["name"], state["backend"], state["base_url"], health(state), state["model_dir"], str(state["pid"])
+        )
+    Console().print(table if table.row_count else "No deployment is running.")

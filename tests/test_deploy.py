@@ -1,0 +1,220 @@
+"""Deployment: the real gateway and `transformers serve` on 127.0.0.1, called with the openai SDK."""
+
+import json
+import urllib.request
+
+import httpx
+import pytest
+import torch
+from conftest import ASSETS, TINY, compose, run_invoke
+from omegaconf import OmegaConf
+from openai import BadRequestError, NotFoundError, OpenAI
+
+from onestop.deploy.lmdeploy import chat_template_fields, lmdeploy_command
+from onestop.errors import OnestopError
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONESTOP_HOME", str(path))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.delenv("ONESTOP_API_KEY", raising=False)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory, home):
+    """A tiny full fine-tune that has memorised its answers, so greedy replies are real words."""
+    from onestop.training.train import train
+
+    run_dir = tmp_path_factory.mktemp("deploy") / "learned"
+    overrides = ["method=full", "optim.lr=3e-3", "trainer.max_steps=150", "trainer.max_epochs=1000"]
+    train(compose(*TINY, "logger=none", "data.val_ratio=0", "scheduler.warmup_ratio=0", *overrides, run_dir=run_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def served(learned_run, home):
+    from onestop.config.compose import compose as compose_config
+    from onestop.deploy.service import serving
+
+    cfg = compose_config("deploy", [f"run_dir={learned_run}", "model=tiny", "deploy=transformers", "port=0"])
+    with serving(cfg) as deployment:
+        yield deployment
+
+
+@pytest.fixture
+def client(served):
+    return OpenAI(base_url=served.base_url, api_key="-", max_retries=0)
+
+
+def test_chat_answers_like_in_process_generation(served, client, learned_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from onestop.evaluation.heldout import generate_answers
+
+    model = AutoModelForCausalLM.from_pretrained(learned_run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(learned_run / "model")
+    prompts = [QUESTION, [{"role": "user", "content": "Add two and three."}]]
+    expected = generate_answers(model, tokenizer, prompts, max_new_tokens=16)
+    got = [
+        client.chat.completions.create(model=served.name, messages=p, max_tokens=16, temperature=0)
+        .choices[0]
+        .message.content
+        for p in prompts
+    ]
+    assert [g.strip() for g in got] == expected and all(expected), (got, expected)
+
+
+def test_streaming_chat_gives_the_same_text(served, client):
+    plain = client.chat.completions.create(model=served.name, messages=QUESTION, max_tokens=12, temperature=0)
+    stream = client.chat.completions.create(
+        model=served.name, messages=QUESTION, max_tokens=12, temperature=0, stream=True
+    )
+    chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len(chunks) > 1 and "".join(chunks) == plain.choices[0].message.content
+
+
+def test_completions_and_models(served, client):
+    completion = client.completions.create(model=served.name, prompt="The capital of France is", max_tokens=4)
+    assert completion.choices[0].text and completion.model == served.name
+    assert [m.id for m in client.models.list().data] == [served.name]
+
+
+def test_malformed_requests_get_4xx_and_the_server_keeps_serving(served, client):
+    raw = httpx.post(f"{served.base_url}/chat/completions", content=b"{not json", timeout=30)
+    assert raw.status_code == 400 and "not valid JSON" in raw.json()["error"]["message"]
+    with pytest.raises(BadRequestError, match="messages"):
+        client.chat.completions.create(model=served.name, messages=[], max_tokens=4)
+    with pytest.raises(BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model=served.name, messages=QUESTION, max_tokens=0)
+    with pytest.raises(BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model=served.name, messages=QUESTION, max_tokens=-3)
+    with pytest.raises(NotFoundError, match="not served here"):
+        client.chat.completions.create(model="gpt-nope", messages=QUESTION, max_tokens=4)
+    missing = httpx.post(f"{served.base_url}/chat/completions", json={"model": served.name}, timeout=30)
+    assert missing.status_code == 400
+    again = client.chat.completions.create(model=served.name, messages=QUESTION, max_tokens=4, stop=[])
+    assert again.choices[0].message.content is not None
+
+
+def test_evaluation_through_the_deployment_matches_in_process(served, learned_run, tmp_path):
+    from onestop.config.compose import compose as compose_config
+    from onestop.evaluation.run import evaluate
+
+    suite = ["model=tiny", "hardware=cpu", "logger=none", "eval=qa", f"eval.path={ASSETS / 'alpaca_small.jsonl'}"]
+    local = evaluate(compose_config("eval", [*suite, f"run_dir={learned_run}", f"hydra.run.dir={tmp_path / 'a'}"]))
+    remote = evaluate(
+        compose_config("eval", [*suite, f"endpoint={served.base_url}", f"hydra.run.dir={tmp_path / 'b'}"])
+    )
+    assert remote.flat() == pytest.approx(local.flat()) and local.flat()["qa/token_f1"] > 0.3
+
+
+def test_cli_deploy_with_an_api_key_status_chat_and_stop(learned_run, home, tmp_path):
+    env = {"ONESTOP_API_KEY": "s3cret", "ONESTOP_HOME": str(home)}
+    started = run_invoke("deploy", f"run_dir={learned_run}", "model=tiny", "name=keyed", "port=0", env=env)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        assert "Serving keyed at http://127.0.0.1:" in started.stdout
+        state = json.loads((home / "deploy" / "keyed.json").read_text())
+        assert "s3cret" not in json.dumps(state)
+        with pytest.raises(urllib.request.HTTPError) as refused:
+            urllib.request.urlopen(f"{state['base_url']}/models", timeout=10)
+        assert refused.value.code == 401
+        keyed = OpenAI(base_url=state["base_url"], api_key="s3cret", max_retries=0)
+        assert [m.id for m in keyed.models.list().data] == ["keyed"]
+        status = run_invoke("deploy.status", env=env)
+        assert "keyed" in status.stdout and "ok" in status.stdout
+        answer = run_invoke("chat", "name=keyed", "prompt=What is the capital of France?", "max_tokens=8", env=env)
+        assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr[-2000:]
+        again = run_invoke("deploy", f"run_dir={learned_run}", "model=tiny", "name=keyed", "port=0", env=env)
+        assert again.returncode == 2 and "already served" in again.stderr
+    finally:
+        stopped = run_invoke("deploy.stop", "name=keyed", env=env)
+    assert stopped.returncode == 0 and "Stopped: keyed" in stopped.stdout
+    assert not (home / "deploy" / "keyed.json").exists()
+    assert "keyed" not in run_invoke("deploy.status", env=env).stdout
+
+
+def test_chat_without_a_deployment_fails_in_one_line(home):
+    result = run_invoke("chat", "prompt=hi", env={"ONESTOP_HOME": str(home / "empty")})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("onestop chat: error: no deployment is running")
+
+
+def tiny_tokenizer(template: str | None = None):
+    from transformers import AutoTokenizer
+
+    from onestop.models.templates import bundled_template
+
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-qwen2")
+    if template:
+        tokenizer.chat_template = bundled_template(template)
+    return tokenizer
+
+
+@pytest.mark.parametrize("template", [None, "gemma", "chatml"])
+def test_lmdeploy_template_formats_prompts_as_training_does(template):
+    tokenizer = tiny_tokenizer(template)
+    fields = chat_template_fields(tokenizer)
+    conversation = [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+    ]
+    expected = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    built = (
+        fields["user"] + "Q1" + fields["eoh"] + fields["assistant"] + "A1" + fields["eoa"] + fields["separator"]
+        + fields["user"] + "Q2" + fields["eoh"] + fields["assistant"]
+    )  # fmt: skip
+    assert expected.endswith(built) and expected[: len(expected) - len(built)] in {"", tokenizer.bos_token or ""}
+    assert fields["stop_words"] and fields["stop_words"][0] in expected
+
+
+def test_lmdeploy_command_from_config(tmp_path):
+    deploy = OmegaConf.create(
+        {"engine": "turbomind", "tp": 2, "session_len": 8192, "cache_max_entry_count": 0.5, "quant_policy": 8,
+         "model_format": None, "env_dir": str(tmp_path / "env")}
+    )  # fmt: skip
+    with pytest.raises(OnestopError, match="run invoke deploy.setup"):
+        lmdeploy_command(tmp_path / "model", 23333, deploy, "demo", None, tmp_path / "t.json")
+    (tmp_path / "env" / "bin").mkdir(parents=True)
+    (tmp_path / "env" / "bin" / "lmdeploy").write_text("")
+    merged = lmdeploy_command(tmp_path / "model", 23333, deploy, "demo", None, tmp_path / "t.json")
+    assert merged[:4] == [str(tmp_path / "env" / "bin" / "lmdeploy"), "serve", "api_server", str(tmp_path / "model")]
+    pairs = dict(zip(merged[4::2], merged[5::2], strict=False))
+    assert pairs["--backend"] == "turbomind" and pairs["--tp"] == "2" and pairs["--session-len"] == "8192"
+    assert pairs["--cache-max-entry-count"] == "0.5" and pairs["--quant-policy"] == "8"
+    assert pairs["--server-name"] == "127.0.0.1" and pairs["--chat-template"] == str(tmp_path / "t.json")
+    unmerged = lmdeploy_command(tmp_path / "base", 23333, deploy, "demo", tmp_path / "adapter", tmp_path / "t.json")
+    assert unmerged[unmerged.index("--backend") + 1] == "pytorch"
+    assert unmerged[unmerged.index("--adapters") + 1] == f"demo={tmp_path / 'adapter'}"
+
+
+def test_lmdeploy_setup_builds_an_isolated_environment_once(tmp_path):
+    from onestop.deploy.lmdeploy import setup_commands
+
+    commands = setup_commands(tmp_path / "env", python="/usr/bin/python3")
+    assert commands[0] == ["/usr/bin/python3", "-m", "venv", str(tmp_path / "env")]
+    assert commands[-1] == [str(tmp_path / "env" / "bin" / "pip"), "install", "lmdeploy==0.18.*"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_lmdeploy_serves_a_run_on_a_gpu(learned_run, home):
+    from onestop.deploy.lmdeploy import env_dir, installed
+
+    if not installed(env_dir()):
+        pytest.skip("no LMDeploy environment: run invoke deploy.setup")
+    from onestop.config.compose import compose as compose_config
+    from onestop.deploy.service import serving
+
+    cfg = compose_config("deploy", [f"run_dir={learned_run}", "model=tiny", "deploy=lmdeploy", "port=0", "name=gpu"])
+    with serving(cfg) as deployment:
+        client = OpenAI(base_url=deployment.base_url, api_key="-", max_retries=0)
+        reply = client.chat.completions.create(model="gpu", messages=QUESTION, max_tokens=8, temperature=0)
+        assert reply.choices[0].message.content is not None

@@ -218,3 +218,51 @@ def test_lmdeploy_serves_a_run_on_a_gpu(learned_run, home):
         client = OpenAI(base_url=deployment.base_url, api_key="-", max_retries=0)
         reply = client.chat.completions.create(model="gpu", messages=QUESTION, max_tokens=8, temperature=0)
         assert reply.choices[0].message.content is not None
+
+
+def prompt_ids_three_ways(tokenizer, model, conversation: list[dict]) -> tuple[list[int], list[int], list[int]]:
+    """Prompt token ids as training builds them, as lm-eval builds them, and as a chat server builds them."""
+    from lm_eval.models.huggingface import HFLM
+
+    from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
+
+    tokens = tokenize_conversation(tokenizer, conversation, max_seq_len=4096)
+    first_answer = next(i for i, label in enumerate(tokens["labels"]) if label != IGNORE_INDEX)
+    training = list(tokens["input_ids"][:first_answer])
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)
+    evaluation = lm.tok_encode(lm.apply_chat_template(conversation[:-1], add_generation_prompt=True))
+    serving = tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True, tokenize=True)
+    serving = serving["input_ids"] if hasattr(serving, "keys") else serving
+    return training, list(evaluation), list(serving)
+
+
+CONVERSATION = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+]
+
+
+def test_token_ids_identical_in_training_evaluation_and_serving(served, client, learned_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(learned_run / "model")
+    model = AutoModelForCausalLM.from_pretrained(learned_run / "model")
+    training, evaluation, serving = prompt_ids_three_ways(tokenizer, model, CONVERSATION)
+    assert training == evaluation == serving
+    reply = client.chat.completions.create(model=served.name, messages=CONVERSATION[:-1], max_tokens=2)
+    assert reply.usage.prompt_tokens == len(training)  # what the real server tokenized
+
+
+@pytest.mark.slow
+def test_token_ids_identical_for_gemma_with_its_bundled_template():
+    from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+
+    cfg = compose("model=gemma3_270m")
+    path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, path)
+    conversation = CONVERSATION[1:]  # Gemma's template has no system role
+    training, evaluation, serving = prompt_ids_three_ways(
+        tokenizer, load_causal_lm(cfg.model, "float32", path), conversation
+    )
+    assert training == evaluation == serving

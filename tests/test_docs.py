@@ -94,3 +94,37 @@ def test_eval_doc_commands_run_in_order(tmp_path):
         result = run_invoke(task, *rest, *extra, env={"ONESTOP_HOME": str(tmp_path / "home")})
         assert result.returncode == 0, (command, result.stderr[-2000:])
     assert (tmp_path / "runs" / "eval-b" / "compare.png").is_file()
+
+
+_, DEPLOY_COMMANDS = documented("deploy.md")
+
+
+@pytest.mark.slow
+def test_deploy_doc_cpu_walkthrough_runs(tmp_path):
+    """The CPU walkthrough as typed (a free port instead of 8011), ending with nothing left running."""
+    import json
+
+    env = {"ONESTOP_HOME": str(tmp_path / "home"), "ONESTOP_API_KEY": ""}
+    assert [c[1] for c in DEPLOY_COMMANDS] == [
+        "train",
+        "export",
+        "deploy",
+        "deploy.status",
+        "chat",
+        "eval",
+        "deploy.stop",
+    ]
+    base_url = "http://127.0.0.1:8011/v1"
+    try:
+        for command in DEPLOY_COMMANDS:
+            words = [w.replace("runs/", f"{tmp_path}/runs/").replace("port=8011", "port=0") for w in command[1:]]
+            words = [w.replace("http://127.0.0.1:8011/v1", base_url) for w in words]
+            result = run_invoke(*words, env=env)
+            assert result.returncode == 0, (command, result.stderr[-2000:])
+            if words[0] == "deploy":
+                base_url = json.loads((tmp_path / "home" / "deploy" / "deploy-doc.json").read_text())["base_url"]
+            if words[0] == "chat":
+                assert result.stdout.strip()
+    finally:
+        run_invoke("deploy.stop", env=env)
+    assert not (tmp_path / "home" / "deploy" / "deploy-doc.json").exists()

@@ -60,4 +60,7 @@ def test_demo_smoke_run_prints_the_comparison(tmp_path):
     after = json.loads(Path(report["results"]["after"]).read_text())  # written by the eval stage
     assert after["target"]["run_dir"] == str(run_dir) and after["target"]["adapter"] == str(run_dir / "adapter")
     assert after["n_samples"]["demo"]["effective"] == len(after["samples"]["demo"]) > 40
+    served = report["served"]  # the demo ends by asking the deployed model through the openai SDK
+    assert served["base_url"].startswith("http://127.0.0.1:") and served["answer"].strip()
+    assert f"A ({served['base_url']}): " in result.stdout
     assert (run_dir / "adapter" / "chat_template.jinja").read_text().count("<start_of_turn>") >= 2

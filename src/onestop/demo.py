@@ -74,6 +74,16 @@ def run_demo(cfg: DictConfig) -> dict:
     write_json(result.run_dir / "demo.json", report)
     print_comparison(report, before, after)
     print(f"Compare any two evaluations: invoke eval.compare {before.output_dir} {after.output_dir}")
+
+    from onestop.deploy.service import ask_served
+
+    question = datamodule.val_conversations[0][-2]["content"]
+    print("Serving the fine-tuned model (invoke deploy) and asking it through the openai SDK...", flush=True)
+    base_url, answer = ask_served(result.run_dir, question, cfg.model)
+    report["served"] = {"base_url": base_url, "question": question, "answer": answer}
+    write_json(result.run_dir / "demo.json", report)
+    print(f"Q: {question}\nA ({base_url}): {answer}")
+    print(f"Serve it yourself: invoke deploy run_dir={result.run_dir}   then: invoke chat")
     print(f"Run directory: {result.run_dir}", flush=True)
     return report
 

@@ -25,6 +25,12 @@ def test_every_group_option_composes_and_resolves(group, option, tmp_path):
         assert resolved["eval"]["name"] == option and resolved["output_dir"] == str(tmp_path)
         assert resolved["eval"]["kind"] in {"public", "mcq", "qa", "ppl"}
         return
+    if group == "deploy":
+        from onestop.config.compose import compose as compose_config
+
+        resolved = job_config(compose_config("deploy", [f"deploy={option}", f"hydra.run.dir={tmp_path}"]))
+        assert resolved["deploy"]["backend"] == option and resolved["host"] == "127.0.0.1"
+        return
     overrides = [f"{group}={option}"]
     if (group, option) == ("data", "alpaca"):
         overrides.append("data.path=train.jsonl")

@@ -81,6 +81,19 @@ def chat(c, overrides=None, cfg=None):
     cli.run_stage("chat", overrides, cfg)
 
 
+@task(iterable=[cli.OVERRIDES_ARG], help={cli.OVERRIDES_ARG: cli.ARG_HELP[cli.OVERRIDES_ARG]})
+@cli.with_config_help()
+def sweep(c, overrides=None):
+    """Hyperparameter sweep: invoke sweep model=tiny method.r=4,8 optim.lr=1e-4,3e-4 [sweeper=optuna]"""
+    cli.run_sweep(overrides)
+
+
+@task(name="diff", iterable=[cli.PATHS_ARG], help={cli.PATHS_ARG: "two recipe names, files or run directories"})
+def recipe_diff(c, paths=None):
+    """What differs between two recipes or runs: invoke recipe.diff RUN_A RUN_B"""
+    cli.run_recipe_diff(paths or [])
+
+
 @task(name="prepare", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
 @cli.with_config_help()
 def data_prepare(c, overrides=None, cfg=None):
@@ -116,4 +129,5 @@ serve.add_task(deploy, default=True)
 for subtask in (deploy_stop, deploy_status, deploy_setup):
     serve.add_task(subtask)
 data = Collection("data", data_prepare, data_qa)
-ns = Collection(train, demo, export, evaluation, serve, chat, data, Collection("bench", bench_train))
+ns = Collection(train, demo, export, evaluation, serve, chat, sweep, data, Collection("bench", bench_train))
+ns.add_collection(Collection("recipe", recipe_diff))

@@ -128,6 +128,34 @@ def run_compare(paths: Sequence[str], output: str | None) -> None:
         raise Exit(f"onestop eval.compare: error: {err}", code=2) from None
 
 
+def run_sweep(overrides: Sequence[str] | None) -> None:
+    """`sweep` with user errors reported in one line."""
+    from invoke.exceptions import Exit
+
+    from onestop.errors import OnestopError
+    from onestop.sweep.runner import run_sweep as sweep
+
+    try:
+        sweep(list(overrides or []))
+    except OnestopError as err:
+        raise Exit(f"onestop sweep: error: {err}", code=2) from None
+
+
+def run_recipe_diff(paths: Sequence[str]) -> None:
+    """`recipe.diff A B` with user errors reported in one line."""
+    from invoke.exceptions import Exit
+
+    from onestop.errors import OnestopError
+    from onestop.recipes import run_diff
+
+    try:
+        if len(paths) != 2:
+            raise OnestopError("recipe.diff: give exactly two recipes or run directories")
+        run_diff(*paths)
+    except OnestopError as err:
+        raise Exit(f"onestop recipe.diff: error: {err}", code=2) from None
+
+
 def _compose_for(stage: str, overrides: list[str]):
     from onestop.config.compose import compose
 

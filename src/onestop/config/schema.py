@@ -183,6 +183,8 @@ class WandbLoggerConfig:
     """Tags attached to the run."""
     offline: bool | None = None
     """Force offline logging; None goes offline by itself when no W&B credentials are found."""
+    group: str | None = None
+    """W&B run group (a sweep puts its trials in one group by itself)."""
 
 
 @dataclass
@@ -305,6 +307,19 @@ class PeriodicEvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    objective: str = "val_loss"
+    """What a sweep trial reports: val_loss, train_loss, or eval:SUITE/METRIC (e.g. eval:qa/exact_match,
+    scored on the trained model with the eval/ option SUITE after the trial)."""
+    direction: str = "minimize"
+    """minimize or maximize the objective."""
+    eval_path: str | None = None
+    """The eval suite's file for an eval: objective (its default otherwise)."""
+    eval_limit: int | None = None
+    """Rows of the eval suite scored per trial."""
+
+
+@dataclass
 class TrainConfig:
     seed: int = 42
     """Seed for Python, NumPy, torch and the data split."""
@@ -324,6 +339,9 @@ class TrainConfig:
     resume: str | None = None
     """`auto`: continue from the newest checkpoint in hydra.run.dir; or a .ckpt path."""
     periodic_eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    provenance: Any = None
+    """What made the run a recipe was written from (set by recipe.yaml files; compared, never used to train)."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ def wandb_logger(
     entity: str | None = None,
     tags: list[str] | None = None,
     offline: bool | None = None,
+    group: str | None = None,
 ):
     """A Lightning `WandbLogger` writing under `save_dir/wandb`; offline when no credentials are found."""
     from lightning.pytorch.loggers import WandbLogger
@@ -39,6 +40,7 @@ def wandb_logger(
         save_dir=save_dir,
         tags=list(tags or []),
         offline=offline,
+        group=group or os.environ.get("WANDB_RUN_GROUP"),  # a sweep's trials share one group
     )
 
 

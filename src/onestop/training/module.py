@@ -50,6 +50,7 @@ class CausalLMModule(L.LightningModule):
         self.strict_loading = False  # checkpoints omit the frozen base weights
         self.tokens_seen = 0
         self.last_train_loss: float | None = None
+        self.train_losses: list[float] = []
         self.train_seconds = 0.0
         self._step_started = 0.0
         self._val_loss_sum = 0.0
@@ -73,6 +74,7 @@ class CausalLMModule(L.LightningModule):
         loss_sum, tokens = token_loss_sum(self.model, batch)
         loss = loss_sum / max(tokens, 1)
         self.last_train_loss = float(loss.detach())
+        self.train_losses.append(self.last_train_loss)
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -116,6 +118,7 @@ class CausalLMModule(L.LightningModule):
             "tokens_seen": self.tokens_seen,
             "train_seconds": self.train_seconds,
             "val_history": self.val_history,
+            "train_losses": self.train_losses,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -123,3 +126,4 @@ class CausalLMModule(L.LightningModule):
         self.tokens_seen = counters.get("tokens_seen", 0)
         self.train_seconds = counters.get("train_seconds", 0.0)
         self.val_history = list(counters.get("val_history", []))
+        self.train_losses = list(counters.get("train_losses", []))

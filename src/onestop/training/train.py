@@ -57,6 +57,10 @@ def train(cfg: DictConfig) -> TrainResult:
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed, stage=cfg.stage)
     datamodule.setup()
     print_report(datamodule.prepared)
+    from onestop.recipes import provenance_warnings
+
+    for line in provenance_warnings(cfg.get("provenance"), datamodule.report.fingerprint):
+        print(line, flush=True)
 
     if cfg.model.from_scratch:
         model = fresh_model(
@@ -160,8 +164,13 @@ def train(cfg: DictConfig) -> TrainResult:
         "replicas_in_sync": in_sync,
         "resumed_from": str(resume_path(cfg.resume, run_dir)) if cfg.resume else None,
         "periodic_eval": periodic.history if periodic else [],
+        "train_losses": getattr(module, "train_losses", []),
     }
     write_json(run_dir / "metrics.json", metrics)
+    from onestop.recipes import hardware_facts, provenance, write_run_recipe
+
+    facts = provenance(datamodule.report.fingerprint, hardware_facts(trainer), metrics, run_dir)
+    write_run_recipe(run_dir, job_config(cfg), facts)
     if logger:
         logger.finalize("success")
         hint = wandb_sync_hint(logger)

@@ -1,0 +1,180 @@
+"""Recipes with provenance: every run writes `recipe.yaml`, a config that reproduces it, and says what made it.
+
+    invoke train recipe=runs/train/DIR/recipe.yaml      # the same run again (identical losses on CPU)
+    invoke recipe.diff runs/train/A runs/train/B        # what differs between two runs or recipes
+
+The recipe is the run's resolved config (every group option written out, so it needs nothing from conf/
+but the schema) plus a `provenance` block: onestop's git commit, package versions, the data fingerprint,
+the hardware and the final metrics. Training from a recipe compares its provenance with the present and
+warns, one line per difference, about package versions and data that changed.
+"""
+
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from onestop.errors import OnestopError
+from onestop.paths import PROJECT_ROOT
+
+PACKAGES = ("torch", "transformers", "peft", "lightning", "datasets", "hydra-core", "lm-eval")
+# Keys of a run's config that describe where it ran, not what it computed.
+NOT_REPRODUCED = ("paths", "resume", "provenance")
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or "unknown", "dirty": bool(dirty) if dirty is not None else None}
+
+
+def hardware_facts(trainer) -> dict:
+    import os
+
+    import torch
+
+    facts = {
+        "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+        "precision": str(trainer.precision),
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name(0)
+    return facts
+
+
+def provenance(fingerprint: str, hardware: dict, metrics: dict, run_dir: Path) -> dict:
+    from onestop import __version__
+
+    return {
+        "onestop": {"version": __version__, **git_state()},
+        "packages": package_versions(),
+        "data_fingerprint": fingerprint,
+        "hardware": hardware,
+        "metrics": {k: metrics.get(k) for k in ("train_loss", "val_loss", "steps", "epochs", "tokens_per_s")},
+        "train_losses": metrics.get("train_losses", []),
+        "run_dir": str(run_dir),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def recipe_text(job: dict, facts: dict) -> str:
+    """The recipe file: the command that runs it, then the config, then where it came from."""
+    config = {k: v for k, v in job.items() if k not in NOT_REPRODUCED}
+    document = {
+        "defaults": ["train_schema", "_self_"],
+        **config,
+        "provenance": facts,
+        "hydra": {"run": {"dir": "runs/train/${now:%Y-%m-%d_%H-%M-%S}"}},
+    }
+    header = (
+        f"# invoke train recipe={facts['run_dir']}/recipe.yaml\n"
+        f"# Reproduces the run in {facts['run_dir']} (onestop {facts['onestop']['commit'][:12]}, "
+        f"{facts['created']}). Every option is written out; `provenance` records what made it.\n"
+    )
+    return header + OmegaConf.to_yaml(OmegaConf.create(document))
+
+
+def write_run_recipe(run_dir: Path, job: dict, facts: dict) -> Path:
+    from onestop.training.export import write_text_atomic
+
+    path = run_dir / "recipe.yaml"
+    write_text_atomic(path, recipe_text(job, facts))
+    return path
+
+
+def provenance_warnings(recorded: DictConfig | dict | None, fingerprint: str) -> list[str]:
+    """One line per package version or data fingerprint that differs from the recipe's provenance."""
+    if not recorded:
+        return []
+    recorded = OmegaConf.to_container(recorded, resolve=True) if OmegaConf.is_config(recorded) else recorded
+    lines = []
+    present = package_versions()
+    for name, then in (recorded.get("packages") or {}).items():
+        now = present.get(name)
+        if now != then:
+            lines.append(f"warning: the recipe was made with {name} {then}, this environment has {now or 'none'}")
+    then = recorded.get("data_fingerprint")
+    if then and fingerprint and then != fingerprint:
+        lines.append(
+            f"warning: data fingerprint {fingerprint} differs from the recipe's {then}: the data files, "
+            "data config or tokenizer changed"
+        )
+    return lines
+
+
+def load_for_diff(reference: str) -> dict:
+    """A recipe name, a recipe file, or a run directory (its recipe.yaml, else config.yaml), as plain data."""
+    from onestop.config.compose import resolve_recipe
+
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        for name in ("recipe.yaml", "config.yaml"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise OnestopError(f"{reference}: neither recipe.yaml nor config.yaml in this directory")
+    else:
+        path = resolve_recipe(reference)
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    data.pop("hydra", None)
+    return data
+
+
+def flatten(data, prefix: str = "") -> dict[str, object]:
+    if isinstance(data, dict):
+        items = {}
+        for key, value in data.items():
+            items |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return items or {prefix: {}}
+    return {prefix: data}
+
+
+def diff(a: str, b: str) -> list[tuple[str, object, object]]:
+    left, right = flatten(load_for_diff(a)), flatten(load_for_diff(b))
+    missing = "—"
+    rows = [(k, left.get(k, missing), right.get(k, missing)) for k in sorted(left.keys() | right.keys())]
+    return [row for row in rows if row[1] != row[2] and not row[0].startswith(("defaults", "provenance.created"))]
+
+
+def run_diff(a: str, b: str) -> list:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = diff(a, b)
+    if not rows:
+        print(f"No differences between {a} and {b}.")
+        return rows
+    table = Table(title=f"{len(rows)} differences", show_lines=False)
+    table.add_column("key")
+    table.add_column(a, overflow="fold")
+    table.add_column(b, overflow="fold")
+    for key, left, right in rows:
+        table.add_row(key, str(left), str(right))
+    Console(width=max(Console().width, 120)).print(table)
+    return rows

@@ -1,0 +1,229 @@
+"""`invoke sweep`: run a Hydra multirun of training jobs, then summarise it and write the winner as a recipe.
+
+    invoke sweep model=tiny method.r=4,8,16 optim.lr=1e-4,3e-4                 grid, one job at a time
+    invoke sweep model=tiny launcher=joblib method.r=4,8                       parallel local jobs
+    invoke sweep model=tiny sweeper=optuna sweeper.n_trials=10 'optim.lr=interval(1e-4,1e-3)'
+
+The sweep directory gets summary.csv and summary.md (one row per trial: overrides, metrics, seconds),
+one PNG of the objective against each swept parameter, and best_recipe.yaml, the winning run's recipe.
+"""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from onestop.errors import OnestopError
+
+# Shorthands for Hydra's own config groups, so a sweep reads like the rest of onestop's command line.
+HYDRA_GROUPS = {"sweeper": "hydra/sweeper", "launcher": "hydra/launcher"}
+HYDRA_NODES = {"sweeper.": "hydra.sweeper.", "launcher.": "hydra.launcher."}
+
+
+def translate(overrides: list[str]) -> list[str]:
+    """`sweeper=optuna` -> `hydra/sweeper=optuna`, `sweeper.n_trials=5` -> `hydra.sweeper.n_trials=5`."""
+    translated = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in HYDRA_GROUPS:
+            translated.append(f"{HYDRA_GROUPS[key]}={value}")
+            continue
+        for short, full in HYDRA_NODES.items():
+            if key.startswith(short):
+                override = full + override[len(short) :]
+                break
+        translated.append(override)
+    return translated
+
+
+def sweep_command(overrides: list[str], sweep_dir: Path) -> list[str]:
+    overrides = translate(overrides)
+    keys = {o.partition("=")[0] for o in overrides}
+    extra = [
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweep.subdir=trial_${hydra.job.num}",
+        "paths.run_dir=${hydra:runtime.output_dir}",  # each trial trains into its own sub-directory
+        "hydra/job_logging=disabled",  # Lightning prints its own lines; Hydra would print them twice
+    ]
+    if "hydra/sweeper=optuna" in overrides:
+        direction = next((o.partition("=")[2] for o in overrides if o.startswith("sweep.direction=")), "minimize")
+        if "hydra.sweeper.direction" not in keys:
+            extra.append(f"hydra.sweeper.direction={direction}")
+        if "hydra.sweeper.study_name" not in keys:
+            extra.append(f"hydra.sweeper.study_name={sweep_dir.name}")
+    return [sys.executable, "-m", "onestop.sweep.app", "--multirun", *overrides, *extra]
+
+
+def run_sweep(overrides: list[str]) -> Path:
+    from onestop.config.compose import compose
+
+    given = next((o.partition("=")[2] for o in overrides if o.startswith("hydra.sweep.dir=")), None)
+    overrides = [o for o in overrides if not o.startswith("hydra.sweep.dir=")]
+    # Compose one trial first: a typo fails here in one line, before any job starts.
+    single = [o for o in translate(overrides) if not o.startswith(("hydra/", "hydra."))]
+    probe = compose("train", [_first_value(o) for o in single])
+    sweep_dir = Path(given or f"runs/sweep/{time.strftime('%Y-%m-%d_%H-%M-%S')}").absolute()
+    command = sweep_command(overrides, sweep_dir)
+    env = {**os.environ, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP") or f"sweep-{sweep_dir.name}"}
+    print(f"Sweep into {sweep_dir} (objective {probe.sweep.objective}, {probe.sweep.direction})", flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env)
+    if done.returncode:
+        raise OnestopError(f"the sweep stopped with status {done.returncode}; trials so far are in {sweep_dir}")
+    summarise(sweep_dir, probe.sweep.objective, probe.sweep.direction, time.perf_counter() - started)
+    return sweep_dir
+
+
+def _first_value(override: str) -> str:
+    """One trial's value of a swept override (`a=1,2` -> `a=1`; Optuna's `interval(1,2)` -> its low end)."""
+    key, _, value = override.partition("=")
+    for prefix in ("choice(", "range(", "interval(", "tag("):
+        if value.startswith(prefix) or value.startswith("tag(log,"):
+            inner = value[value.index("(") + 1 : -1].removeprefix("log,").replace("interval(", "").replace(")", "")
+            value = inner.split(",")[0].strip()
+            break
+    else:
+        if "," in value and not value.startswith(("[", "{", "'", '"')):
+            value = value.split(",")[0]
+    return f"{key}={value}"
+
+
+def trials(sweep_dir: Path) -> list[dict]:
+    rows = []
+    for trial_dir in sorted(sweep_dir.glob("trial_*"), key=lambda p: int(p.name.split("_")[1])):
+        overrides_file = trial_dir / ".hydra" / "overrides.yaml"
+        metrics_file = trial_dir / "metrics.json"
+        if not overrides_file.is_file():
+            continue
+        overrides = [o for o in OmegaConf.load(overrides_file) if not o.startswith(("paths.", "hydra"))]
+        row = {"trial": trial_dir.name, "overrides": overrides, "run_dir": str(trial_dir), "finished": False}
+        if metrics_file.is_file():
+            metrics = json.loads(metrics_file.read_text())
+            objective = (
+                json.loads((trial_dir / "objective.json").read_text())
+                if (trial_dir / "objective.json").is_file()
+                else {}
+            )
+            row |= {
+                "finished": True,
+                "objective": objective.get("value"),
+                "train_loss": metrics.get("train_loss"),
+                "val_loss": metrics.get("val_loss"),
+                "seconds": metrics.get("wall_seconds"),
+            }
+        rows.append(row)
+    return rows
+
+
+def swept_values(rows: list[dict]) -> dict[str, list]:
+    """{parameter: [value per trial]} for every key whose value differs between trials."""
+    values: dict[str, list] = {}
+    for index, row in enumerate(rows):
+        for override in row["overrides"]:
+            key, _, value = override.partition("=")
+            values.setdefault(key, [None] * len(rows))[index] = value
+    return {k: v for k, v in values.items() if len(set(v)) > 1}
+
+
+def summarise(sweep_dir: Path, objective: str, direction: str, seconds: float | None = None) -> dict:
+    from onestop.training.export import write_text_atomic
+
+    rows = trials(sweep_dir)
+    finished = [r for r in rows if r["finished"] and r.get("objective") is not None]
+    if not finished:
+        raise OnestopError(f"{sweep_dir}: no finished trial to summarise")
+    parameters = swept_values(rows)
+    columns = ["trial", *parameters, "objective", "train_loss", "val_loss", "seconds"]
+    table = [
+        {
+            "trial": r["trial"],
+            **{p: parameters[p][i] for p in parameters},
+            **{c: r.get(c) for c in columns[len(parameters) + 1 :]},
+        }
+        for i, r in enumerate(rows)
+    ]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    write_text_atomic(sweep_dir / "summary.csv", buffer.getvalue())
+
+    best = (min if direction == "minimize" else max)(finished, key=lambda r: r["objective"])
+    lines = [
+        f"# Sweep {sweep_dir.name}",
+        "",
+        f"Objective: `{objective}` ({direction}); best: **{best['trial']}** = {best['objective']:.6g}"
+        + (f"; {len(rows)} trials in {seconds:.0f} s" if seconds else ""),
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in table),
+        "",
+    ]
+    write_text_atomic(sweep_dir / "summary.md", "\n".join(lines))
+    plot(sweep_dir / "objective.png", parameters, rows, objective)
+    recipe = Path(best["run_dir"]) / "recipe.yaml"
+    if recipe.is_file():
+        text = recipe.read_text()
+        score = f"{objective} {direction}: {best['objective']:.6g}"
+        header = f"# Winner of sweep {sweep_dir} ({score}); overrides: {' '.join(best['overrides'])}\n"
+        write_text_atomic(sweep_dir / "best_recipe.yaml", header + text)
+    print_summary(table, columns, best, objective)
+    print(f"Summary: {sweep_dir / 'summary.md'}  Best recipe: {sweep_dir / 'best_recipe.yaml'}", flush=True)
+    return {"rows": table, "best": best}
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def plot(path: Path, parameters: dict[str, list], rows: list[dict], objective: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from onestop.training.export import save_figure_atomic
+
+    names = list(parameters) or ["trial"]
+    figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        values = parameters.get(name) or [r["trial"] for r in rows]
+        points = [(v, r["objective"]) for v, r in zip(values, rows, strict=True) if r.get("objective") is not None]
+        labels = sorted({str(v) for v, _ in points}, key=_sort_key)
+        axis.scatter([labels.index(str(v)) for v, _ in points], [o for _, o in points], color="#4c72b0")
+        axis.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+        axis.set_xlabel(name)
+        axis.set_ylabel(objective)
+    figure.suptitle(f"{objective} per trial")
+    figure.tight_layout()
+    save_figure_atomic(figure, path)
+    plt.close(figure)
+
+
+def _sort_key(text: str):
+    try:
+        return (0, float(text))
+    except ValueError:
+        return (1, text)
+
+
+def print_summary(table: list[dict], columns: list[str], best: dict, objective: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    shown = Table(title=f"Sweep: {objective} per trial (best: {best['trial']})")
+    for column in columns:
+        shown.add_column(column, justify="right" if column not in {"trial"} else "left")
+    for row in table:
+        style = "bold green" if row["trial"] == best["trial"] else None
+        shown.add_row(*(_cell(row[c]) for c in columns), style=style)
+    Console(width=max(Console().width, 120)).print(shown)

@@ -33,7 +33,8 @@ def objective(cfg: DictConfig, result) -> float:
 
     suite_name, metric = name.removeprefix("eval:").split("/", 1)
     suite = suite_config(suite_name, path=cfg.sweep.eval_path, limit=cfg.sweep.eval_limit)
-    eval_cfg = eval_config(suite, model=cfg.model, seed=cfg.seed, output_dir=str(result.run_dir / "eval" / "sweep"))
+    sweep_output = str(result.run_dir / "eval" / "sweep")
+    eval_cfg = eval_config(suite, model=cfg.model, hardware=cfg.hardware, seed=cfg.seed, output_dir=sweep_output)
     model = result.model.eval()
     scored = evaluate(eval_cfg, lm=HFLM(pretrained=model, tokenizer=result.tokenizer, batch_size=suite.batch_size))
     flat = scored.flat()

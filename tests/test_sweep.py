@@ -1,0 +1,130 @@
+"""Sweeps (real Hydra multiruns of tiny trainings) and recipes with provenance."""
+
+import csv
+import json
+import shutil
+
+import pytest
+import yaml
+from conftest import TINY, TINY_DATA, compose, run_invoke
+from helpers import wandb_records
+
+SWEEP_BASE = [*TINY, "trainer.max_steps=2"]
+
+
+def run_sweep(tmp_path, *overrides, env=None):
+    sweep_dir = tmp_path / "sweep"
+    result = run_invoke("sweep", *SWEEP_BASE, *overrides, f"hydra.sweep.dir={sweep_dir}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir, result
+
+
+def test_grid_sweep_summary_plot_winner_and_wandb_group(tmp_path):
+    sweep_dir, result = run_sweep(tmp_path, "logger=wandb", "method.r=4,8", "optim.lr=1e-4,3e-3")
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    swept = [(int(r["method.r"]), float(r["optim.lr"])) for r in rows]
+    assert swept == [(4, 1e-4), (4, 3e-3), (8, 1e-4), (8, 3e-3)]
+    for row in rows:  # the summary agrees with what each trial wrote
+        metrics = json.loads((sweep_dir / row["trial"] / "metrics.json").read_text())
+        assert float(row["val_loss"]) == pytest.approx(metrics["val_loss"]) == pytest.approx(float(row["objective"]))
+    best = min(rows, key=lambda r: float(r["objective"]))
+    assert f"best: **{best['trial']}**" in (sweep_dir / "summary.md").read_text()
+    assert (sweep_dir / "objective.png").read_bytes()[:4] == b"\x89PNG"
+    winner = yaml.safe_load((sweep_dir / "best_recipe.yaml").read_text())
+    assert winner["method"]["r"] == int(best["method.r"]) and winner["optim"]["lr"] == float(best["optim.lr"])
+    groups = set()
+    for trial in rows:
+        [run_file] = (sweep_dir / trial["trial"] / "wandb").glob("offline-run-*/run-*.wandb")
+        groups |= {r.run.run_group for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run"}
+    assert groups == {f"sweep-{sweep_dir.name}"}  # every trial its own W&B run, all in one group
+    assert "Sweep: val_loss per trial" in result.stdout
+
+
+@pytest.mark.slow
+def test_optuna_sweep_of_three_trials(tmp_path):
+    sweep_dir, _ = run_sweep(
+        tmp_path, "logger=none", "sweeper=optuna", "sweeper.n_trials=3", "optim.lr=interval(1e-4,1e-2)"
+    )
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert len(rows) == 3 and len({r["optim.lr"] for r in rows}) == 3
+    optuna = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert optuna["best_value"] == pytest.approx(min(float(r["objective"]) for r in rows))
+
+
+def test_sweep_typo_fails_before_any_trial(tmp_path):
+    result = run_invoke("sweep", *SWEEP_BASE, "method.rr=4,8", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 2 and "method.rr" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        ("basic", "BasicLauncher"),
+        ("joblib", "JoblibLauncher"),
+        ("submitit_slurm", "SlurmLauncher"),
+        ("submitit_local", "LocalLauncher"),
+        ("ray", "RayLauncher"),
+    ],
+)
+def test_launcher_configs_compose(launcher, target):
+    from onestop.sweep.runner import translate
+
+    cfg = compose(*translate([f"launcher={launcher}"]))
+    assert cfg.hydra.launcher._target_.endswith(target)
+
+
+def test_sweep_objective_from_an_eval_suite(tmp_path):
+    from onestop.sweep.app import objective
+    from onestop.training.train import train
+
+    objective_keys = ["sweep.objective=eval:qa/token_f1", f"sweep.eval_path={TINY_DATA}", "sweep.eval_limit=3"]
+    cfg = compose(*SWEEP_BASE, "logger=none", *objective_keys, run_dir=tmp_path / "run")
+    value = objective(cfg, train(cfg))
+    saved = json.loads((tmp_path / "run" / "eval" / "sweep" / "results.json").read_text())
+    assert value == saved["metrics"]["qa"]["token_f1"]["value"] and 0 <= value <= 1
+
+
+def test_recipe_round_trip_reproduces_the_losses(tmp_path):
+    first = run_invoke("train", *TINY, "trainer.max_steps=3", "logger=csv", f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    recipe = tmp_path / "a" / "recipe.yaml"
+    text = recipe.read_text()
+    assert text.startswith(f"# invoke train recipe={tmp_path / 'a'}/recipe.yaml\n")
+    facts = yaml.safe_load(text)["provenance"]
+    assert facts["packages"]["torch"] and facts["data_fingerprint"] and facts["hardware"]["accelerator"] == "cpu"
+    assert len(facts["onestop"]["commit"]) == 40 and facts["metrics"]["steps"] == 3
+
+    again = run_invoke("train", f"recipe={recipe}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "warning:" not in again.stdout
+    losses = [json.loads((tmp_path / d / "metrics.json").read_text())["train_losses"] for d in "ab"]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]  # identical, not merely close
+
+    diff = run_invoke("recipe.diff", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert diff.returncode == 0 and "provenance.run_dir" in diff.stdout and "optim.lr" not in diff.stdout
+
+
+def test_recipe_warns_about_changed_packages_and_data(tmp_path):
+    data = tmp_path / "data.jsonl"
+    shutil.copy(TINY_DATA, data)
+    overrides = [o if not o.startswith("data.path=") else f"data.path={data}" for o in TINY]
+    first = run_invoke("train", *overrides, "trainer.max_steps=1", "logger=none", f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    recipe = yaml.safe_load((tmp_path / "a" / "recipe.yaml").read_text())
+    recipe["provenance"]["packages"]["torch"] = "1.0.0"
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(recipe))
+    data.write_text(data.read_text().replace("Paris", "Lyon"))
+    again = run_invoke("train", f"recipe={tmp_path / 'edited.yaml'}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    warnings = [line for line in again.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2
+    assert "torch 1.0.0" in warnings[0] and "data fingerprint" in warnings[1]
+
+
+def test_recipe_diff_of_two_shipped_recipes():
+    result = run_invoke("recipe.diff", "qwen2_5_0_5b_lora_gpu", "qwen2_5_7b_qlora_24gb")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "differences" in result.stdout
+    missing = run_invoke("recipe.diff", "nope", "qwen2_5_0_5b_lora_gpu")
+    assert missing.returncode == 2 and "recipe=nope" in missing.stderr

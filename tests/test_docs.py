@@ -128,3 +128,21 @@ def test_deploy_doc_cpu_walkthrough_runs(tmp_path):
     finally:
         run_invoke("deploy.stop", env=env)
     assert not (tmp_path / "home" / "deploy" / "deploy-doc.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", ["sweeps.md", "recipes.md"])
+def test_sweep_and_recipe_doc_commands_run_in_order(doc, tmp_path):
+    _, commands = documented(doc)
+    assert len(commands) >= 3
+    for command in commands:
+        words = [w.replace("runs/", f"{tmp_path}/runs/") for w in command[1:]]
+        if words[0] == "train" and not any(
+            w.startswith("recipe=runs") or w.startswith(f"recipe={tmp_path}") for w in words
+        ):
+            words += ["trainer.max_steps=2"] if "--cfg" not in words else []
+        result = run_invoke(*words, env={"ONESTOP_HOME": str(tmp_path / "home")})
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+    if doc == "sweeps.md":
+        for name in ("sweep-grid", "sweep-eval", "sweep-optuna"):
+            assert (tmp_path / "runs" / name / "summary.md").is_file(), name

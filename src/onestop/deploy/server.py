@@ -1,4 +1,6 @@
-"""`transformers serve` as a managed subprocess: the CPU backend of onestop's OpenAI-compatible server.
+"""`transformers serve` alone as a managed subprocess, for tools that need a raw backend for a block of code.
+
+Users get the full deployment (gateway, state file, stop/status) from onestop.deploy.service.
 
     with ServedModel("runs/x/model") as served:
         OpenAI(base_url=served.base_url, api_key="-").chat.completions.create(model=served.model_name, ...)
@@ -9,7 +11,6 @@ It binds 127.0.0.1, waits until /health answers, and stops the process (terminat
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -43,16 +44,17 @@ class ServedModel:
         return self.model_dir
 
     def start(self) -> "ServedModel":
-        cli = Path(sys.executable).parent / "transformers"
-        # /v1/models answers 500 for a local directory when the hub cache folder does not exist.
-        hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-        (hf_home / "hub").mkdir(parents=True, exist_ok=True)
+        from omegaconf import OmegaConf
+
+        from onestop.deploy.service import hf_home, transformers_command
+
+        backend = OmegaConf.create({"device": "cpu", "dtype": "auto", "continuous_batching": False})
         self._log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [str(cli), "serve", self.model_dir, "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"],
+            transformers_command(Path(self.model_dir), self.port, backend),
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"},
+            env={**os.environ, "HF_HOME": str(hf_home()), "HF_HUB_OFFLINE": "1"},
         )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

@@ -111,3 +111,13 @@ def test_compiled_decoder_trains(tmp_path):
     result = train(cfg)
     assert result.metrics["steps"] == 2 and result.metrics["train_loss"] > 0
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("hardware", ["fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_sharded_strategies_without_a_gpu_fail_in_one_line(tmp_path, hardware):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_invoke("train", *TINY, f"hardware={hardware}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "sharded training needs CUDA GPUs; on CPU use hardware=ddp_cpu" in last, last

@@ -9,6 +9,11 @@ from onestop.errors import OnestopError
 def trainer_hardware(hardware: DictConfig) -> dict:
     """`accelerator`, `devices` and `precision` for `lightning.Trainer`."""
     has_gpu = torch.cuda.is_available()
+    sharded = str(hardware.strategy).startswith(("fsdp", "deepspeed"))
+    if sharded and (hardware.accelerator == "cpu" or not has_gpu):
+        raise OnestopError(
+            f"hardware.strategy={hardware.strategy}: sharded training needs CUDA GPUs; on CPU use hardware=ddp_cpu"
+        )
     if hardware.accelerator == "gpu" and not has_gpu:
         raise OnestopError("hardware=gpu: no CUDA GPU is visible; use hardware=cpu or hardware=auto")
     precision = hardware.precision

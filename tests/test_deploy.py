@@ -266,3 +266,49 @@ def test_token_ids_identical_for_gemma_with_its_bundled_template():
         tokenizer, load_causal_lm(cfg.model, "float32", path), conversation
     )
     assert training == evaluation == serving
+
+
+def test_interactive_chat_streams_resets_and_exits(served, home):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "invoke"), "chat", f"name={served.name}", "max_tokens=6"],
+        input="What is the capital of France?\n/reset\nAdd two and three.\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ONESTOP_HOME": str(home)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Chatting with {served.name}" in result.stdout and "(conversation reset)" in result.stdout
+    assert result.stdout.count(f"{served.name}> ") == 2
+
+
+@pytest.mark.slow
+def test_gemma_answers_the_same_in_process_and_served(tmp_path):
+    from onestop.config.compose import compose as compose_config
+    from onestop.deploy.service import serving
+    from onestop.evaluation.heldout import generate_answers
+    from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+
+    cfg = compose("model=gemma3_270m")
+    path = resolve_model_path(cfg.model)
+    prompts = [QUESTION, [{"role": "user", "content": "Name three primary colours."}]]
+    expected = generate_answers(
+        load_causal_lm(cfg.model, "float32", path), load_tokenizer(cfg.model, path), prompts, 24
+    )
+    deploy_cfg = compose_config(
+        "deploy", ["model=gemma3_270m", "deploy=transformers", "deploy.dtype=float32", "port=0", "name=gemma-parity"]
+    )
+    with serving(deploy_cfg) as deployment:
+        client = OpenAI(base_url=deployment.base_url, api_key="-", max_retries=0)
+        got = [
+            client.chat.completions.create(model="gemma-parity", messages=p, max_tokens=24, temperature=0)
+            .choices[0]
+            .message.content.strip()
+            for p in prompts
+        ]
+    assert got == expected and all(expected), (got, expected)

@@ -10,7 +10,7 @@ from conftest import ASSETS, TINY, compose, run_invoke
 from omegaconf import OmegaConf
 from openai import BadRequestError, NotFoundError, OpenAI
 
-from onestop.deploy.lmdeploy import chat_template_fields, lmdeploy_command
+from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
 from onestop.errors import OnestopError
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -157,22 +157,70 @@ def tiny_tokenizer(template: str | None = None):
     return tokenizer
 
 
+def test_lmdeploy_template_is_the_models_own(tmp_path):
+    merged = json.loads(write_chat_template(ASSETS / "tiny-qwen2", ASSETS / "tiny-qwen2", tmp_path / "a").read_text())
+    assert merged == {"model_name": "hf", "model_path": str(ASSETS / "tiny-qwen2")}
+    adapter = tmp_path / "adapter"  # an unmerged adapter carries the template its run trained with
+    tiny_tokenizer("gemma").save_pretrained(adapter)
+    paired = json.loads(write_chat_template(ASSETS / "tiny-qwen2", adapter, tmp_path / "b").read_text())
+    template_dir = paired["model_path"]
+    assert (tmp_path / "b" / "tokenizer" / "config.json").is_file() and template_dir == str(
+        tmp_path / "b" / "tokenizer"
+    )
+    from transformers import AutoTokenizer
+
+    rendered = AutoTokenizer.from_pretrained(template_dir).apply_chat_template(CONVERSATION[1:], tokenize=False)
+    assert rendered == tiny_tokenizer("gemma").apply_chat_template(CONVERSATION[1:], tokenize=False)
+    assert "<start_of_turn>" in rendered
+
+
+LMDEPLOY_PROMPT_IDS = """
+import json, sys
+from lmdeploy.model import ChatTemplateConfig
+from lmdeploy.tokenizer import Tokenizer
+config = ChatTemplateConfig.from_json(sys.argv[1])
+prompt = config.chat_template().messages2prompt(json.loads(sys.argv[2]))
+print(json.dumps(Tokenizer(config.model_path).encode(prompt, add_bos=True)))
+"""
+
+
+def ids_before_last_answer(tokenizer, conversation: list[dict]) -> list[int]:
+    """Training's token ids up to where the last assistant answer starts: the prompt a server must build."""
+    from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
+
+    tokens = tokenize_conversation(tokenizer, conversation, max_seq_len=4096)
+    labels = tokens["labels"]
+    last_answer = max(i for i in range(1, len(labels)) if labels[i] != IGNORE_INDEX and labels[i - 1] == IGNORE_INDEX)
+    return list(tokens["input_ids"][:last_answer])
+
+
 @pytest.mark.parametrize("template", [None, "gemma", "chatml"])
-def test_lmdeploy_template_formats_prompts_as_training_does(template):
-    tokenizer = tiny_tokenizer(template)
-    fields = chat_template_fields(tokenizer)
-    conversation = [
-        {"role": "user", "content": "Q1"},
-        {"role": "assistant", "content": "A1"},
-        {"role": "user", "content": "Q2"},
-    ]
-    expected = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    built = (
-        fields["user"] + "Q1" + fields["eoh"] + fields["assistant"] + "A1" + fields["eoa"] + fields["separator"]
-        + fields["user"] + "Q2" + fields["eoh"] + fields["assistant"]
-    )  # fmt: skip
-    assert expected.endswith(built) and expected[: len(expected) - len(built)] in {"", tokenizer.bos_token or ""}
-    assert fields["stop_words"] and fields["stop_words"][0] in expected
+def test_lmdeploy_formats_prompts_as_training_does(template, tmp_path):
+    """LMDeploy's own prompt builder and tokenizer, run in its environment, give training's token ids."""
+    import subprocess
+
+    from onestop.deploy.lmdeploy import env_dir
+
+    python = env_dir() / "bin" / "python"
+    if not python.is_file() or subprocess.run([python, "-c", "import lmdeploy.model"], capture_output=True).returncode:
+        pytest.skip("no LMDeploy environment: run invoke deploy.setup")
+    model_dir = tmp_path / "model"
+    tiny_tokenizer(template).save_pretrained(model_dir)
+    (model_dir / "config.json").write_text((ASSETS / "tiny-qwen2" / "config.json").read_text())
+    chat_template = write_chat_template(model_dir, model_dir, tmp_path / "lmdeploy")
+    for conversation in (
+        CONVERSATION[1:],
+        CONVERSATION,
+        [*CONVERSATION, {"role": "user", "content": "And Spain?"}, {"role": "assistant", "content": "Madrid."}],
+    ):
+        if template == "gemma" and conversation[0]["role"] == "system":
+            continue
+        training = ids_before_last_answer(tiny_tokenizer(template), conversation)
+        served = subprocess.run(
+            [python, "-c", LMDEPLOY_PROMPT_IDS, str(chat_template), json.dumps(conversation[:-1])],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert json.loads(served.stdout.strip().splitlines()[-1]) == training, conversation
 
 
 def test_lmdeploy_command_from_config(tmp_path):

@@ -6,6 +6,7 @@ as the backend process behind the gateway.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,65 +75,28 @@ def lmdeploy_command(
     return command
 
 
-def chat_template_fields(tokenizer) -> dict:
-    """LMDeploy's chat-template JSON, read off the tokenizer's own template by rendering marked messages.
+TOKENIZER_FILES = ("tokenizer", "special_tokens", "chat_template", "added_tokens", "vocab", "merges")
 
-    LMDeploy builds a prompt as system + SYSTEM + eosys + user + QUESTION + eoh + assistant + ANSWER + eoa +
-    separator; each piece is found here where the tokenizer's template puts it, so LMDeploy formats prompts
-    exactly as training did.
+
+def write_chat_template(model_dir: Path, tokenizer_dir: Path, target_dir: Path) -> Path:
+    """The `--chat-template` JSON that makes LMDeploy format prompts with the run's own Jinja template.
+
+    LMDeploy's `hf` template renders messages with the tokenizer's `apply_chat_template`, so prompts are
+    formatted by the very template training used. Its field-by-field templates (system, eoh, eoa, ...) cannot
+    express "no system turn when the conversation has none": LMDeploy then adds an empty system block that
+    training never saw. The `hf` template reads `config.json` beside the tokenizer, so an unmerged adapter's
+    tokenizer is paired with its base's config in `target_dir`.
     """
+    from onestop.training.export import staged_directory, write_text_atomic
 
-    def render(messages, generation_prompt=False) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-    bos = tokenizer.bos_token or ""
-    one = render([{"role": "user", "content": "QUESTION1"}], generation_prompt=True)
-    user, after_question = one.split("QUESTION1")
-    if bos and user.startswith(bos):
-        user = user[len(bos) :]
-    two = render(
-        [
-            {"role": "user", "content": "QUESTION1"},
-            {"role": "assistant", "content": "ANSWER1"},
-            {"role": "user", "content": "QUESTION2"},
-        ],
-        generation_prompt=True,
-    )
-    between_turns = two.split("ANSWER1")[1].split("QUESTION2")[0]
-    if not between_turns.endswith(user):
-        raise OnestopError("deploy=lmdeploy: the chat template is not turn-by-turn; serve it with deploy=transformers")
-    closing = between_turns[: len(between_turns) - len(user)]
-    eoa = closing.rstrip("\n")
-    fields = {
-        "model_name": "onestop",
-        "meta_instruction": "",
-        "user": user,
-        "eoh": after_question,
-        "assistant": "",
-        "eoa": eoa,
-        "separator": closing[len(eoa) :],
-        "stop_words": [eoa.strip()] if eoa.strip() else [],
-        "capability": "chat",
-    }
-    try:
-        with_system = render([{"role": "system", "content": "SYSTEM1"}, {"role": "user", "content": "QUESTION1"}], True)
-    except Exception:  # noqa: BLE001 - templates without a system role raise their own errors
-        with_system = ""
-    if "SYSTEM1" in with_system and with_system.index("SYSTEM1") < with_system.index("QUESTION1"):
-        system, rest = with_system.split("SYSTEM1")
-        if bos and system.startswith(bos):
-            system = system[len(bos) :]
-        eosys = rest.split("QUESTION1")[0]
-        if eosys.endswith(user):
-            fields |= {"system": system, "eosys": eosys[: len(eosys) - len(user)]}
-    return fields
-
-
-def write_chat_template(tokenizer_dir: Path, target: Path) -> Path:
-    from transformers import AutoTokenizer
-
-    from onestop.training.export import write_text_atomic
-
-    fields = chat_template_fields(AutoTokenizer.from_pretrained(tokenizer_dir))
-    write_text_atomic(target, json.dumps(fields, indent=2, ensure_ascii=False) + "\n")
+    template_source = Path(tokenizer_dir)
+    if template_source != Path(model_dir):
+        with staged_directory(target_dir / "tokenizer") as staging:
+            for item in template_source.iterdir():
+                if item.is_file() and item.name.startswith(TOKENIZER_FILES):
+                    shutil.copy2(item, staging / item.name)
+            shutil.copy2(Path(model_dir) / "config.json", staging / "config.json")
+        template_source = target_dir / "tokenizer"
+    target = target_dir / "chat_template.json"
+    write_text_atomic(target, json.dumps({"model_name": "hf", "model_path": str(template_source)}, indent=2) + "\n")
     return target

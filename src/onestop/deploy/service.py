@@ -147,7 +147,7 @@ def start(cfg: DictConfig) -> Deployment:
     elif backend == "lmdeploy":
         from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
 
-        template = write_chat_template(model_dir if adapter is None else adapter, state_dir() / f"{name}.template.json")
+        template = write_chat_template(model_dir, adapter or model_dir, state_dir() / f"{name}.lmdeploy")
         command = lmdeploy_command(model_dir, internal, cfg.deploy, name, adapter, template)
         backend_model, env = name, {}
     else:
@@ -282,16 +282,26 @@ def deploy_config(**keys) -> DictConfig:
     return config
 
 
-def ask_served(run_dir: Path, question: str, model_cfg: DictConfig, max_tokens: int = 48) -> tuple[str, str]:
-    """Serve a run, ask one question through the openai SDK, stop; returns (base URL, answer)."""
+def ask_served(
+    run_dir: Path | str, question: str, model_cfg: DictConfig | None = None, max_tokens: int = 48
+) -> tuple[str, str]:
+    """Serve a training run on CPU, ask it one question through the openai SDK, stop it.
+
+    `model_cfg` defaults to the run's own (its config.yaml). Returns (base URL it was served at, answer).
+    """
     from openai import OpenAI
 
-    from onestop.config.schema import DeployBackendConfig
+    from onestop.config.schema import DeployBackendConfig, ModelConfig
 
+    run_dir = Path(run_dir)
+    if model_cfg is None:
+        if not (run_dir / "config.yaml").is_file():
+            raise OnestopError(f"run_dir={run_dir}: no config.yaml; expected a directory `invoke train` wrote")
+        model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(run_dir / "config.yaml").model)
     backend = OmegaConf.structured(DeployBackendConfig(backend="transformers"))
-    cfg = deploy_config(model=model_cfg, run_dir=str(run_dir), name=Path(run_dir).name, port=0, deploy=backend)
+    cfg = deploy_config(model=model_cfg, run_dir=str(run_dir), name=run_dir.name, port=0, deploy=backend)
     with serving(cfg) as deployment:
-        client = OpenAI(base_url=deployment.base_url, api_key="-")
+        client = OpenAI(base_url=deployment.base_url, api_key=_client_key(cfg))
         reply = client.chat.completions.create(
             model=deployment.name,
             messages=[{"role": "user", "content": question}],
@@ -299,6 +309,11 @@ def ask_served(run_dir: Path, question: str, model_cfg: DictConfig, max_tokens: 
             temperature=0,
         )
         return deployment.base_url, reply.choices[0].message.content
+
+
+def _client_key(cfg: DictConfig) -> str:
+    # the gateway demands $ONESTOP_API_KEY when it is set in this environment; "-" when no key is required
+    return (cfg.api_key_env and os.environ.get(cfg.api_key_env)) or "-"
 
 
 def run_deploy(cfg: DictConfig) -> Deployment:

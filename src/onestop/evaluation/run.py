@@ -151,7 +151,7 @@ def build_lm(cfg: DictConfig, target: Target, tokenizer):
         "device": device,
         "dtype": "bfloat16" if device == "cuda" else "float32",
         "batch_size": suite.batch_size,
-        "trust_remote_code": bool(cfg.model.trust_remote_code),
+        "trust_remote_code": bool((target.run_config.model if target.run_config else cfg.model).trust_remote_code),
     }
     if target.kind == "run":
         identity = target.identity

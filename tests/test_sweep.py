@@ -58,6 +58,47 @@ def test_sweep_typo_fails_before_any_trial(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["method=lora,full", "method.r=4"], ["config key 'method.r' does not exist"]),
+        (["optim.lr=interval(-1,1e-3)"], ["optim.lr", "positive learning rate"]),
+        (["sweep.direction=maximise"], ["sweep.direction", "minimize, maximize"]),
+        (["sweep.objective=eval:nosuch/acc"], ["sweep.objective=eval:nosuch/acc", "qa"]),
+        (["sweep.objective=accuracy"], ["sweep.objective=accuracy", "eval:SUITE/METRIC"]),
+        (["data.val_ratio=0"], ["sweep.objective=val_loss", "data.val_ratio"]),
+        (["launcher=ray"], ["launcher=ray", "onestop[ray]"]),
+    ],
+    ids=["grid-trial", "optuna-range", "direction", "eval-suite", "objective", "no-validation", "ray"],
+)
+def test_every_trial_is_checked_before_the_sweep_starts(overrides, fragments, tmp_path):
+    # In-process, as `invoke sweep` runs it: no trial may start, and the error is one line.
+    from onestop.errors import OnestopError
+    from onestop.sweep.runner import run_sweep as sweep
+
+    with pytest.raises(OnestopError) as caught:
+        sweep([*SWEEP_BASE, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert "\n" not in str(caught.value)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # The second trial asks for a new vocabulary without from_scratch: it fails at once, the first one trains.
+    sweep_dir, result = run_sweep(tmp_path, "logger=none", "model.train_tokenizer=null,8")
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed"]
+    assert "model.train_tokenizer" in rows[1]["status"] and rows[1]["objective"] == ""
+    assert "onestop sweep: trial 1 failed: model.train_tokenizer" in result.stderr
+    assert "best: **trial_0**" in (sweep_dir / "summary.md").read_text()
+    assert (
+        (sweep_dir / "best_recipe.yaml")
+        .read_text()
+        .startswith(f"# invoke train recipe={sweep_dir / 'best_recipe.yaml'}\n")
+    )
+
+
+@pytest.mark.parametrize(
     ("launcher", "target"),
     [
         ("basic", "BasicLauncher"),

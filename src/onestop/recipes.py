@@ -84,7 +84,7 @@ def provenance(fingerprint: str, hardware: dict, metrics: dict, run_dir: Path) -
 
 def recipe_text(job: dict, facts: dict) -> str:
     """The recipe file: the command that runs it, then the config, then where it came from."""
-    config = {k: v for k, v in job.items() if k not in NOT_REPRODUCED}
+    config = {k: portable(v) for k, v in job.items() if k not in NOT_REPRODUCED}
     document = {
         "defaults": ["train_schema", "_self_"],
         **config,
@@ -97,6 +97,17 @@ def recipe_text(job: dict, facts: dict) -> str:
         f"{facts['created']}). Every option is written out; `provenance` records what made it.\n"
     )
     return header + OmegaConf.to_yaml(OmegaConf.create(document))
+
+
+def portable(value):
+    """Paths inside this checkout written relative to it, so a colleague's checkout elsewhere finds them."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith(f"{PROJECT_ROOT}/"):
+        return "${project_root:}" + value[len(str(PROJECT_ROOT)) :]
+    return value
 
 
 def write_run_recipe(run_dir: Path, job: dict, facts: dict) -> Path:

@@ -9,6 +9,8 @@ import yaml
 from conftest import TINY, TINY_DATA, compose, run_invoke
 from helpers import wandb_records
 
+from onestop.paths import PROJECT_ROOT
+
 SWEEP_BASE = [*TINY, "trainer.max_steps=2"]
 
 
@@ -49,6 +51,15 @@ def test_optuna_sweep_of_three_trials(tmp_path):
     assert len(rows) == 3 and len({r["optim.lr"] for r in rows}) == 3
     optuna = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert optuna["best_value"] == pytest.approx(min(float(r["objective"]) for r in rows))
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_trials_in_parallel_processes(tmp_path):
+    sweep_dir, _ = run_sweep(tmp_path, "logger=none", "launcher=joblib", "launcher.n_jobs=2", "method.r=4,8")
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [(r["method.r"], r["status"]) for r in rows] == [("4", "ok"), ("8", "ok")]
+    launcher = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("JoblibLauncher") and launcher["n_jobs"] == 2
 
 
 def test_sweep_typo_fails_before_any_trial(tmp_path):
@@ -127,14 +138,25 @@ def test_sweep_objective_from_an_eval_suite(tmp_path):
 
 
 def test_recipe_round_trip_reproduces_the_losses(tmp_path):
-    first = run_invoke("train", *TINY, "trainer.max_steps=3", "logger=csv", f"hydra.run.dir={tmp_path / 'a'}")
+    # Trained from another directory with a relative data path, as a user would: the recipe must still work.
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(TINY_DATA, work / "train.jsonl")
+    overrides = [o if not o.startswith("data.path=") else "data.path=train.jsonl" for o in TINY]
+    first = run_invoke(
+        "-r", str(PROJECT_ROOT), "train", *overrides, "trainer.max_steps=3", "logger=csv",
+        f"hydra.run.dir={tmp_path / 'a'}", cwd=work,
+    )  # fmt: skip
     assert first.returncode == 0, first.stderr[-2000:]
     recipe = tmp_path / "a" / "recipe.yaml"
     text = recipe.read_text()
     assert text.startswith(f"# invoke train recipe={tmp_path / 'a'}/recipe.yaml\n")
-    facts = yaml.safe_load(text)["provenance"]
+    written = yaml.safe_load(text)
+    assert written["data"]["path"] == str(work / "train.jsonl")
+    assert written["model"]["path"] == "${project_root:}/tests/assets/tiny-qwen2"  # any checkout finds it
+    facts = written["provenance"]
     assert facts["packages"]["torch"] and facts["data_fingerprint"] and facts["hardware"]["accelerator"] == "cpu"
-    assert len(facts["onestop"]["commit"]) == 40 and facts["metrics"]["steps"] == 3
+    assert facts["data_content"] and len(facts["onestop"]["commit"]) == 40 and facts["metrics"]["steps"] == 3
 
     again = run_invoke("train", f"recipe={recipe}", f"hydra.run.dir={tmp_path / 'b'}")
     assert again.returncode == 0, again.stderr[-2000:]

@@ -94,19 +94,23 @@ def test_every_trial_is_checked_before_the_sweep_starts(overrides, fragments, tm
     assert not (tmp_path / "sweep").exists()
 
 
-def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
-    # The second trial asks for a new vocabulary without from_scratch: it fails at once, the first one trains.
-    sweep_dir, result = run_sweep(tmp_path, "logger=none", "model.train_tokenizer=null,8")
+def test_a_recipe_sweep_records_a_failed_trial_and_goes_on(tmp_path):
+    # Swept from a shared recipe file with its own objective; the second trial asks for a new vocabulary
+    # without from_scratch: it fails at once, the first one trains.
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(
+        "# invoke sweep recipe=mine.yaml\ndefaults:\n  - train\n  - override model: tiny\n  - _self_\n"
+        "sweep:\n  objective: train_loss\n"
+    )
+    sweep_dir, result = run_sweep(tmp_path, f"recipe={recipe}", "logger=none", "model.train_tokenizer=null,8")
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed"]
+    assert float(rows[0]["objective"]) == pytest.approx(float(rows[0]["train_loss"]))
     assert "model.train_tokenizer" in rows[1]["status"] and rows[1]["objective"] == ""
     assert "onestop sweep: trial 1 failed: model.train_tokenizer" in result.stderr
-    assert "best: **trial_0**" in (sweep_dir / "summary.md").read_text()
-    assert (
-        (sweep_dir / "best_recipe.yaml")
-        .read_text()
-        .startswith(f"# invoke train recipe={sweep_dir / 'best_recipe.yaml'}\n")
-    )
+    assert "Objective: `train_loss` (minimize); best: **trial_0**" in (sweep_dir / "summary.md").read_text()
+    best = sweep_dir / "best_recipe.yaml"
+    assert best.read_text().startswith(f"# invoke train recipe={best}\n")
 
 
 @pytest.mark.parametrize(

@@ -43,8 +43,17 @@ def translate(overrides: list[str]) -> list[str]:
     return translated
 
 
-def sweep_command(overrides: list[str], sweep_dir: Path) -> list[str]:
+def sweep_command(overrides: list[str], sweep_dir: Path, direction: str = "minimize") -> list[str]:
     overrides = translate(overrides)
+    primary = []
+    recipes = [o for o in overrides if o.startswith("recipe=")]
+    if recipes:
+        from onestop.config.compose import resolve_recipe
+
+        # A recipe is a primary config beside conf/, as in `invoke train recipe=...`: Hydra's own flags load it.
+        recipe = resolve_recipe(recipes[-1].partition("=")[2])
+        primary = ["--config-dir", str(recipe.parent), "--config-name", recipe.stem]
+        overrides = [o for o in overrides if not o.startswith("recipe=")]
     keys = {o.partition("=")[0] for o in overrides}
     extra = [
         f"hydra.sweep.dir={sweep_dir}",
@@ -53,12 +62,11 @@ def sweep_command(overrides: list[str], sweep_dir: Path) -> list[str]:
         "hydra/job_logging=disabled",  # Lightning prints its own lines; Hydra would print them twice
     ]
     if "hydra/sweeper=optuna" in overrides:
-        direction = next((o.partition("=")[2] for o in overrides if o.startswith("sweep.direction=")), "minimize")
         if "hydra.sweeper.direction" not in keys:
             extra.append(f"hydra.sweeper.direction={direction}")
         if "hydra.sweeper.study_name" not in keys:
             extra.append(f"hydra.sweeper.study_name={sweep_dir.name}")
-    return [sys.executable, "-m", "onestop.sweep.app", "--multirun", *overrides, *extra]
+    return [sys.executable, "-m", "onestop.sweep.app", *primary, "--multirun", *overrides, *extra]
 
 
 def run_sweep(overrides: list[str]) -> Path:
@@ -74,7 +82,7 @@ def run_sweep(overrides: list[str]) -> Path:
         check_objective(probe)
     probe = probes[0]
     sweep_dir = Path(given or f"runs/sweep/{time.strftime('%Y-%m-%d_%H-%M-%S')}").absolute()
-    command = sweep_command(overrides, sweep_dir)
+    command = sweep_command(overrides, sweep_dir, probe.sweep.direction)
     env = {**os.environ, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP") or f"sweep-{sweep_dir.name}"}
     print(f"Sweep into {sweep_dir} (objective {probe.sweep.objective}, {probe.sweep.direction})", flush=True)
     started = time.perf_counter()

@@ -262,15 +262,30 @@ def plot(path: Path, parameters: dict[str, list], rows: list[dict], objective: s
     for axis, name in zip(axes[0], names, strict=True):
         values = parameters.get(name) or [r["trial"] for r in rows]
         points = [(v, r["objective"]) for v, r in zip(values, rows, strict=True) if r.get("objective") is not None]
-        labels = sorted({str(v) for v, _ in points}, key=_sort_key)
-        axis.scatter([labels.index(str(v)) for v, _ in points], [o for _, o in points], color="#4c72b0")
-        axis.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+        numbers = [_number_or_none(v) for v, _ in points]
+        if points and None not in numbers:
+            # Optuna samples a continuous range: its values belong on a real axis, a log one across decades.
+            axis.scatter(numbers, [o for _, o in points], color="#4c72b0")
+            if min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
+                axis.set_xscale("log")
+        else:
+            labels = sorted({str(v) for v, _ in points}, key=_sort_key)
+            axis.scatter([labels.index(str(v)) for v, _ in points], [o for _, o in points], color="#4c72b0")
+            axis.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
         axis.set_xlabel(name)
         axis.set_ylabel(objective)
+        axis.ticklabel_format(axis="y", useOffset=False)  # losses of close trials read as they are
     figure.suptitle(f"{objective} per trial")
     figure.tight_layout()
     save_figure_atomic(figure, path)
     plt.close(figure)
+
+
+def _number_or_none(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _sort_key(text: str):

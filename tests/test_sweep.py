@@ -193,5 +193,9 @@ def test_recipe_diff_of_two_shipped_recipes():
     result = run_invoke("recipe.diff", "qwen2_5_0_5b_lora_gpu", "qwen2_5_7b_qlora_24gb")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "differences" in result.stdout
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") == 4}
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in rows["model.path"] and "Qwen/Qwen2.5-7B-Instruct" in rows["model.path"]
+    assert "apply_qlora" in rows["method._target_"] and "method.quantization.quant_type" in rows
+    assert "method.r" not in rows  # both rank 16: the QLoRA recipe writes it out, LoRA's default is the same
     missing = run_invoke("recipe.diff", "nope", "qwen2_5_0_5b_lora_gpu")
     assert missing.returncode == 2 and "recipe=nope" in missing.stderr

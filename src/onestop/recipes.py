@@ -212,7 +212,15 @@ def load_for_diff(reference: str) -> dict:
     else:
         path = resolve_recipe(reference)
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    data.pop("hydra", None)
+    if "defaults" in data:
+        # A recipe names only what it changes, its model and method in the defaults list: compare what it
+        # composes to, or two recipes that differ in the model would look alike.
+        from onestop.config.compose import compose
+        from onestop.training.export import job_config
+
+        data = job_config(compose("train", [f"recipe={path}"]))
+    for key in ("hydra", "paths"):  # where and when a run ran, not what it computes
+        data.pop(key, None)
     return data
 
 

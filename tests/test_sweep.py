@@ -9,6 +9,8 @@ import yaml
 from conftest import TINY, TINY_DATA, compose, run_invoke
 from helpers import wandb_records
 
+from onestop.paths import PROJECT_ROOT
+
 SWEEP_BASE = [*TINY, "trainer.max_steps=2"]
 
 
@@ -51,10 +53,68 @@ def test_optuna_sweep_of_three_trials(tmp_path):
     assert optuna["best_value"] == pytest.approx(min(float(r["objective"]) for r in rows))
 
 
+@pytest.mark.slow
+def test_joblib_launcher_runs_trials_in_parallel_processes(tmp_path):
+    sweep_dir, _ = run_sweep(tmp_path, "logger=none", "launcher=joblib", "launcher.n_jobs=2", "method.r=4,8")
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [(r["method.r"], r["status"]) for r in rows] == [("4", "ok"), ("8", "ok")]
+    launcher = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("JoblibLauncher") and launcher["n_jobs"] == 2
+
+
 def test_sweep_typo_fails_before_any_trial(tmp_path):
     result = run_invoke("sweep", *SWEEP_BASE, "method.rr=4,8", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 2 and "method.rr" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["method=lora,full", "method.r=4"], ["config key 'method.r' does not exist"]),
+        (["optim.lr=interval(-1,1e-3)"], ["optim.lr", "positive learning rate"]),
+        (["sweep.direction=maximise"], ["sweep.direction", "minimize, maximize"]),
+        (["sweep.objective=eval:nosuch/acc"], ["sweep.objective=eval:nosuch/acc", "qa"]),
+        (["sweep.objective=accuracy"], ["sweep.objective=accuracy", "eval:SUITE/METRIC"]),
+        (["data.val_ratio=0"], ["sweep.objective=val_loss", "data.val_ratio"]),
+        (["launcher=ray"], ["launcher=ray", "onestop[ray]"]),
+    ],
+    ids=["grid-trial", "optuna-range", "direction", "eval-suite", "objective", "no-validation", "ray"],
+)
+def test_every_trial_is_checked_before_the_sweep_starts(overrides, fragments, tmp_path):
+    # In-process, as `invoke sweep` runs it: no trial may start, and the error is one line.
+    import importlib.util
+
+    from onestop.errors import OnestopError
+    from onestop.sweep.runner import run_sweep as sweep
+
+    if "launcher=ray" in overrides and importlib.util.find_spec("hydra_plugins.hydra_ray_launcher"):
+        pytest.skip("the Ray launcher is installed here")
+    with pytest.raises(OnestopError) as caught:
+        sweep([*SWEEP_BASE, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert "\n" not in str(caught.value)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_recipe_sweep_records_a_failed_trial_and_goes_on(tmp_path):
+    # Swept from a shared recipe file with its own objective; the second trial asks for a new vocabulary
+    # without from_scratch: it fails at once, the first one trains.
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(
+        "# invoke sweep recipe=mine.yaml\ndefaults:\n  - train\n  - override model: tiny\n  - _self_\n"
+        "sweep:\n  objective: train_loss\n"
+    )
+    sweep_dir, result = run_sweep(tmp_path, f"recipe={recipe}", "logger=none", "model.train_tokenizer=null,8")
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed"]
+    assert float(rows[0]["objective"]) == pytest.approx(float(rows[0]["train_loss"]))
+    assert "model.train_tokenizer" in rows[1]["status"] and rows[1]["objective"] == ""
+    assert "onestop sweep: trial 1 failed: model.train_tokenizer" in result.stderr
+    assert "Objective: `train_loss` (minimize); best: **trial_0**" in (sweep_dir / "summary.md").read_text()
+    best = sweep_dir / "best_recipe.yaml"
+    assert best.read_text().startswith(f"# invoke train recipe={best}\n")
 
 
 @pytest.mark.parametrize(
@@ -86,14 +146,25 @@ def test_sweep_objective_from_an_eval_suite(tmp_path):
 
 
 def test_recipe_round_trip_reproduces_the_losses(tmp_path):
-    first = run_invoke("train", *TINY, "trainer.max_steps=3", "logger=csv", f"hydra.run.dir={tmp_path / 'a'}")
+    # Trained from another directory with a relative data path, as a user would: the recipe must still work.
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(TINY_DATA, work / "train.jsonl")
+    overrides = [o if not o.startswith("data.path=") else "data.path=train.jsonl" for o in TINY]
+    first = run_invoke(
+        "-r", str(PROJECT_ROOT), "train", *overrides, "trainer.max_steps=3", "logger=csv",
+        f"hydra.run.dir={tmp_path / 'a'}", cwd=work,
+    )  # fmt: skip
     assert first.returncode == 0, first.stderr[-2000:]
     recipe = tmp_path / "a" / "recipe.yaml"
     text = recipe.read_text()
     assert text.startswith(f"# invoke train recipe={tmp_path / 'a'}/recipe.yaml\n")
-    facts = yaml.safe_load(text)["provenance"]
+    written = yaml.safe_load(text)
+    assert written["data"]["path"] == str(work / "train.jsonl")
+    assert written["model"]["path"] == "${project_root:}/tests/assets/tiny-qwen2"  # any checkout finds it
+    facts = written["provenance"]
     assert facts["packages"]["torch"] and facts["data_fingerprint"] and facts["hardware"]["accelerator"] == "cpu"
-    assert len(facts["onestop"]["commit"]) == 40 and facts["metrics"]["steps"] == 3
+    assert facts["data_content"] and len(facts["onestop"]["commit"]) == 40 and facts["metrics"]["steps"] == 3
 
     again = run_invoke("train", f"recipe={recipe}", f"hydra.run.dir={tmp_path / 'b'}")
     assert again.returncode == 0, again.stderr[-2000:]
@@ -126,5 +197,9 @@ def test_recipe_diff_of_two_shipped_recipes():
     result = run_invoke("recipe.diff", "qwen2_5_0_5b_lora_gpu", "qwen2_5_7b_qlora_24gb")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "differences" in result.stdout
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") == 4}
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in rows["model.path"] and "Qwen/Qwen2.5-7B-Instruct" in rows["model.path"]
+    assert "apply_qlora" in rows["method._target_"] and "method.quantization.quant_type" in rows
+    assert "method.r" not in rows  # both rank 16: the QLoRA recipe writes it out, LoRA's default is the same
     missing = run_invoke("recipe.diff", "nope", "qwen2_5_0_5b_lora_gpu")
     assert missing.returncode == 2 and "recipe=nope" in missing.stderr

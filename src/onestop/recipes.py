@@ -9,6 +9,11 @@ the hardware and the final metrics. Training from a recipe compares its provenan
 warns, one line per difference, about package versions and data that changed.
 """
 
+import copy
+import glob
+import hashlib
+import json
+import os
 import platform
 import subprocess
 import time
@@ -67,13 +72,43 @@ def hardware_facts(trainer) -> dict:
     return facts
 
 
-def provenance(fingerprint: str, hardware: dict, metrics: dict, run_dir: Path) -> dict:
+def data_fingerprints(fingerprint: str, data_cfg: DictConfig, tokenizer, seed: int) -> dict[str, str]:
+    """The data stage's fingerprint and `data_content`: the same inputs, blind to where the files lie.
+
+    The data stage keys its cache on the file paths too, so a colleague's checkout elsewhere, or a path
+    typed relative instead of absolute, changes it; `data_content` changes only when what trains changes:
+    the files' bytes, the data options, the tokenizer's behaviour, the seed.
+    """
+    from onestop.data.prepare import BATCHING_KEYS, PIPELINE_VERSION, sources_of
+
+    config = OmegaConf.to_container(data_cfg, resolve=True)
+    options = {k: v for k, v in config.items() if k not in {*BATCHING_KEYS, "path", "val_path", "mix", "contamination"}}
+    mix = [{k: v for k, v in entry.items() if k != "path"} for entry in config.get("mix") or []]
+    probe = "onestop fingerprint probe: 一站式, 1234567890."
+    tokenizer_behaviour = [len(tokenizer), str(tokenizer.chat_template), str(tokenizer.eos_token)]
+    tokenizer_behaviour.append(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    digest = hashlib.sha256(json.dumps([PIPELINE_VERSION, options, mix, tokenizer_behaviour, seed]).encode())
+    sources = [("train", s.path) for s in sources_of(data_cfg)]
+    if data_cfg.val_path:
+        sources += [("validation", s.path) for s in sources_of(data_cfg, "val_path")]
+    for role, path in sources:
+        digest.update(role.encode())
+        if Path(path).is_file():
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            digest.update(path.encode())  # a hub dataset id names its content
+    return {"data_fingerprint": fingerprint, "data_content": digest.hexdigest()[:20]}
+
+
+def provenance(fingerprints: dict[str, str], hardware: dict, metrics: dict, run_dir: Path) -> dict:
     from onestop import __version__
 
     return {
         "onestop": {"version": __version__, **git_state()},
         "packages": package_versions(),
-        "data_fingerprint": fingerprint,
+        **fingerprints,
         "hardware": hardware,
         "metrics": {k: metrics.get(k) for k in ("train_loss", "val_loss", "steps", "epochs", "tokens_per_s")},
         "train_losses": metrics.get("train_losses", []),
@@ -84,7 +119,7 @@ def provenance(fingerprint: str, hardware: dict, metrics: dict, run_dir: Path) -
 
 def recipe_text(job: dict, facts: dict) -> str:
     """The recipe file: the command that runs it, then the config, then where it came from."""
-    config = {k: v for k, v in job.items() if k not in NOT_REPRODUCED}
+    config = {k: portable(v) for k, v in anchor_files(job).items() if k not in NOT_REPRODUCED}
     document = {
         "defaults": ["train_schema", "_self_"],
         **config,
@@ -99,6 +134,39 @@ def recipe_text(job: dict, facts: dict) -> str:
     return header + OmegaConf.to_yaml(OmegaConf.create(document))
 
 
+def anchor_files(job: dict) -> dict:
+    """The run's data files as absolute paths: a relative one named the file only from where training started."""
+
+    def anchored(value):
+        if isinstance(value, str) and not os.path.isabs(value) and glob.glob(value):
+            return os.path.abspath(value)
+        return value
+
+    job = copy.deepcopy(job)
+    data, sweep = job.get("data") or {}, job.get("sweep") or {}
+    for node, key in ((data, "path"), (data, "val_path"), (sweep, "eval_path")):
+        if key in node:
+            node[key] = anchored(node[key])
+    for source in data.get("mix") or []:
+        if isinstance(source, dict) and "path" in source:
+            source["path"] = anchored(source["path"])
+    contamination = data.get("contamination") or {}
+    if "eval_paths" in contamination:
+        contamination["eval_paths"] = [anchored(p) for p in contamination["eval_paths"]]
+    return job
+
+
+def portable(value):
+    """Paths inside this checkout written relative to it, so a colleague's checkout elsewhere finds them."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith(f"{PROJECT_ROOT}/"):
+        return "${project_root:}" + value[len(str(PROJECT_ROOT)) :]
+    return value
+
+
 def write_run_recipe(run_dir: Path, job: dict, facts: dict) -> Path:
     from onestop.training.export import write_text_atomic
 
@@ -107,8 +175,8 @@ def write_run_recipe(run_dir: Path, job: dict, facts: dict) -> Path:
     return path
 
 
-def provenance_warnings(recorded: DictConfig | dict | None, fingerprint: str) -> list[str]:
-    """One line per package version or data fingerprint that differs from the recipe's provenance."""
+def provenance_warnings(recorded: DictConfig | dict | None, fingerprints: dict[str, str]) -> list[str]:
+    """One line per package version, and one for the data, that differ from the recipe's provenance."""
     if not recorded:
         return []
     recorded = OmegaConf.to_container(recorded, resolve=True) if OmegaConf.is_config(recorded) else recorded
@@ -118,10 +186,12 @@ def provenance_warnings(recorded: DictConfig | dict | None, fingerprint: str) ->
         now = present.get(name)
         if now != then:
             lines.append(f"warning: the recipe was made with {name} {then}, this environment has {now or 'none'}")
-    then = recorded.get("data_fingerprint")
-    if then and fingerprint and then != fingerprint:
+    # Recipes written before data_content existed can only compare the path-sensitive fingerprint.
+    key = "data_content" if recorded.get("data_content") else "data_fingerprint"
+    then, now = recorded.get(key), fingerprints.get(key)
+    if then and now and then != now:
         lines.append(
-            f"warning: data fingerprint {fingerprint} differs from the recipe's {then}: the data files, "
+            f"warning: data fingerprint {now} differs from the recipe's {then} ({key}): the data files, "
             "data config or tokenizer changed"
         )
     return lines
@@ -142,7 +212,15 @@ def load_for_diff(reference: str) -> dict:
     else:
         path = resolve_recipe(reference)
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    data.pop("hydra", None)
+    if "defaults" in data:
+        # A recipe names only what it changes, its model and method in the defaults list: compare what it
+        # composes to, or two recipes that differ in the model would look alike.
+        from onestop.config.compose import compose
+        from onestop.training.export import job_config
+
+        data = job_config(compose("train", [f"recipe={path}"]))
+    for key in ("hydra", "paths"):  # where and when a run ran, not what it computes
+        data.pop(key, None)
     return data
 
 

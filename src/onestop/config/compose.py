@@ -89,6 +89,7 @@ CHOICES = {
     "model.source": ("hub", "embedded"),
     "stage": ("sft", "pretrain", "dpo"),
     "format": ("merged", "adapter"),
+    "sweep.direction": ("minimize", "maximize"),
 }
 
 

@@ -6,27 +6,52 @@
 joblib, submitit, ray) do the rest, each job composing conf/train.yaml like `invoke train` does.
 """
 
+import math
+import sys
+import time
+from pathlib import Path
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from onestop.config.compose import _setup
+from onestop.errors import OnestopError
 from onestop.paths import CONF_DIR
 
 _setup()  # schemas and resolvers, before Hydra composes anything
 
 
+TRAIN_OBJECTIVES = ("val_loss", "train_loss")
+
+
+def check_objective(cfg: DictConfig) -> None:
+    """Fail before any trial trains when the objective cannot be measured; the message names the key."""
+    name = cfg.sweep.objective
+    if name in TRAIN_OBJECTIVES:
+        if name == "val_loss" and not cfg.data.val_path and not cfg.data.val_ratio:
+            raise OnestopError(
+                "sweep.objective=val_loss: the trials hold out no validation data; "
+                "set data.val_ratio > 0 or data.val_path, or use sweep.objective=train_loss"
+            )
+        return
+    suite, _, metric = name.removeprefix("eval:").partition("/")
+    if not name.startswith("eval:") or not suite or not metric:
+        raise OnestopError(f"sweep.objective={name}: expected val_loss, train_loss or eval:SUITE/METRIC")
+    suites = sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml"))
+    if suite not in suites:
+        raise OnestopError(f"sweep.objective={name}: no eval suite '{suite}'; choose one of: {', '.join(suites)}")
+
+
 def objective(cfg: DictConfig, result) -> float:
     """The number a trial reports: a loss from metrics.json, or an eval suite's score on the trained model."""
-    from onestop.errors import OnestopError
-
     name = cfg.sweep.objective
-    if name in {"val_loss", "train_loss"}:
+    check_objective(cfg)
+    if name in TRAIN_OBJECTIVES:
         value = result.metrics.get(name)
         if value is None:
             raise OnestopError(f"sweep.objective={name}: the run has none (validation needs data.val_ratio > 0)")
         return float(value)
-    if not name.startswith("eval:") or "/" not in name:
-        raise OnestopError(f"sweep.objective={name}: expected val_loss, train_loss or eval:SUITE/METRIC")
     from lm_eval.models.huggingface import HFLM
 
     from onestop.evaluation.run import eval_config, evaluate, suite_config
@@ -49,9 +74,19 @@ def main(cfg: DictConfig) -> float:
     from onestop.training.export import write_json
     from onestop.training.train import train
 
-    result = train(cfg)
-    value = objective(cfg, result)
-    write_json(result.run_dir / "objective.json", {"objective": cfg.sweep.objective, "value": value})
+    started = time.perf_counter()
+    try:
+        value = objective(cfg, train(cfg))
+    except OnestopError as err:
+        # One trial's bad luck (a diverged run, a value its data cannot take) must not end the whole sweep:
+        # the trial is recorded as failed, and the worst possible value steers Optuna away from it (Optuna
+        # 2.x rejects NaN with an exception that would stop the sweep).
+        record = {"objective": cfg.sweep.objective, "value": None, "error": str(err)}
+        write_json(Path(cfg.paths.run_dir) / "objective.json", record | {"seconds": time.perf_counter() - started})
+        print(f"onestop sweep: trial {HydraConfig.get().job.num} failed: {err}", file=sys.stderr, flush=True)
+        return math.inf if cfg.sweep.direction == "minimize" else -math.inf
+    record = {"objective": cfg.sweep.objective, "value": value, "seconds": time.perf_counter() - started}
+    write_json(Path(cfg.paths.run_dir) / "objective.json", record)
     return value  # the Optuna sweeper optimises it in hydra.sweeper.direction; the grid just records it
 
 

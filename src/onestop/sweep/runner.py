@@ -11,6 +11,7 @@ one PNG of the objective against each swept parameter, and best_recipe.yaml, the
 import csv
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,8 +43,17 @@ def translate(overrides: list[str]) -> list[str]:
     return translated
 
 
-def sweep_command(overrides: list[str], sweep_dir: Path) -> list[str]:
+def sweep_command(overrides: list[str], sweep_dir: Path, direction: str = "minimize") -> list[str]:
     overrides = translate(overrides)
+    primary = []
+    recipes = [o for o in overrides if o.startswith("recipe=")]
+    if recipes:
+        from onestop.config.compose import resolve_recipe
+
+        # A recipe is a primary config beside conf/, as in `invoke train recipe=...`: Hydra's own flags load it.
+        recipe = resolve_recipe(recipes[-1].partition("=")[2])
+        primary = ["--config-dir", str(recipe.parent), "--config-name", recipe.stem]
+        overrides = [o for o in overrides if not o.startswith("recipe=")]
     keys = {o.partition("=")[0] for o in overrides}
     extra = [
         f"hydra.sweep.dir={sweep_dir}",
@@ -52,24 +62,27 @@ def sweep_command(overrides: list[str], sweep_dir: Path) -> list[str]:
         "hydra/job_logging=disabled",  # Lightning prints its own lines; Hydra would print them twice
     ]
     if "hydra/sweeper=optuna" in overrides:
-        direction = next((o.partition("=")[2] for o in overrides if o.startswith("sweep.direction=")), "minimize")
         if "hydra.sweeper.direction" not in keys:
             extra.append(f"hydra.sweeper.direction={direction}")
         if "hydra.sweeper.study_name" not in keys:
             extra.append(f"hydra.sweeper.study_name={sweep_dir.name}")
-    return [sys.executable, "-m", "onestop.sweep.app", "--multirun", *overrides, *extra]
+    return [sys.executable, "-m", "onestop.sweep.app", *primary, "--multirun", *overrides, *extra]
 
 
 def run_sweep(overrides: list[str]) -> Path:
-    from onestop.config.compose import compose
+    from onestop.sweep.app import check_objective
 
     given = next((o.partition("=")[2] for o in overrides if o.startswith("hydra.sweep.dir=")), None)
     overrides = [o for o in overrides if not o.startswith("hydra.sweep.dir=")]
-    # Compose one trial first: a typo fails here in one line, before any job starts.
-    single = [o for o in translate(overrides) if not o.startswith(("hydra/", "hydra."))]
-    probe = compose("train", [_first_value(o) for o in single])
+    if "launcher=ray" in overrides:
+        _require_ray()
+    # Compose the trials first: a typo or a value a trial cannot take fails here in one line, before any job.
+    probes = [_compose_trial(trial) for trial in trial_overrides(translate(overrides))]
+    for probe in probes:
+        check_objective(probe)
+    probe = probes[0]
     sweep_dir = Path(given or f"runs/sweep/{time.strftime('%Y-%m-%d_%H-%M-%S')}").absolute()
-    command = sweep_command(overrides, sweep_dir)
+    command = sweep_command(overrides, sweep_dir, probe.sweep.direction)
     env = {**os.environ, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP") or f"sweep-{sweep_dir.name}"}
     print(f"Sweep into {sweep_dir} (objective {probe.sweep.objective}, {probe.sweep.direction})", flush=True)
     started = time.perf_counter()
@@ -80,45 +93,89 @@ def run_sweep(overrides: list[str]) -> Path:
     return sweep_dir
 
 
-def _first_value(override: str) -> str:
-    """One trial's value of a swept override (`a=1,2` -> `a=1`; Optuna's `interval(1,2)` -> its low end)."""
-    key, _, value = override.partition("=")
-    for prefix in ("choice(", "range(", "interval(", "tag("):
-        if value.startswith(prefix) or value.startswith("tag(log,"):
-            inner = value[value.index("(") + 1 : -1].removeprefix("log,").replace("interval(", "").replace(")", "")
-            value = inner.split(",")[0].strip()
-            break
-    else:
-        if "," in value and not value.startswith(("[", "{", "'", '"')):
-            value = value.split(",")[0]
-    return f"{key}={value}"
+# Composing every combination of a grid is cheap up to this many; beyond it each value is tried once.
+MAX_COMPOSED_TRIALS = 32
+
+
+def trial_overrides(overrides: list[str]) -> list[list[str]]:
+    """Override lists of single trials that together take every swept value, as Hydra's parser reads them.
+
+    A grid small enough is expanded whole (`method=lora,full method.r=4` fails for the `full` trial);
+    an Optuna range is represented by its two ends.
+    """
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from onestop.config.compose import ConfigError
+
+    trial_keys = [o for o in overrides if not o.startswith(("hydra/", "hydra."))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(trial_keys)
+    except OverrideParseException as err:
+        raise ConfigError(f"cannot parse override {err.override!r}: expected KEY=VALUE or KEY=A,B,C") from None
+    choices = [
+        [f"{o.get_key_element()}={value}" for value in _swept_values(o)] if o.is_sweep_override() else [o.input_line]
+        for o in parsed
+    ]
+    if math.prod(len(c) for c in choices) <= MAX_COMPOSED_TRIALS:
+        return [list(trial) for trial in itertools.product(*choices)]
+    first = [c[0] for c in choices]
+    return [first[:i] + [value] + first[i + 1 :] for i, c in enumerate(choices) for value in c]
+
+
+def _swept_values(override) -> list[str]:
+    from hydra.core.override_parser.types import IntervalSweep
+
+    sweep = override.value()
+    if isinstance(sweep, IntervalSweep):
+        return [_number(sweep.start), _number(sweep.end)]
+    return list(override.sweep_string_iterator())
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _compose_trial(overrides: list[str]):
+    from onestop.config.compose import compose
+
+    return compose("train", overrides)
+
+
+def _require_ray() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        raise OnestopError('launcher=ray: the Ray launcher is not installed; pip install "onestop[ray]"')
 
 
 def trials(sweep_dir: Path) -> list[dict]:
+    """One row per trial directory: its overrides, objective, losses, seconds and whether it finished."""
     rows = []
     for trial_dir in sorted(sweep_dir.glob("trial_*"), key=lambda p: int(p.name.split("_")[1])):
         overrides_file = trial_dir / ".hydra" / "overrides.yaml"
-        metrics_file = trial_dir / "metrics.json"
         if not overrides_file.is_file():
             continue
         overrides = [o for o in OmegaConf.load(overrides_file) if not o.startswith(("paths.", "hydra"))]
         row = {"trial": trial_dir.name, "overrides": overrides, "run_dir": str(trial_dir), "finished": False}
-        if metrics_file.is_file():
-            metrics = json.loads(metrics_file.read_text())
-            objective = (
-                json.loads((trial_dir / "objective.json").read_text())
-                if (trial_dir / "objective.json").is_file()
-                else {}
-            )
-            row |= {
-                "finished": True,
-                "objective": objective.get("value"),
-                "train_loss": metrics.get("train_loss"),
-                "val_loss": metrics.get("val_loss"),
-                "seconds": metrics.get("wall_seconds"),
-            }
+        outcome = _read_json(trial_dir / "objective.json")
+        metrics = _read_json(trial_dir / "metrics.json")
+        row |= {
+            "finished": outcome.get("value") is not None,
+            "objective": outcome.get("value"),
+            "train_loss": metrics.get("train_loss"),
+            "val_loss": metrics.get("val_loss"),
+            "seconds": outcome.get("seconds", metrics.get("wall_seconds")),
+            "status": "ok" if outcome.get("value") is not None else f"failed: {outcome.get('error', 'no result')}",
+        }
         rows.append(row)
     return rows
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def swept_values(rows: list[dict]) -> dict[str, list]:
@@ -135,11 +192,12 @@ def summarise(sweep_dir: Path, objective: str, direction: str, seconds: float | 
     from onestop.training.export import write_text_atomic
 
     rows = trials(sweep_dir)
-    finished = [r for r in rows if r["finished"] and r.get("objective") is not None]
+    finished = [r for r in rows if r["finished"]]
     if not finished:
-        raise OnestopError(f"{sweep_dir}: no finished trial to summarise")
+        first = next((f"{r['trial']} {r['status']}" for r in rows), "no trial ran")
+        raise OnestopError(f"{sweep_dir}: no trial finished; {first}")
     parameters = swept_values(rows)
-    columns = ["trial", *parameters, "objective", "train_loss", "val_loss", "seconds"]
+    columns = ["trial", *parameters, "objective", "train_loss", "val_loss", "seconds", "status"]
     table = [
         {
             "trial": r["trial"],
@@ -149,9 +207,10 @@ def summarise(sweep_dir: Path, objective: str, direction: str, seconds: float | 
         for i, r in enumerate(rows)
     ]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    # The CSV also keeps every override of a trial, the swept and the fixed, for a script to rerun it.
+    writer = csv.DictWriter(buffer, fieldnames=[*columns, "overrides"], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(table)
+    writer.writerows(row | {"overrides": " ".join(r["overrides"])} for row, r in zip(table, rows, strict=True))
     write_text_atomic(sweep_dir / "summary.csv", buffer.getvalue())
 
     best = (min if direction == "minimize" else max)(finished, key=lambda r: r["objective"])
@@ -163,17 +222,22 @@ def summarise(sweep_dir: Path, objective: str, direction: str, seconds: float | 
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
-        *("| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in table),
+        *("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |" for row in table),
         "",
     ]
     write_text_atomic(sweep_dir / "summary.md", "\n".join(lines))
     plot(sweep_dir / "objective.png", parameters, rows, objective)
     recipe = Path(best["run_dir"]) / "recipe.yaml"
     if recipe.is_file():
-        text = recipe.read_text()
+        # The trial's own first line names the trial's file; a shared recipe opens with the command that runs it.
+        body = recipe.read_text().split("\n", 1)[1]
+        target = sweep_dir / "best_recipe.yaml"
         score = f"{objective} {direction}: {best['objective']:.6g}"
-        header = f"# Winner of sweep {sweep_dir} ({score}); overrides: {' '.join(best['overrides'])}\n"
-        write_text_atomic(sweep_dir / "best_recipe.yaml", header + text)
+        header = (
+            f"# invoke train recipe={target}\n"
+            f"# Winner of sweep {sweep_dir} ({score}); overrides: {' '.join(best['overrides'])}\n"
+        )
+        write_text_atomic(target, header + body)
     print_summary(table, columns, best, objective)
     print(f"Summary: {sweep_dir / 'summary.md'}  Best recipe: {sweep_dir / 'best_recipe.yaml'}", flush=True)
     return {"rows": table, "best": best}
@@ -198,15 +262,30 @@ def plot(path: Path, parameters: dict[str, list], rows: list[dict], objective: s
     for axis, name in zip(axes[0], names, strict=True):
         values = parameters.get(name) or [r["trial"] for r in rows]
         points = [(v, r["objective"]) for v, r in zip(values, rows, strict=True) if r.get("objective") is not None]
-        labels = sorted({str(v) for v, _ in points}, key=_sort_key)
-        axis.scatter([labels.index(str(v)) for v, _ in points], [o for _, o in points], color="#4c72b0")
-        axis.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+        numbers = [_number_or_none(v) for v, _ in points]
+        if points and None not in numbers:
+            # Optuna samples a continuous range: its values belong on a real axis, a log one across decades.
+            axis.scatter(numbers, [o for _, o in points], color="#4c72b0")
+            if min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
+                axis.set_xscale("log")
+        else:
+            labels = sorted({str(v) for v, _ in points}, key=_sort_key)
+            axis.scatter([labels.index(str(v)) for v, _ in points], [o for _, o in points], color="#4c72b0")
+            axis.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
         axis.set_xlabel(name)
         axis.set_ylabel(objective)
+        axis.ticklabel_format(axis="y", useOffset=False)  # losses of close trials read as they are
     figure.suptitle(f"{objective} per trial")
     figure.tight_layout()
     save_figure_atomic(figure, path)
     plt.close(figure)
+
+
+def _number_or_none(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _sort_key(text: str):
@@ -224,6 +303,6 @@ def print_summary(table: list[dict], columns: list[str], best: dict, objective: 
     for column in columns:
         shown.add_column(column, justify="right" if column not in {"trial"} else "left")
     for row in table:
-        style = "bold green" if row["trial"] == best["trial"] else None
+        style = "bold green" if row["trial"] == best["trial"] else None if row["status"] == "ok" else "red"
         shown.add_row(*(_cell(row[c]) for c in columns), style=style)
     Console(width=max(Console().width, 120)).print(shown)

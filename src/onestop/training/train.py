@@ -57,9 +57,10 @@ def train(cfg: DictConfig) -> TrainResult:
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed, stage=cfg.stage)
     datamodule.setup()
     print_report(datamodule.prepared)
-    from onestop.recipes import provenance_warnings
+    from onestop.recipes import data_fingerprints, provenance_warnings
 
-    for line in provenance_warnings(cfg.get("provenance"), datamodule.report.fingerprint):
+    fingerprints = data_fingerprints(datamodule.report.fingerprint, cfg.data, tokenizer, cfg.seed)
+    for line in provenance_warnings(cfg.get("provenance"), fingerprints):
         print(line, flush=True)
 
     if cfg.model.from_scratch:
@@ -169,7 +170,7 @@ def train(cfg: DictConfig) -> TrainResult:
     write_json(run_dir / "metrics.json", metrics)
     from onestop.recipes import hardware_facts, provenance, write_run_recipe
 
-    facts = provenance(datamodule.report.fingerprint, hardware_facts(trainer), metrics, run_dir)
+    facts = provenance(fingerprints, hardware_facts(trainer), metrics, run_dir)
     write_run_recipe(run_dir, job_config(cfg), facts)
     if logger:
         logger.finalize("success")

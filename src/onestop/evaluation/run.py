@@ -353,15 +353,18 @@ def eval_config(suite: DictConfig, **keys) -> DictConfig:
     return config
 
 
-def suite_config(name: str, **overrides) -> DictConfig:
-    """An option of the eval/ group as a typed node, without composing a whole config (used mid-training)."""
+def suite_config(name: str, setting: str = "periodic_eval.suite", **overrides) -> DictConfig:
+    """An option of the eval/ group as a typed node, without composing a whole config (used mid-training).
+
+    `setting` is the config key that named the suite, for the error message.
+    """
     from onestop.config.schema import EvalSuiteConfig
     from onestop.paths import CONF_DIR
 
     option = CONF_DIR / "eval" / f"{name}.yaml"
     if not option.is_file():
         names = ", ".join(sorted(p.stem for p in option.parent.glob("*.yaml")))
-        raise OnestopError(f"periodic_eval.suite={name}: no such suite; choose one of: {names}")
+        raise OnestopError(f"{setting}={name}: no such suite; choose one of: {names}")
     values = OmegaConf.load(option)
     values.pop("defaults", None)
     suite = OmegaConf.merge(OmegaConf.structured(EvalSuiteConfig), values)

@@ -57,7 +57,7 @@ def objective(cfg: DictConfig, result) -> float:
     from onestop.evaluation.run import eval_config, evaluate, suite_config
 
     suite_name, metric = name.removeprefix("eval:").split("/", 1)
-    suite = suite_config(suite_name, path=cfg.sweep.eval_path, limit=cfg.sweep.eval_limit)
+    suite = suite_config(suite_name, "sweep.objective", path=cfg.sweep.eval_path, limit=cfg.sweep.eval_limit)
     sweep_output = str(result.run_dir / "eval" / "sweep")
     eval_cfg = eval_config(suite, model=cfg.model, hardware=cfg.hardware, seed=cfg.seed, output_dir=sweep_output)
     model = result.model.eval()

@@ -121,6 +121,13 @@ def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed"):
     cli.run_benchmark(overrides, steps, precisions)
 
 
+@task(name="trainers", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+@cli.with_config_help()
+def bench_trainers(c, overrides=None, cfg=None):
+    """Same recipe trained by onestop and by transformers' Trainer, scored alike: invoke bench.trainers"""
+    cli.run_stage("bench.trainers", overrides, cfg)
+
+
 evaluation = Collection("eval")
 evaluation.add_task(evaluate, default=True)
 evaluation.add_task(eval_compare)
@@ -129,5 +136,6 @@ serve.add_task(deploy, default=True)
 for subtask in (deploy_stop, deploy_status, deploy_setup):
     serve.add_task(subtask)
 data = Collection("data", data_prepare, data_qa)
-ns = Collection(train, demo, export, evaluation, serve, chat, sweep, data, Collection("bench", bench_train))
+bench = Collection("bench", bench_train, bench_trainers)
+ns = Collection(train, demo, export, evaluation, serve, chat, sweep, data, bench)
 ns.add_collection(Collection("recipe", recipe_diff))

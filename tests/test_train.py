@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from onestop.errors import OnestopError
 from onestop.models import load_causal_lm, resolve_model_path
+from onestop.paths import PROJECT_ROOT
 from onestop.training.train import train
 
 
@@ -196,3 +197,28 @@ def test_bench_train_reports_throughput_per_precision():
         ["tiny", "lora", "bf16-mixed", "4", "2"],
     ]
     assert all(float(row[5]) > 0 for row in rows), rows
+
+
+@pytest.mark.slow
+def test_bench_trainers_trains_and_scores_the_same_recipe_with_both_loops(tmp_path):
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join((PROJECT_ROOT / "src/onestop/data/demo/heldout.jsonl").read_text().splitlines(True)[:4]))
+    out = tmp_path / "bench"
+    result = run_invoke(
+        "bench.trainers", "model=tiny", "trainer.max_steps=4", f"data.val_path={heldout}", f"hydra.run.dir={out}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == f"Results: {out}"
+    report = json.loads((out / "bench.json").read_text())
+    assert [row["trainer"] for row in report["rows"]] == ["onestop", "transformers Trainer"]
+    assert [row["steps"] for row in report["rows"]] == [4, 4]
+    assert [len(losses) for losses in report["train_losses"].values()] == [4, 4]
+    onestop, reference = report["rows"]
+    # Same random tiny model, same data, 4 small steps: both still predict about uniformly over 1,024 tokens.
+    assert onestop["held-out loss"] == pytest.approx(reference["held-out loss"], abs=0.05)
+    for trainer in ("onestop", "transformers"):
+        assert (out / trainer / "adapter" / "adapter_model.safetensors").is_file()
+        scored = json.loads((out / "eval" / trainer / "results.json").read_text())
+        assert scored["n_samples"]["demo"]["effective"] == 4
+    assert (out / "train_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "bench.md").read_text().count("\n") == 4

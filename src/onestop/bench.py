@@ -1,7 +1,8 @@
-"""Throughput benchmarks. Speed targets live here and in docs/benchmarks.md, never in unit tests.
+"""Benchmarks. Speed and quality targets live here and in docs/benchmarks.md, never in unit tests.
 
 invoke bench.train                                   # gemma3_270m LoRA on the demo data, fp32 vs bf16
 invoke bench.train model=qwen hardware=gpu --steps 20 --precisions bf16-mixed
+invoke bench.trainers                                # the demo recipe: onestop vs transformers Trainer
 """
 
 import tempfile
@@ -11,8 +12,6 @@ from pathlib import Path
 def bench_train(overrides: list[str], steps: int, precisions: list[str]) -> list[dict]:
     """Train `steps` optimizer steps once per precision; report tokens/s and seconds per step."""
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from onestop.config.compose import compose
     from onestop.training.train import train
@@ -47,12 +46,7 @@ def bench_train(overrides: list[str], steps: int, precisions: list[str]) -> list
                     "GPU GiB": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
                 }
             )
-    table = Table(title=f"Training throughput, {steps} steps")
-    for column, value in rows[0].items():
-        table.add_column(column, justify="left" if isinstance(value, str) else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*(_cell(value) for value in row.values()))
-    Console(width=max(Console().width, 100)).print(table)
+    _print_table(rows, f"Training throughput, {steps} steps")
     return rows
 
 
@@ -60,3 +54,228 @@ def _cell(value) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def compare_trainers(cfg) -> list[dict]:
+    """Train one config twice, with onestop and with a plain transformers `Trainer` + peft, and score both.
+
+    Same model, tokenized data, adapter, optimizer, schedule, batch, epochs, clipping, precision and
+    seed; both adapters are scored by the same eval suite on the held-out questions. What differs is the
+    training loop, so a gap in quality or speed is onestop's to explain.
+    """
+    import copy
+    import time
+
+    from onestop.demo import heldout_questions
+    from onestop.errors import OnestopError
+    from onestop.evaluation.run import suite_config
+    from onestop.training.export import write_json
+
+    if cfg.stage != "sft" or cfg.data.packing or cfg.data.streaming:
+        raise OnestopError("bench.trainers compares supervised fine-tuning (stage=sft, no packing or streaming)")
+    out_dir = Path(cfg.paths.run_dir).absolute()
+    rows, curves = [], {}
+    for name, routine in (("onestop", _train_with_onestop), ("transformers Trainer", _train_with_hf_trainer)):
+        trainer_cfg = copy.deepcopy(cfg)
+        trainer_cfg.paths.run_dir = str(out_dir / name.split()[0])
+        print(f"Training with {name}...", flush=True)
+        started = time.perf_counter()
+        row, losses, adapter, val_conversations = routine(trainer_cfg)
+        if not val_conversations:
+            raise OnestopError("bench.trainers scores held-out answers: set data.val_path or data.val_ratio > 0")
+        questions = out_dir / "heldout_questions.jsonl"
+        system_prompt = heldout_questions(val_conversations, questions)
+        suite = suite_config("demo", setting="bench.trainers", path=str(questions), system_prompt=system_prompt)
+        row.update(_score_adapter(trainer_cfg, suite, adapter, out_dir / "eval" / name.split()[0]))
+        row["wall s"] = time.perf_counter() - started
+        rows.append({"trainer": name, **row})
+        curves[name] = losses
+    write_json(out_dir / "bench.json", {"rows": rows, "train_losses": curves})
+    _write_markdown(out_dir / "bench.md", rows)
+    _plot_losses(out_dir / "train_loss.png", curves)
+    _print_table(rows, "onestop vs transformers Trainer, same recipe")
+    print(f"Results: {out_dir}", flush=True)
+    return rows
+
+
+def _train_with_onestop(cfg):
+    from onestop.training.train import train
+
+    result = train(cfg)
+    from onestop.evaluation.heldout import heldout_loss
+
+    metrics = result.metrics
+    row = {
+        "steps": metrics["steps"],
+        "s/step": metrics["train_seconds"] / max(metrics["steps"], 1),
+        "tok/s": metrics["tokens_per_s"],
+        "held-out loss": heldout_loss(result.model, result.datamodule.val_dataloader()),
+    }
+    return row, metrics["train_losses"], result.run_dir / "adapter", result.datamodule.val_conversations
+
+
+def _train_with_hf_trainer(cfg):
+    """The reference loop: `transformers.Trainer` on the same model, adapter and tokenized examples."""
+    import math
+    import time
+
+    import torch
+    from hydra.utils import instantiate
+    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+    from onestop.data import SFTDataModule
+    from onestop.errors import OnestopError
+    from onestop.evaluation.heldout import heldout_loss
+    from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+    from onestop.training.hardware import trainer_hardware, weights_dtype
+
+    set_seed(cfg.seed)
+    hardware = trainer_hardware(cfg.hardware)
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, model_path)
+    datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed)
+    datamodule.setup()
+    model = load_causal_lm(cfg.model, weights_dtype(hardware["precision"]), model_path)
+    model = instantiate(cfg.method)(model)
+    if not hasattr(model, "peft_config"):
+        raise OnestopError("bench.trainers compares adapter methods (lora, dora, ptuning); got a full-weight method")
+    model.train()
+
+    class CountingTrainer(Trainer):
+        """Counts the non-padding tokens of the batches it trains on (the loader runs a batch ahead)."""
+
+        tokens_seen = 0
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            CountingTrainer.tokens_seen += int(inputs["attention_mask"].sum())
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    class StepTimer(TrainerCallback):
+        """Seconds inside optimizer steps (forward, backward, update), as onestop's module counts them."""
+
+        seconds = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            StepTimer.seconds += time.perf_counter() - self._started
+
+    accumulation = cfg.trainer.accumulate_grad_batches
+    steps_per_epoch = math.ceil(math.ceil(len(datamodule.train_set) / cfg.data.batch_size) / accumulation)
+    total_steps = cfg.trainer.max_steps if cfg.trainer.max_steps > 0 else steps_per_epoch * cfg.trainer.max_epochs
+    warmup = cfg.scheduler.warmup_ratio
+    precision = str(hardware["precision"])
+    args = TrainingArguments(
+        output_dir=str(Path(cfg.paths.run_dir) / "trainer"),
+        per_device_train_batch_size=cfg.data.batch_size,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=cfg.trainer.max_epochs or 1,
+        max_steps=cfg.trainer.max_steps,
+        learning_rate=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        adam_beta1=cfg.optim.betas[0],
+        adam_beta2=cfg.optim.betas[1],
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, round(total_steps * warmup)) if warmup > 0 else 0,
+        max_grad_norm=cfg.trainer.gradient_clip_val or 0.0,
+        bf16=precision.startswith("bf16"),
+        fp16=precision.startswith("16"),
+        use_cpu=hardware["accelerator"] == "cpu" or not torch.cuda.is_available(),
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=cfg.data.num_workers,
+        remove_unused_columns=False,
+    )
+    trainer = CountingTrainer(
+        model=model,
+        args=args,
+        train_dataset=datamodule.train_set,
+        data_collator=datamodule.collate,
+        callbacks=[StepTimer()],
+    )
+    output = trainer.train()
+    steps = output.global_step
+    adapter = Path(cfg.paths.run_dir).absolute() / "adapter"
+    model.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    row = {
+        "steps": steps,
+        "s/step": StepTimer.seconds / max(steps, 1),
+        "tok/s": CountingTrainer.tokens_seen / max(StepTimer.seconds, 1e-9),
+        "held-out loss": heldout_loss(model, datamodule.val_dataloader()),
+    }
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return row, losses, adapter, datamodule.val_conversations
+
+
+def _score_adapter(cfg, suite, adapter: Path, output_dir: Path) -> dict:
+    """Score a saved adapter on its base with the eval stage, exactly as `invoke eval run_dir=` would."""
+    import gc
+
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoTokenizer
+
+    from onestop.evaluation.run import eval_config, evaluate
+    from onestop.models.loading import resolve_model_path
+
+    gc.collect()
+    device = "cuda" if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu" else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    lm = HFLM(
+        pretrained=str(resolve_model_path(cfg.model)),
+        peft=str(adapter),
+        tokenizer=tokenizer,
+        device=device,
+        dtype="bfloat16" if device == "cuda" else "float32",
+        batch_size=suite.batch_size,
+        trust_remote_code=bool(cfg.model.trust_remote_code),
+    )
+    common = {"model": cfg.model, "hardware": cfg.hardware, "logger": cfg.logger, "seed": cfg.seed}
+    result = evaluate(eval_config(suite, output_dir=str(output_dir), **common), lm=lm, tokenizer=tokenizer)
+    scores = result.flat()
+    return {"exact match": scores["demo/exact_match"], "token F1": scores["demo/token_f1"]}
+
+
+def _print_table(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column, value in rows[0].items():
+        table.add_column(column, justify="left" if isinstance(value, str) else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(_cell(value) for value in row.values()))
+    Console(width=max(Console().width, 120)).print(table)
+
+
+def _write_markdown(path: Path, rows: list[dict]) -> None:
+    from onestop.training.export import write_text_atomic
+
+    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+    body = "".join("| " + " | ".join(_cell(value) for value in row.values()) + " |\n" for row in rows)
+    write_text_atomic(path, header + body)
+
+
+def _plot_losses(path: Path, curves: dict[str, list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from onestop.training.export import save_figure_atomic
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for name, losses in curves.items():
+        axes.plot(range(1, len(losses) + 1), losses, label=name, linewidth=1)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("training loss (answer tokens)")
+    axes.legend()
+    figure.tight_layout()
+    save_figure_atomic(figure, path)
+    plt.close(figure)

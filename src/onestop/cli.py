@@ -112,6 +112,11 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "deploy.status": ("deploy", "onestop.deploy.service:run_status", ()),
     "deploy.setup": ("deploy", "onestop.deploy.lmdeploy:run_setup", ("deploy=lmdeploy",)),
     "chat": ("chat", "onestop.deploy.chat:run_chat", ()),
+    "bench.trainers": (
+        "train",
+        "onestop.bench:compare_trainers",
+        ("recipe=gemma3_270m_lora_demo", "logger=none", "hydra.run.dir=runs/bench/trainers/${now:%Y-%m-%d_%H-%M-%S}"),
+    ),
 }
 
 

@@ -1,6 +1,7 @@
 """The eval stage on the tiny model: local suites in-process and through a real server, W&B, compare."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -179,8 +180,15 @@ def test_compare_prints_a_table_and_saves_a_png(trained_run, tmp_path):
     assert one.returncode == 2 and "at least two" in one.stderr
 
 
-def test_periodic_evaluation_is_logged_during_training(tmp_path):
+def test_periodic_evaluation_is_logged_during_training(tmp_path, monkeypatch):
     from onestop.training.train import train
+
+    def no_fork():
+        raise AssertionError("evaluation forked: a child of a process running torch threads can deadlock")
+
+    # lm-eval bootstraps BLEU/chrF standard errors in a forked pool unless told not to.
+    monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
+    monkeypatch.setattr(os, "fork", no_fork)
 
     cfg = compose(
         *TINY,

@@ -197,6 +197,10 @@ def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> E
     """Run `cfg.eval` on the target `cfg` names (or on an already built lm-eval model `lm`)."""
     from lm_eval import simple_evaluate
 
+    # lm-eval bootstraps BLEU/chrF standard errors in a forked multiprocessing pool; forking a process
+    # that runs torch and Lightning threads can deadlock the child (seen mid-training with periodic_eval).
+    os.environ.setdefault("DISABLE_MULTIPROC", "1")
+
     suite = cfg.eval
     if suite.kind in {"mcq", "qa", "ppl"} and not suite.path:
         raise OnestopError(f"eval={suite.name}: set eval.path=FILE")

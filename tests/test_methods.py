@@ -121,3 +121,55 @@ def test_sharded_strategies_without_a_gpu_fail_in_one_line(tmp_path, hardware):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert "sharded training needs CUDA GPUs; on CPU use hardware=ddp_cpu" in last, last
+
+
+def shard_like_lightning(model, strategy):
+    """Wrap `model` exactly as Lightning's FSDPStrategy does on a GPU, but on the CPU, which Lightning refuses."""
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+    from lightning.pytorch.strategies.fsdp import _setup_activation_checkpointing
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    wrapped = FullyShardedDataParallel(
+        module=model,
+        cpu_offload=strategy.cpu_offload,
+        mixed_precision=FSDPPrecision("bf16-mixed").mixed_precision_config,
+        sharding_strategy=strategy.sharding_strategy,
+        device_id=torch.device("cpu"),
+        **strategy.kwargs,
+    )
+    _setup_activation_checkpointing(wrapped, strategy._activation_checkpointing_kwargs)
+    return wrapped
+
+
+def test_fsdp_shards_a_lora_model_loaded_as_hardware_fsdp_loads_it(tmp_path):
+    """hardware=fsdp keeps the frozen base in fp32: FSDP flattens base and adapter weights into one tensor."""
+    import torch.distributed as dist
+    from hydra.utils import instantiate
+
+    from onestop.training.hardware import build_strategy, weights_dtype
+
+    cfg = compose(*TINY, "hardware=fsdp", "method=lora", run_dir=tmp_path / "run")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+
+        def lora_model(dtype):
+            model = instantiate(cfg.method)(load_causal_lm(cfg.model, dtype))
+            return model, build_strategy(cfg.hardware, model)
+
+        model, strategy = lora_model(weights_dtype("bf16-mixed", cfg.hardware.strategy))
+        sharded = shard_like_lightning(model, strategy)
+        before = {name: p.detach().clone() for name, p in sharded.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.AdamW([p for p in sharded.parameters() if p.requires_grad], lr=1e-2)
+        ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+        loss = sharded(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+        after = {name: p.detach() for name, p in sharded.named_parameters() if name in before}
+        assert before and all(not torch.equal(before[name], after[name]) for name in before)
+
+        # The load a bf16 run would make without the FSDP exception is what FSDP rejects.
+        with pytest.raises(ValueError, match="uniform dtype"):
+            shard_like_lightning(*lora_model("bfloat16"))
+    finally:
+        dist.destroy_process_group()

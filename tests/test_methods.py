@@ -141,7 +141,7 @@ def shard_like_lightning(model, strategy):
     return wrapped
 
 
-def test_fsdp_shards_a_lora_model_loaded_as_hardware_fsdp_loads_it(tmp_path):
+def test_fsdp_wraps_and_trains_a_lora_model_loaded_as_hardware_fsdp_loads_it(tmp_path):
     """hardware=fsdp keeps the frozen base in fp32: FSDP flattens base and adapter weights into one tensor."""
     import torch.distributed as dist
     from hydra.utils import instantiate
@@ -149,23 +149,22 @@ def test_fsdp_shards_a_lora_model_loaded_as_hardware_fsdp_loads_it(tmp_path):
     from onestop.training.hardware import build_strategy, weights_dtype
 
     cfg = compose(*TINY, "hardware=fsdp", "method=lora", run_dir=tmp_path / "run")
+
+    def lora_model(dtype):
+        model = instantiate(cfg.method)(load_causal_lm(cfg.model, dtype))
+        return model, build_strategy(cfg.hardware, model)
+
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-
-        def lora_model(dtype):
-            model = instantiate(cfg.method)(load_causal_lm(cfg.model, dtype))
-            return model, build_strategy(cfg.hardware, model)
-
-        model, strategy = lora_model(weights_dtype("bf16-mixed", cfg.hardware.strategy))
-        sharded = shard_like_lightning(model, strategy)
-        before = {name: p.detach().clone() for name, p in sharded.named_parameters() if p.requires_grad}
-        optimizer = torch.optim.AdamW([p for p in sharded.parameters() if p.requires_grad], lr=1e-2)
+        wrapped = shard_like_lightning(*lora_model(weights_dtype("bf16-mixed", cfg.hardware.strategy)))
+        before = {name: p.detach().clone() for name, p in wrapped.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-2)
         ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
-        loss = sharded(input_ids=ids, labels=ids).loss
+        loss = wrapped(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         assert torch.isfinite(loss)
-        after = {name: p.detach() for name, p in sharded.named_parameters() if name in before}
+        after = {name: p.detach() for name, p in wrapped.named_parameters() if name in before}
         assert before and all(not torch.equal(before[name], after[name]) for name in before)
 
         # The load a bf16 run would make without the FSDP exception is what FSDP rejects.

@@ -1,7 +1,8 @@
 """Fault tolerance and multi-process training, through the real `invoke train` in subprocesses.
 
 A run killed with SIGKILL mid-epoch and resumed with `resume=auto` ends with bitwise the same weights as
-an uninterrupted run; SIGTERM saves a checkpoint first; two DDP processes on CPU end in sync.
+an uninterrupted run, with one process and with two (DDP, and FSDP sharding the weights); SIGTERM saves a
+checkpoint first; two DDP processes on CPU end in sync; FSDP ends with the weights DDP ends with.
 """
 
 import json
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TINY_DATA
+from conftest import ASSETS, TINY, TINY_DATA
 from safetensors.torch import load_file
 
 from onestop.paths import PROJECT_ROOT
@@ -36,19 +37,26 @@ def invoke_cmd(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "invoke"), *args]
 
 
+def train_cmd(base: list[str], *extra: str) -> list[str]:
+    """`invoke train` with `base` overrides, then `extra`; a `hardware=` in `extra` replaces the one in `base`."""
+    replaced = {o.split("=", 1)[0] for o in extra if o.startswith("hardware=")}
+    return invoke_cmd("train", *[o for o in base if o.split("=", 1)[0] not in replaced], *extra)
+
+
 def start(run_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        invoke_cmd("train", *RESUMABLE, *extra, f"hydra.run.dir={run_dir}"),
+        train_cmd(RESUMABLE, *extra, f"hydra.run.dir={run_dir}"),
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: a multi-process run is killed whole, as a node dies
     )
 
 
 def finish(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        invoke_cmd("train", *RESUMABLE, *extra, f"hydra.run.dir={run_dir}"),
+        train_cmd(RESUMABLE, *extra, f"hydra.run.dir={run_dir}"),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -69,6 +77,12 @@ def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path, step: int, tim
 
 def adapter_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def exported_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The adapter of a LoRA run, or the model of a full fine-tune."""
+    adapter = run_dir / "adapter" / "adapter_model.safetensors"
+    return load_file(adapter if adapter.exists() else run_dir / "model" / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +141,81 @@ def test_resume_auto_without_checkpoints_says_so(tmp_path):
     )
     assert result.returncode == 2
     assert "resume=auto: no checkpoint in" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hardware", ["ddp_cpu", "fsdp_cpu"])
+def test_two_process_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, hardware):
+    """Every rank gets its own data position and random generators back, under DDP and under FSDP."""
+    uninterrupted_dir = tmp_path / "uninterrupted"
+    finish(uninterrupted_dir, f"hardware={hardware}")
+
+    run_dir = tmp_path / "run"
+    process = start(run_dir, f"hardware={hardware}")
+    wait_for_checkpoint(process, run_dir, 9)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "adapter").exists(), "the run was killed before it finished"
+
+    finish(run_dir, f"hardware={hardware}", "resume=auto")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["resumed_from"].endswith(".ckpt")
+    assert_bitwise_equal(adapter_weights(run_dir), adapter_weights(uninterrupted_dir))
+
+
+def train_two_processes(run_dir: Path, *overrides: str) -> dict:
+    result = subprocess.run(
+        train_cmd(TINY, "logger=csv", "trainer.max_steps=4", *overrides, f"hydra.run.dir={run_dir}"),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_fsdp_shards_the_weights_and_ends_where_ddp_ends(tmp_path, method):
+    """Sharding changes where the weights live, not what training computes; the export gathers every shard."""
+    ddp = train_two_processes(tmp_path / "ddp", "hardware=ddp_cpu", f"method={method}")
+    fsdp = train_two_processes(tmp_path / "fsdp", "hardware=fsdp_cpu", f"method={method}")
+
+    total = fsdp["total_params"]
+    assert ddp["parameters_per_rank"] == [total, total]
+    assert len(fsdp["parameters_per_rank"]) == 2 and max(fsdp["parameters_per_rank"]) < 0.6 * total
+    assert fsdp["replicas_in_sync"] is None and ddp["replicas_in_sync"] is True
+    assert fsdp["train_losses"] == pytest.approx(ddp["train_losses"], rel=1e-6)
+    sharded, replicated = exported_weights(tmp_path / "fsdp"), exported_weights(tmp_path / "ddp")
+    assert sharded.keys() == replicated.keys()
+    for name in replicated:
+        torch.testing.assert_close(sharded[name], replicated[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_fsdp_with_the_gpu_settings_trains_and_its_adapter_reloads(tmp_path):
+    """hardware=fsdp's bf16 mixed precision over an fp32 base and its activation checkpointing, on CPU ranks."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "run"
+    metrics = train_two_processes(
+        run_dir,
+        "hardware=fsdp_cpu",
+        "hardware.precision=bf16-mixed",
+        "hardware.gradient_checkpointing=true",
+        "trainer.max_steps=8",
+        "optim.lr=5e-3",
+    )  # fmt: skip
+    assert metrics["precision"] == "bf16-mixed" and metrics["steps"] == 8
+    assert metrics["train_losses"][-1] < metrics["train_losses"][0]
+
+    base = AutoModelForCausalLM.from_pretrained(ASSETS / "tiny-qwen2")
+    ids = torch.arange(3, 19).unsqueeze(0)
+    before = base(input_ids=ids).logits
+    tuned = PeftModel.from_pretrained(base, run_dir / "adapter")
+    assert not torch.allclose(tuned(input_ids=ids).logits, before), "the exported adapter changes nothing"
 
 
 @pytest.mark.slow

@@ -118,6 +118,18 @@ class SFTDataModule(L.LightningDataModule):
             return pad_pairs(examples, self.tokenizer.pad_token_id)
         return pad_batch(examples, self.tokenizer.pad_token_id)
 
+    def resume_from(self, epoch: int, batches_done: int) -> None:
+        """Start training `batches_done` batches into `epoch`.
+
+        A loader made before the checkpoint was read moves too: FSDP and DeepSpeed restore a checkpoint
+        only after setup, when the learning-rate schedule has already asked for the loader's length.
+        """
+        self.resume_at = (epoch, batches_done)
+        if self.sampler is not None:
+            self.sampler.resume_at = self.resume_at
+        if self.stream is not None:
+            self.stream.skip_blocks = batches_done * self.cfg.batch_size
+
     def train_dataloader(self) -> DataLoader:
         from onestop.training.resume import ResumableSampler
 

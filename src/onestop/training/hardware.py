@@ -9,10 +9,15 @@ from onestop.errors import OnestopError
 def trainer_hardware(hardware: DictConfig) -> dict:
     """`accelerator`, `devices` and `precision` for `lightning.Trainer`."""
     has_gpu = torch.cuda.is_available()
-    sharded = str(hardware.strategy).startswith(("fsdp", "deepspeed"))
-    if sharded and (hardware.accelerator == "cpu" or not has_gpu):
+    strategy = str(hardware.strategy)
+    if strategy.startswith("deepspeed") and (hardware.accelerator == "cpu" or not has_gpu):
         raise OnestopError(
-            f"hardware.strategy={hardware.strategy}: sharded training needs CUDA GPUs; on CPU use hardware=ddp_cpu"
+            f"hardware.strategy={strategy}: DeepSpeed needs CUDA GPUs; on CPU use hardware=fsdp_cpu (sharded) "
+            "or hardware=ddp_cpu"
+        )
+    if strategy.startswith("fsdp") and hardware.accelerator != "cpu" and not has_gpu:
+        raise OnestopError(
+            f"hardware.strategy={strategy}: no CUDA GPU is visible for FSDP; on CPU use hardware=fsdp_cpu"
         )
     if hardware.accelerator == "gpu" and not has_gpu:
         raise OnestopError("hardware=gpu: no CUDA GPU is visible; use hardware=cpu or hardware=auto")
@@ -35,17 +40,11 @@ def build_strategy(hardware: DictConfig, model):
     """The Lightning strategy; FSDP wraps (and, with gradient checkpointing, recomputes) each decoder layer."""
     if hardware.strategy != "fsdp":
         return hardware.strategy
-    from lightning.pytorch.strategies import FSDPStrategy
-
     from onestop.methods.freeze import decoder_layers
+    from onestop.training.sharding import fsdp_strategy
 
-    layer = {type(decoder_layers(model)[0])}
-    return FSDPStrategy(
-        auto_wrap_policy=layer,
-        activation_checkpointing_policy=layer if hardware.gradient_checkpointing else None,
-        state_dict_type="full",
-        use_orig_params=True,  # adapters: frozen and trainable weights share the flat parameters
-    )
+    layer_types = {type(decoder_layers(model)[0])}
+    return fsdp_strategy(layer_types, hardware.accelerator, hardware.gradient_checkpointing)
 
 
 def prepare_model_for_hardware(model, hardware: DictConfig):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from onestop.data.packing import model_inputs, real_token_mask
 from onestop.data.sft import IGNORE_INDEX
 from onestop.methods.prompt import is_prompt_learning
+from onestop.training.sharding import clean_name, is_sharded
 
 # Architectures whose logits are exactly `lm_head(last_hidden_state)` (no soft-capping or scaling), so
 # the head can be applied to the answer positions alone. With a 262k vocabulary (Gemma) the head costs
@@ -103,6 +104,13 @@ class CausalLMModule(L.LightningModule):
             self.val_history.append({"step": self.global_step, "val_loss": val_loss})
         self._val_loss_sum, self._val_tokens = 0.0, 0
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val and is_sharded(self.trainer):
+            # Each rank holds a shard of the gradients: FSDP's own clip computes the norm across all of them.
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
@@ -112,7 +120,7 @@ class CausalLMModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+        trainable = {f"model.{clean_name(name)}" for name, p in self.model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["onestop_counters"] = {
             "tokens_seen": self.tokens_seen,

@@ -94,9 +94,11 @@ def set_rng_state(state: dict) -> None:
 
 
 class TrainingPosition(Callback):
-    """Checkpoints where in the epoch training is and the RNG states; on resume, puts both back.
+    """Checkpoints where in the epoch training is and every rank's RNG states; on resume, puts both back.
 
-    `datamodule.resume_at` is read by the sampler it creates, whenever Lightning asks for the loader.
+    Ranks draw different random numbers (dropout masks, for one), so each rank gets its own generators
+    back. The datamodule hands the position to its sampler, whether Lightning asked for the loader
+    before the checkpoint was read or after.
     """
 
     def __init__(self, datamodule):
@@ -104,6 +106,10 @@ class TrainingPosition(Callback):
         self.epoch = 0
         self.batches_done = 0
         self._restored: dict | None = None
+        self._world_size = 1
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._world_size = trainer.world_size
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epoch = trainer.current_epoch
@@ -111,8 +117,11 @@ class TrainingPosition(Callback):
         self.batches_done = restored["batches_done"] if restored and restored["epoch"] == self.epoch else 0
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self._restored is not None:
-            set_rng_state(self._restored["rng"])
+        if self._restored is None:
+            return
+        per_rank = self._restored.get("rng_per_rank") or []
+        same_ranks = len(per_rank) == trainer.world_size
+        set_rng_state(per_rank[trainer.global_rank] if same_ranks else self._restored["rng"])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._restored = None
@@ -121,11 +130,17 @@ class TrainingPosition(Callback):
         self.batches_done += 1
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": rng_state()}
+        # Every rank builds the checkpoint (only rank 0 writes it), so gathering here is a collective all join.
+        own = rng_state()
+        per_rank = [own]
+        if self._world_size > 1 and torch.distributed.is_initialized():
+            per_rank = [None] * self._world_size
+            torch.distributed.all_gather_object(per_rank, own)
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": own, "rng_per_rank": per_rank}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restored = state_dict
-        self.datamodule.resume_at = (state_dict["epoch"], state_dict["batches_done"])
+        self.datamodule.resume_from(state_dict["epoch"], state_dict["batches_done"])
 
 
 class SaveOnSigterm(Callback):

@@ -43,6 +43,7 @@ def train(cfg: DictConfig) -> TrainResult:
     from onestop.training.module import CausalLMModule
     from onestop.training.progress import progress_bar
     from onestop.training.resume import AtomicCheckpointIO, SaveOnSigterm, TrainingPosition, resume_path
+    from onestop.training.sharding import full_parameters, parameters_per_rank
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     hardware = trainer_hardware(cfg.hardware)
@@ -81,6 +82,9 @@ def train(cfg: DictConfig) -> TrainResult:
     if cfg.data.packing and is_prompt_learning(model):
         raise OnestopError("data.packing: virtual tokens of method=ptuning cannot be packed; set data.packing=false")
     hardware["strategy"] = build_strategy(cfg.hardware, model)
+    # Counted now: once FSDP shards the model, each rank's parameters are only its part.
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in model.parameters())
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live while training
     if cfg.stage == "dpo":
         from onestop.training.dpo import DPOModule
@@ -140,11 +144,12 @@ def train(cfg: DictConfig) -> TrainResult:
     if datamodule.val_set and last_validated != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     in_sync = replicas_in_sync(trainer, model)
+    per_rank = parameters_per_rank(trainer, model) if trainer.world_size > 1 else None
+    with full_parameters(trainer, model):  # under FSDP every rank joins in; rank 0 receives the weights
+        export_dir = export_trained(model, tokenizer, run_dir) if trainer.is_global_zero else None
     if not trainer.is_global_zero:
         return TrainResult(run_dir, model, tokenizer, datamodule, {})
-    export_dir = export_trained(model, tokenizer, run_dir)
 
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     metrics = {
         "train_loss": module.last_train_loss,
         "val_loss": module.val_history[-1]["val_loss"] if module.val_history else None,
@@ -157,12 +162,13 @@ def train(cfg: DictConfig) -> TrainResult:
         "train_seconds": module.train_seconds,
         "wall_seconds": time.perf_counter() - started,
         "trainable_params": trainable,
-        "total_params": sum(p.numel() for p in model.parameters()),
+        "total_params": total_params,
         "precision": hardware["precision"],
         "data": asdict(datamodule.report),
         "export": str(export_dir),
         "world_size": trainer.world_size,
         "replicas_in_sync": in_sync,
+        "parameters_per_rank": per_rank,
         "resumed_from": str(resume_path(cfg.resume, run_dir)) if cfg.resume else None,
         "periodic_eval": periodic.history if periodic else [],
         "train_losses": getattr(module, "train_losses", []),
@@ -184,8 +190,13 @@ def train(cfg: DictConfig) -> TrainResult:
 
 
 def replicas_in_sync(trainer, model) -> bool | None:
-    """With several processes: whether every rank ends with the same trainable weights (None: one process)."""
-    if trainer.world_size < 2:
+    """With several replicas: whether every rank ends with the same trainable weights.
+
+    None with one process, and under FSDP, where each rank holds a different shard rather than a replica.
+    """
+    from onestop.training.sharding import is_sharded
+
+    if trainer.world_size < 2 or is_sharded(trainer):
         return None
     import torch
 

@@ -1,6 +1,10 @@
 """Tiny end-to-end runs: the real config, the real Lightning Trainer, real files in the run directory."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,6 +124,25 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, monkeypatch):
     assert any("val/loss" in h for h in history)
     config = wandb_config(run_file)
     assert config["model"]["name"] == "tiny" and config["optim"]["lr"] == pytest.approx(2e-4)
+
+
+@pytest.mark.slow
+def test_demo_logs_offline_for_a_new_user_with_no_wandb_setup(tmp_path):
+    """No W&B key and no WANDB_MODE, as on a fresh machine. The demo's base-model evaluation opens a W&B
+    run in the process before training does; training must still go offline by itself, not ask for a login."""
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join((PROJECT_ROOT / "src/onestop/data/demo/heldout.jsonl").read_text().splitlines(True)[:2]))
+    run_dir = tmp_path / "run"
+    env = {name: value for name, value in os.environ.items() if name != "WANDB_MODE"} | {"HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "invoke"), "demo", "model=tiny", "trainer.max_steps=1",
+         f"data.val_path={heldout}", f"hydra.run.dir={run_dir}"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "W&B: logged offline (no credentials found)" in result.stdout
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert result.stdout.strip().splitlines()[-1] == f"Run directory: {run_dir}"
 
 
 def test_wandb_sync_hint_and_no_key_leak(tmp_path):

@@ -40,6 +40,9 @@ def wandb_logger(
         save_dir=save_dir,
         tags=list(tags or []),
         offline=offline,
+        # Said to wandb.init itself: Lightning's offline switch only sets WANDB_MODE, which W&B ignores once
+        # an earlier run in this process (the demo's base-model evaluation) has read its settings.
+        mode="offline" if offline else "online",
         group=group or os.environ.get("WANDB_RUN_GROUP"),  # a sweep's trials share one group
     )
 

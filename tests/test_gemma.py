@@ -29,6 +29,16 @@ def test_gemma_loads_offline_from_the_safetensors_cache(gemma):
     assert end_of_turn in model.generation_config.eos_token_id
 
 
+def test_gemma_answers_end_at_end_of_turn_in_exports_and_deployments(gemma):
+    """The stop tokens an export and a deployment write: the end-of-turn token the run trained on, and EOS."""
+    from onestop.deploy.export import end_of_turn_ids
+
+    tokenizer, _, _ = gemma
+    assert end_of_turn_ids(tokenizer) == sorted(
+        {tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id}
+    )
+
+
 def test_gemma_is_a_real_pretrained_model(gemma):
     tokenizer, model, _ = gemma
     inputs = tokenizer("The Eiffel Tower is in the city of", return_tensors="pt")

@@ -19,11 +19,19 @@ def end_of_turn_ids(tokenizer) -> list[int]:
 
     probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     labels = tokenize_conversation(tokenizer, probe, max_seq_len=4096)["labels"]
-    special = set(tokenizer.all_special_ids)
+    # all_special_ids names only bos/eos/pad/unk/mask in recent transformers; <end_of_turn> and its kin are
+    # added tokens flagged special.
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     ids = {t for t in labels if t != IGNORE_INDEX and t in special}
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return sorted(ids)
+
+
+def stop_ids_with_end_of_turn(configured, tokenizer) -> list[int]:
+    """A generation config's `eos_token_id` (an id, a list or None) plus the chat template's end-of-turn ids."""
+    configured = configured if isinstance(configured, list) else [configured]
+    return sorted({*end_of_turn_ids(tokenizer), *(i for i in configured if i is not None)})
 
 
 def export_run(cfg: DictConfig) -> Path:
@@ -60,7 +68,7 @@ def _export_merged(run_dir: Path, source: Path, target: Path, dtype: str) -> Pat
     else:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
     model.config.use_cache = True
-    model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
+    model.generation_config.eos_token_id = stop_ids_with_end_of_turn(model.generation_config.eos_token_id, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     target.parent.mkdir(parents=True, exist_ok=True)
     return save_pretrained_atomic(model, tokenizer, target)

@@ -84,10 +84,14 @@ def model_to_serve(cfg: DictConfig, backend: str) -> tuple[Path, Path | None]:
 
 
 def base_model_dir(model_cfg: DictConfig) -> Path:
-    """A base model's directory; one whose tokenizer lacks a chat template gets a serving copy that has it."""
-    from transformers import AutoTokenizer
+    """A base model's directory; one whose tokenizer lacks a chat template gets a serving copy that has it.
 
-    from onestop.deploy.export import end_of_turn_ids
+    The copy's generation config stops at the template's end-of-turn token; a copy made without it (by an
+    older onestop) is made again.
+    """
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from onestop.deploy.export import stop_ids_with_end_of_turn
     from onestop.models import load_tokenizer, resolve_model_path
 
     path = Path(resolve_model_path(model_cfg))
@@ -96,24 +100,21 @@ def base_model_dir(model_cfg: DictConfig) -> Path:
     if AutoTokenizer.from_pretrained(path).chat_template and not model_cfg.chat_template:
         return path
     serving = cache_dir() / "serving" / model_cfg.name
-    if not (serving / "tokenizer_config.json").is_file():
-        from transformers import GenerationConfig
+    tokenizer = load_tokenizer(model_cfg, str(path))
+    has_generation_config = (path / "generation_config.json").exists()
+    generation = GenerationConfig.from_pretrained(path) if has_generation_config else GenerationConfig()
+    generation.eos_token_id = stop_ids_with_end_of_turn(generation.eos_token_id, tokenizer)
+    made = (serving / "tokenizer_config.json").is_file() and (serving / "generation_config.json").is_file()
+    if made and GenerationConfig.from_pretrained(serving).eos_token_id == generation.eos_token_id:
+        return serving
+    from onestop.training.export import staged_directory
 
-        from onestop.training.export import staged_directory
-
-        tokenizer = load_tokenizer(model_cfg, str(path))
-        with staged_directory(serving) as staging:
-            for item in path.iterdir():
-                if not item.name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
-                    (staging / item.name).symlink_to(item)
-            tokenizer.save_pretrained(staging)
-            generation = (
-                GenerationConfig.from_pretrained(path)
-                if (path / "generation_config.json").exists()
-                else GenerationConfig()
-            )
-            generation.eos_token_id = end_of_turn_ids(tokenizer)
-            generation.save_pretrained(staging)
+    with staged_directory(serving) as staging:
+        for item in path.iterdir():
+            if not item.name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
+                (staging / item.name).symlink_to(item)
+        tokenizer.save_pretrained(staging)
+        generation.save_pretrained(staging)
     return serving
 
 

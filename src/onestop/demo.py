@@ -1,6 +1,6 @@
 """The offline demo: LoRA-tune Gemma-3-270M on the demo Q&A set and compare before against after.
 
-invoke demo                      # the full run, about 10 minutes on 2 CPU cores
+invoke demo                      # the full run, about 11 minutes on 2 CPU cores
 invoke demo trainer.max_steps=4  # a smoke run
 
 Before and after are measured by the eval stage (lm-evaluation-harness on the held-out questions, the

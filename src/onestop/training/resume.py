@@ -130,7 +130,7 @@ class TrainingPosition(Callback):
         self.batches_done += 1
 
     def state_dict(self) -> dict:
-        # Every rank builds the checkpoint (only rank 0 writes it), so gathering here is a collective all join.
+        # Every rank builds the checkpoint (only rank 0 writes it), so every rank takes part in this gather.
         own = rng_state()
         per_rank = [own]
         if self._world_size > 1 and torch.distributed.is_initialized():

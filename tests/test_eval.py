@@ -147,7 +147,6 @@ def test_scores_are_logged_into_the_training_runs_wandb_run(trained_run, tmp_pat
     assert any("eval/qa/rougeL" in h for h in wandb_history(eval_file))
 
 
-@pytest.mark.slow
 def test_same_numbers_in_process_and_as_served(learned_run, tmp_path):
     from onestop.deploy.server import ServedModel
 

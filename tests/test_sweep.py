@@ -176,7 +176,6 @@ def test_recipe_round_trip_reproduces_the_losses(tmp_path):
     assert diff.returncode == 0 and "provenance.run_dir" in diff.stdout and "optim.lr" not in diff.stdout
 
 
-@pytest.mark.slow
 def test_recipe_warns_about_changed_packages_and_data(tmp_path):
     data = tmp_path / "data.jsonl"
     shutil.copy(TINY_DATA, data)

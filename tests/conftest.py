@@ -28,13 +28,15 @@ def compose(*overrides: str, run_dir: Path | None = None):
     return compose_config("train", [*overrides, *extra])
 
 
-def run_invoke(*args: str, cwd: Path = PROJECT_ROOT, env: dict | None = None, timeout: int = 600):
-    """The real `invoke` console script of this environment, as a user types it."""
+def run_invoke(
+    *args: str, cwd: Path = PROJECT_ROOT, env: dict | None = None, unset: tuple[str, ...] = (), timeout: int = 600
+):
+    """The real `invoke` console script of this environment, as a user types it; `unset` drops variables."""
     invoke = Path(sys.executable).parent / "invoke"
     return subprocess.run(
         [str(invoke), *args],
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env={name: value for name, value in {**os.environ, **(env or {})}.items() if name not in unset},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -54,9 +54,9 @@ def start(run_dir: Path, *extra: str) -> subprocess.Popen:
     )
 
 
-def finish(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+def finish(run_dir: Path, *extra: str, base: list[str] = RESUMABLE) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        train_cmd(RESUMABLE, *extra, f"hydra.run.dir={run_dir}"),
+        train_cmd(base, *extra, f"hydra.run.dir={run_dir}"),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -164,14 +164,7 @@ def test_two_process_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_pat
 
 
 def train_two_processes(run_dir: Path, *overrides: str) -> dict:
-    result = subprocess.run(
-        train_cmd(TINY, "logger=csv", "trainer.max_steps=4", *overrides, f"hydra.run.dir={run_dir}"),
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    finish(run_dir, *overrides, base=[*TINY, "logger=csv", "trainer.max_steps=4"])
     return json.loads((run_dir / "metrics.json").read_text())
 
 

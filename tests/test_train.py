@@ -1,10 +1,6 @@
 """Tiny end-to-end runs: the real config, the real Lightning Trainer, real files in the run directory."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -133,11 +129,9 @@ def test_demo_logs_offline_for_a_new_user_with_no_wandb_setup(tmp_path):
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("".join((PROJECT_ROOT / "src/onestop/data/demo/heldout.jsonl").read_text().splitlines(True)[:2]))
     run_dir = tmp_path / "run"
-    env = {name: value for name, value in os.environ.items() if name != "WANDB_MODE"} | {"HOME": str(tmp_path)}
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "invoke"), "demo", "model=tiny", "trainer.max_steps=1",
-         f"data.val_path={heldout}", f"hydra.run.dir={run_dir}"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    result = run_invoke(
+        "demo", "model=tiny", "trainer.max_steps=1", f"data.val_path={heldout}", f"hydra.run.dir={run_dir}",
+        env={"HOME": str(tmp_path)}, unset=("WANDB_MODE",),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "W&B: logged offline (no credentials found)" in result.stdout

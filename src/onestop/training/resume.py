@@ -106,10 +106,6 @@ class TrainingPosition(Callback):
         self.epoch = 0
         self.batches_done = 0
         self._restored: dict | None = None
-        self._world_size = 1
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        self._world_size = trainer.world_size
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epoch = trainer.current_epoch
@@ -133,8 +129,8 @@ class TrainingPosition(Callback):
         # Every rank builds the checkpoint (only rank 0 writes it), so every rank takes part in this gather.
         own = rng_state()
         per_rank = [own]
-        if self._world_size > 1 and torch.distributed.is_initialized():
-            per_rank = [None] * self._world_size
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            per_rank = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(per_rank, own)
         return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": own, "rng_per_rank": per_rank}
 

@@ -221,6 +221,23 @@ def test_periodic_evaluation_rejects_an_unknown_suite(tmp_path):
         train(cfg)
 
 
+@pytest.mark.parametrize("hardware", ["fsdp_cpu", "deepspeed_zero3_cpu"])
+def test_periodic_evaluation_with_sharded_weights_is_refused_before_training(tmp_path, hardware):
+    from onestop.training.train import train
+
+    cfg = compose(
+        *[o for o in TINY if not o.startswith("hardware=")],
+        f"hardware={hardware}",
+        "logger=none",
+        "periodic_eval.every_n_steps=1",
+        f"periodic_eval.path={EVAL_ASSETS / 'qa.jsonl'}",
+        run_dir=tmp_path / "r",
+    )
+    with pytest.raises(OnestopError, match="periodic_eval.every_n_steps: evaluating during training needs the whole"):
+        train(cfg)
+    assert not (tmp_path / "r").exists()
+
+
 def test_base_model_scored_in_process(tmp_path):
     result = evaluate_cfg("eval=mcq", f"eval.path={EVAL_ASSETS / 'mcq.jsonl'}", "logger=none", output=tmp_path / "out")
     assert set(result.metrics["mcq"]) == {"acc", "acc_norm"}

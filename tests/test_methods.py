@@ -117,8 +117,8 @@ def test_compiled_decoder_trains(tmp_path):
     ("hardware", "message"),
     [
         ("fsdp", "no CUDA GPU is visible for FSDP; on CPU use hardware=fsdp_cpu"),
-        ("deepspeed_zero2", "DeepSpeed needs CUDA GPUs; on CPU use hardware=fsdp_cpu (sharded) or hardware=ddp_cpu"),
-        ("deepspeed_zero3", "DeepSpeed needs CUDA GPUs; on CPU use hardware=fsdp_cpu (sharded) or hardware=ddp_cpu"),
+        ("deepspeed_zero2", "no CUDA GPU is visible for DeepSpeed; on CPU use hardware=deepspeed_zero2_cpu"),
+        ("deepspeed_zero3", "no CUDA GPU is visible for DeepSpeed; on CPU use hardware=deepspeed_zero3_cpu"),
     ],
 )
 def test_gpu_strategies_without_a_gpu_fail_in_one_line(tmp_path, hardware, message):
@@ -128,4 +128,20 @@ def test_gpu_strategies_without_a_gpu_fail_in_one_line(tmp_path, hardware, messa
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert message in last, last
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_deepspeed_strategy_names_the_known_ones(tmp_path):
+    result = run_invoke(
+        "train",
+        *TINY,
+        "hardware=deepspeed_zero3_cpu",
+        "hardware.strategy=deepspeed_stage_4",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "hardware.strategy=deepspeed_stage_4: not a DeepSpeed strategy; expected one of" in last, last
+    assert "deepspeed_stage_3_offload" in last
     assert not (tmp_path / "run").exists()

@@ -1,8 +1,8 @@
 """Fault tolerance and multi-process training, through the real `invoke train` in subprocesses.
 
 A run killed with SIGKILL mid-epoch and resumed with `resume=auto` ends with bitwise the same weights as
-an uninterrupted run, with one process and with two (DDP, and FSDP sharding the weights); SIGTERM saves a
-checkpoint first; two DDP processes on CPU end in sync; FSDP ends with the weights DDP ends with.
+an uninterrupted run, with one process and with two (DDP, FSDP and DeepSpeed ZeRO-2/3); SIGTERM saves a
+checkpoint first; two DDP processes on CPU end in sync; FSDP and ZeRO end with the weights DDP ends with.
 """
 
 import json
@@ -144,9 +144,10 @@ def test_resume_auto_without_checkpoints_says_so(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hardware", ["ddp_cpu", "fsdp_cpu"])
+@pytest.mark.parametrize("hardware", ["ddp_cpu", "fsdp_cpu", "deepspeed_zero2_cpu", "deepspeed_zero3_cpu"])
 def test_two_process_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, hardware):
-    """Every rank gets its own data position and random generators back, under DDP and under FSDP."""
+    """Every rank gets its own data position and random generators back, under DDP, FSDP and DeepSpeed ZeRO
+    (whose checkpoints are directories of per-rank shards)."""
     uninterrupted_dir = tmp_path / "uninterrupted"
     finish(uninterrupted_dir, f"hardware={hardware}")
 
@@ -168,19 +169,45 @@ def train_two_processes(run_dir: Path, *overrides: str) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_fsdp_shards_the_weights_and_ends_where_ddp_ends(tmp_path, method):
-    """Sharding changes where the weights live, not what training computes; the export gathers every shard."""
-    ddp = train_two_processes(tmp_path / "ddp", "hardware=ddp_cpu", f"method={method}")
-    fsdp = train_two_processes(tmp_path / "fsdp", "hardware=fsdp_cpu", f"method={method}")
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> dict:
+    """Two-process DDP runs, by method: what the sharded strategies are compared with."""
+    root = tmp_path_factory.mktemp("ddp")
+    runs = {}
+    for method in ("lora", "full"):
+        metrics = train_two_processes(root / method, "hardware=ddp_cpu", f"method={method}")
+        runs[method] = (metrics, exported_weights(root / method))
+    return runs
 
-    total = fsdp["total_params"]
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("hardware", "method", "weights_sharded"),
+    [
+        ("fsdp_cpu", "lora", True),
+        ("fsdp_cpu", "full", True),
+        ("deepspeed_zero2_cpu", "full", False),
+        ("deepspeed_zero3_cpu", "lora", True),
+        ("deepspeed_zero3_cpu", "full", True),
+    ],
+)
+def test_sharded_training_ends_where_ddp_ends(tmp_path, ddp_runs, hardware, method, weights_sharded):
+    """Sharding changes where the weights (or, under ZeRO-2, the gradients and optimizer state) live, not
+    what training computes; the export gathers every shard."""
+    ddp, replicated = ddp_runs[method]
+    sharded_run = train_two_processes(tmp_path / "run", f"hardware={hardware}", f"method={method}")
+
+    total = sharded_run["total_params"]
     assert ddp["parameters_per_rank"] == [total, total]
-    assert len(fsdp["parameters_per_rank"]) == 2 and max(fsdp["parameters_per_rank"]) < 0.6 * total
-    assert fsdp["replicas_in_sync"] is None and ddp["replicas_in_sync"] is True
-    assert fsdp["train_losses"] == pytest.approx(ddp["train_losses"], rel=1e-6)
-    sharded, replicated = exported_weights(tmp_path / "fsdp"), exported_weights(tmp_path / "ddp")
+    held = sharded_run["parameters_per_rank"]
+    if weights_sharded:
+        assert len(held) == 2 and max(held) < 0.6 * total
+        assert sharded_run["replicas_in_sync"] is None
+    else:
+        assert held == [total, total] and sharded_run["replicas_in_sync"] is True
+    assert ddp["replicas_in_sync"] is True
+    assert sharded_run["train_losses"] == pytest.approx(ddp["train_losses"], rel=1e-6)
+    sharded = exported_weights(tmp_path / "run")
     assert sharded.keys() == replicated.keys()
     for name in replicated:
         torch.testing.assert_close(sharded[name], replicated[name], rtol=1e-5, atol=1e-6, msg=name)

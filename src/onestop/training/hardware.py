@@ -10,10 +10,11 @@ def trainer_hardware(hardware: DictConfig) -> dict:
     """`accelerator`, `devices` and `precision` for `lightning.Trainer`."""
     has_gpu = torch.cuda.is_available()
     strategy = str(hardware.strategy)
-    if strategy.startswith("deepspeed") and (hardware.accelerator == "cpu" or not has_gpu):
+    if strategy.startswith("deepspeed") and hardware.accelerator != "cpu" and not has_gpu:
+        stage = "zero3" if "stage_3" in strategy else "zero2"
         raise OnestopError(
-            f"hardware.strategy={strategy}: DeepSpeed needs CUDA GPUs; on CPU use hardware=fsdp_cpu (sharded) "
-            "or hardware=ddp_cpu"
+            f"hardware.strategy={strategy}: no CUDA GPU is visible for DeepSpeed; on CPU use "
+            f"hardware=deepspeed_{stage}_cpu"
         )
     if strategy.startswith("fsdp") and hardware.accelerator != "cpu" and not has_gpu:
         raise OnestopError(
@@ -36,10 +37,21 @@ def trainer_hardware(hardware: DictConfig) -> dict:
     }
 
 
+def shards_weights(hardware: DictConfig) -> bool:
+    """Whether the strategy leaves each rank only part of the weights (FSDP, DeepSpeed ZeRO-3)."""
+    strategy = str(hardware.strategy)
+    return strategy == "fsdp" or strategy.startswith("deepspeed_stage_3")
+
+
 def build_strategy(hardware: DictConfig, model):
     """The Lightning strategy; FSDP wraps (and, with gradient checkpointing, recomputes) each decoder layer."""
-    if hardware.strategy != "fsdp":
-        return hardware.strategy
+    strategy = str(hardware.strategy)
+    if strategy.startswith("deepspeed"):
+        from onestop.training.zero import deepspeed_strategy
+
+        return deepspeed_strategy(strategy, hardware.accelerator)
+    if strategy != "fsdp":
+        return strategy
     from onestop.methods.freeze import decoder_layers
     from onestop.training.sharding import fsdp_strategy
 

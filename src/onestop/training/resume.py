@@ -155,7 +155,10 @@ class SaveOnSigterm(Callback):
 
 
 def newest_checkpoint(run_dir: Path) -> Path:
-    """The most recently written complete checkpoint of a run (temporary files are ignored)."""
+    """The most recently written complete checkpoint of a run (temporary files and directories are ignored).
+
+    A checkpoint is a file, or under DeepSpeed a directory, renamed into place whole when written.
+    """
     directory = run_dir / "checkpoints"
     candidates = [p for p in directory.glob("*.ckpt") if not p.name.startswith(".")] if directory.is_dir() else []
     if not candidates:
@@ -172,6 +175,6 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     if resume == "auto":
         return newest_checkpoint(run_dir)
     path = Path(resume)
-    if not path.is_file():
+    if not (path.is_file() or (path / "latest").is_file()):  # DeepSpeed checkpoints are directories
         raise OnestopError(f"config key 'resume': no checkpoint file {path}; use resume=auto or a .ckpt path")
     return path

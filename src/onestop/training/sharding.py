@@ -1,8 +1,8 @@
 """Fully sharded training (FSDP): the strategy `hardware=fsdp` builds, and reading weights back out of shards.
 
-Under FSDP no rank holds the whole model: after training, every rank takes part in gathering the full
-weights to rank 0 before anything is exported, and parameter names carry the wrappers' components that
-a checkpoint's clean names do not.
+Under FSDP (and DeepSpeed ZeRO-3, see `zero.py`) no rank holds the whole model: after training, every
+rank takes part in gathering the full weights before anything is exported. Under FSDP parameter names
+also carry the wrappers' components that a checkpoint's clean names do not.
 """
 
 import contextlib
@@ -119,18 +119,32 @@ class CPUFSDPStrategy(ShardedStrategy):
 
 
 def is_sharded(trainer) -> bool:
+    """Whether FSDP trains: gradients are then clipped, and weights gathered, through FSDP's wrapper."""
     return isinstance(trainer.strategy, FSDPStrategy)
+
+
+def weights_sharded(trainer) -> bool:
+    """Whether each rank holds only part of the weights (FSDP, ZeRO-3), rather than a replica."""
+    from onestop.training.zero import is_zero3
+
+    return is_sharded(trainer) or is_zero3(trainer)
 
 
 @contextlib.contextmanager
 def full_parameters(trainer, model: torch.nn.Module):
     """Within the block, rank 0's `model` holds its full, unwrapped weights, so `save_pretrained` works as usual.
 
-    Under FSDP every rank must enter (gathering is a collective) and the others hold nothing useful;
-    FSDP and activation-checkpoint wrappers are lifted out of the module tree meanwhile, because peft
-    finds adapter weights by module name and the wrappers add components to those names. Without FSDP
-    the block changes nothing.
+    With sharded weights every rank must enter (gathering is a collective). Under FSDP the other ranks
+    hold nothing useful, and FSDP and activation-checkpoint wrappers are lifted out of the module tree
+    meanwhile, because peft finds adapter weights by module name and the wrappers add components to
+    those names. Under ZeRO-3 every rank holds the full weights in the block. Otherwise it changes nothing.
     """
+    from onestop.training.zero import gathered_parameters, is_zero3
+
+    if is_zero3(trainer):
+        with gathered_parameters(model):
+            yield
+        return
     if not is_sharded(trainer):
         yield
         return
@@ -159,6 +173,9 @@ def _lift_wrappers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, t
 
 
 def parameters_per_rank(trainer, model: torch.nn.Module) -> list[int]:
-    """How many parameter elements each rank holds: all of them under DDP, about 1/world_size under FSDP."""
-    local = torch.tensor(sum(p.numel() for p in model.parameters()), device=trainer.strategy.root_device)
+    """How many parameter elements each rank holds: all of them under DDP and ZeRO-2, about 1/world_size
+    under FSDP and ZeRO-3."""
+    from onestop.training.zero import held_elements
+
+    local = torch.tensor(sum(held_elements(p) for p in model.parameters()), device=trainer.strategy.root_device)
     return [int(n) for n in trainer.strategy.all_gather(local).reshape(-1)]

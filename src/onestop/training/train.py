@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> TrainResult:
     from onestop.training.hardware import (
         build_strategy,
         prepare_model_for_hardware,
+        shards_weights,
         trainer_hardware,
         weights_dtype,
     )
@@ -48,6 +49,11 @@ def train(cfg: DictConfig) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     hardware = trainer_hardware(cfg.hardware)
     quantization_config(cfg.method.get("quantization"))  # a 4-bit request on a CPU fails here, before any work
+    if cfg.periodic_eval.every_n_steps and shards_weights(cfg.hardware):
+        raise OnestopError(
+            f"periodic_eval.every_n_steps: evaluating during training needs the whole model on rank 0, and "
+            f"hardware.strategy={cfg.hardware.strategy} shards it; evaluate afterwards with invoke eval run_dir=..."
+        )
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
@@ -192,11 +198,12 @@ def train(cfg: DictConfig) -> TrainResult:
 def replicas_in_sync(trainer, model) -> bool | None:
     """With several replicas: whether every rank ends with the same trainable weights.
 
-    None with one process, and under FSDP, where each rank holds a different shard rather than a replica.
+    None with one process, and under FSDP and ZeRO-3, where each rank holds a different shard rather than
+    a replica.
     """
-    from onestop.training.sharding import is_sharded
+    from onestop.training.sharding import weights_sharded
 
-    if trainer.world_size < 2 or is_sharded(trainer):
+    if trainer.world_size < 2 or weights_sharded(trainer):
         return None
     import torch
 

@@ -164,6 +164,27 @@ def test_two_process_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_pat
     assert_bitwise_equal(adapter_weights(run_dir), adapter_weights(uninterrupted_dir))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("hardware", ["ddp_cpu", "deepspeed_zero3_cpu"])
+def test_sigterm_to_every_rank_stops_them_together_and_the_run_resumes_exactly(tmp_path, hardware):
+    """As SLURM preempts a job: every process of the run gets SIGTERM at once; they agree on one step,
+    save one checkpoint together, and exit."""
+    uninterrupted_dir = tmp_path / "uninterrupted"
+    finish(uninterrupted_dir, f"hardware={hardware}")
+
+    run_dir = tmp_path / "run"
+    process = start(run_dir, f"hardware={hardware}")
+    wait_for_checkpoint(process, run_dir, 6)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr[-2000:]
+    assert "stopped by SIGTERM after step" in stderr.strip().splitlines()[-1]
+    assert (run_dir / "checkpoints" / "sigterm.ckpt").exists()
+
+    finish(run_dir, f"hardware={hardware}", "resume=auto")
+    assert_bitwise_equal(adapter_weights(run_dir), adapter_weights(uninterrupted_dir))
+
+
 def train_two_processes(run_dir: Path, *overrides: str) -> dict:
     finish(run_dir, *overrides, base=[*TINY, "logger=csv", "trainer.max_steps=4"])
     return json.loads((run_dir / "metrics.json").read_text())
@@ -214,15 +235,17 @@ def test_sharded_training_ends_where_ddp_ends(tmp_path, ddp_runs, hardware, meth
 
 
 @pytest.mark.slow
-def test_fsdp_with_the_gpu_settings_trains_and_its_adapter_reloads(tmp_path):
-    """hardware=fsdp's bf16 mixed precision over an fp32 base and its activation checkpointing, on CPU ranks."""
+@pytest.mark.parametrize("hardware", ["fsdp_cpu", "deepspeed_zero3_cpu"])
+def test_sharded_training_with_the_gpu_settings_trains_and_its_adapter_reloads(tmp_path, hardware):
+    """hardware=fsdp's and hardware=deepspeed_zero3's bf16 mixed precision and activation checkpointing,
+    on CPU ranks."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     run_dir = tmp_path / "run"
     metrics = train_two_processes(
         run_dir,
-        "hardware=fsdp_cpu",
+        f"hardware={hardware}",
         "hardware.precision=bf16-mixed",
         "hardware.gradient_checkpointing=true",
         "trainer.max_steps=8",

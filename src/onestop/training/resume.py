@@ -7,6 +7,7 @@ already seen), the random number generators (dropout), and checkpoint files that
 
 import os
 import random
+import signal
 import tempfile
 from pathlib import Path
 
@@ -140,18 +141,32 @@ class TrainingPosition(Callback):
 
 
 class SaveOnSigterm(Callback):
-    """SIGTERM (a scheduler's preemption, `kill`) stops at the next step boundary with a checkpoint."""
+    """SIGTERM (a scheduler's preemption, `kill`) stops every rank at the same step boundary, with a checkpoint.
+
+    Lightning's own handler runs collectives inside the signal handler and forwards the signal to the
+    other ranks, which hangs a multi-process run when every rank is signalled at once (SLURM, a killed
+    process group). This handler only notes the signal; after each step the ranks agree whether any of
+    them was signalled (one all-reduce of a flag), then save the checkpoint together and stop.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.saved: Path | None = None
+        self._signalled = False
 
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning installed its handler just before; it puts the original one back when the run ends.
+        signal.signal(signal.SIGTERM, self._note)
 
-        if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.path)
-            self.saved = self.path
+    def _note(self, signum, frame) -> None:
+        self._signalled = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
+            return
+        trainer.save_checkpoint(self.path)
+        self.saved = self.path
+        trainer.should_stop = True
 
 
 def newest_checkpoint(run_dir: Path) -> Path:

@@ -25,7 +25,6 @@ def train(cfg: DictConfig) -> TrainResult:
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from onestop.data import SFTDataModule
     from onestop.data.report import copy_data_report, print_report
@@ -139,13 +138,12 @@ def train(cfg: DictConfig) -> TrainResult:
         limit_val_batches=1.0 if datamodule.val_set else 0,
     )
     started = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, run_dir))
-    except SIGTERMException:
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, run_dir))
+    if sigterm.saved:
         raise OnestopError(
             f"stopped by SIGTERM after step {trainer.global_step}; checkpoint {sigterm.saved}; "
             f"continue with: invoke train ... resume=auto hydra.run.dir={run_dir}"
-        ) from None
+        )
     last_validated = module.val_history[-1]["step"] if module.val_history else None
     if datamodule.val_set and last_validated != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)

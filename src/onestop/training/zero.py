@@ -49,6 +49,10 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
     directory; a crash mid-write would leave a directory `resume=auto` takes for a checkpoint.
     """
 
+    def init_deepspeed(self) -> None:
+        super().init_deepspeed()
+        _leave_tied_frozen_weights_out(self.model)
+
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         target = Path(self.broadcast(str(filepath)))
         staging = None
@@ -67,6 +71,23 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
             else:
                 staging.rename(target)
         self.barrier("checkpoint in place")
+
+
+def _leave_tied_frozen_weights_out(engine) -> None:
+    """DeepSpeed leaves frozen weights out of checkpoints by parameter name, and misses the second name of a
+    tied weight: every LoRA checkpoint of Gemma would carry its output head, the 168M-parameter embedding
+    under another name. Every name of a frozen tensor is left out."""
+    frozen = {name for name, p in engine.module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    module_state_dict = engine.module_state_dict
+
+    def trainable_state_dict(*args, **kwargs):
+        state = module_state_dict(*args, **kwargs)
+        if state is not None and kwargs.get("exclude_frozen_parameters"):
+            for name in frozen & state.keys():
+                del state[name]
+        return state
+
+    engine.module_state_dict = trainable_state_dict
 
 
 class CPUDeepSpeedStrategy(AtomicDeepSpeedStrategy):

@@ -143,25 +143,42 @@ def test_resume_auto_without_checkpoints_says_so(tmp_path):
     assert "resume=auto: no checkpoint in" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.fixture(scope="module")
+def unbroken_adapter(tmp_path_factory):
+    """The adapter an uninterrupted run ends with, by hardware; each trained once for the tests that compare."""
+    adapters = {}
+
+    def adapter(hardware: str) -> dict[str, torch.Tensor]:
+        if hardware not in adapters:
+            run_dir = tmp_path_factory.mktemp(hardware) / "run"
+            finish(run_dir, f"hardware={hardware}")
+            adapters[hardware] = adapter_weights(run_dir)
+        return adapters[hardware]
+
+    return adapter
+
+
+def signal_whole_run(run_dir: Path, hardware: str, after_step: int, signum: int) -> subprocess.Popen:
+    """Start a run and, once the checkpoint of `after_step` exists, signal every process of it at once."""
+    process = start(run_dir, f"hardware={hardware}")
+    wait_for_checkpoint(process, run_dir, after_step)
+    os.killpg(process.pid, signum)
+    return process
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("hardware", ["ddp_cpu", "fsdp_cpu", "deepspeed_zero2_cpu", "deepspeed_zero3_cpu"])
-def test_two_process_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, hardware):
+def test_two_process_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, unbroken_adapter, hardware):
     """Every rank gets its own data position and random generators back, under DDP, FSDP and DeepSpeed ZeRO
     (whose checkpoints are directories of per-rank shards)."""
-    uninterrupted_dir = tmp_path / "uninterrupted"
-    finish(uninterrupted_dir, f"hardware={hardware}")
-
     run_dir = tmp_path / "run"
-    process = start(run_dir, f"hardware={hardware}")
-    wait_for_checkpoint(process, run_dir, 9)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    signal_whole_run(run_dir, hardware, 9, signal.SIGKILL).wait()
     assert not (run_dir / "adapter").exists(), "the run was killed before it finished"
 
     finish(run_dir, f"hardware={hardware}", "resume=auto")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["resumed_from"].endswith(".ckpt")
-    assert_bitwise_equal(adapter_weights(run_dir), adapter_weights(uninterrupted_dir))
+    assert_bitwise_equal(adapter_weights(run_dir), unbroken_adapter(hardware))
     if hardware.startswith("deepspeed"):
         # The tiny model ties its output head to the embedding: neither name of that frozen tensor is kept.
         for path in (run_dir / "checkpoints" / "last.ckpt" / "checkpoint").glob("*model_states.pt"):
@@ -171,23 +188,18 @@ def test_two_process_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hardware", ["ddp_cpu", "deepspeed_zero3_cpu"])
-def test_sigterm_to_every_rank_stops_them_together_and_the_run_resumes_exactly(tmp_path, hardware):
+def test_sigterm_to_every_rank_stops_them_together_and_the_run_resumes_exactly(tmp_path, unbroken_adapter, hardware):
     """As SLURM preempts a job: every process of the run gets SIGTERM at once; they agree on one step,
     save one checkpoint together, and exit."""
-    uninterrupted_dir = tmp_path / "uninterrupted"
-    finish(uninterrupted_dir, f"hardware={hardware}")
-
     run_dir = tmp_path / "run"
-    process = start(run_dir, f"hardware={hardware}")
-    wait_for_checkpoint(process, run_dir, 6)
-    os.killpg(process.pid, signal.SIGTERM)
+    process = signal_whole_run(run_dir, hardware, 6, signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2, stderr[-2000:]
     assert "stopped by SIGTERM after step" in stderr.strip().splitlines()[-1]
     assert (run_dir / "checkpoints" / "sigterm.ckpt").exists()
 
     finish(run_dir, f"hardware={hardware}", "resume=auto")
-    assert_bitwise_equal(adapter_weights(run_dir), adapter_weights(uninterrupted_dir))
+    assert_bitwise_equal(adapter_weights(run_dir), unbroken_adapter(hardware))
 
 
 def train_two_processes(run_dir: Path, *overrides: str) -> dict:

@@ -8,6 +8,7 @@ from conftest import TINY, TINY_DATA, compose, run_invoke
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from onestop.errors import OnestopError
 from onestop.models import load_causal_lm
 from onestop.training.train import train
 
@@ -132,16 +133,14 @@ def test_gpu_strategies_without_a_gpu_fail_in_one_line(tmp_path, hardware, messa
 
 
 def test_an_unknown_deepspeed_strategy_names_the_known_ones(tmp_path):
-    result = run_invoke(
-        "train",
+    cfg = compose(
         *TINY,
         "hardware=deepspeed_zero3_cpu",
         "hardware.strategy=deepspeed_stage_4",
         "logger=none",
-        f"hydra.run.dir={tmp_path / 'run'}",
+        run_dir=tmp_path / "run",
     )  # fmt: skip
-    assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
-    assert "hardware.strategy=deepspeed_stage_4: not a DeepSpeed strategy; expected one of" in last, last
-    assert "deepspeed_stage_3_offload" in last
+    with pytest.raises(OnestopError, match="hardware.strategy=deepspeed_stage_4: not a DeepSpeed strategy") as error:
+        train(cfg)
+    assert "deepspeed_stage_3_offload" in str(error.value)
     assert not (tmp_path / "run").exists()

@@ -153,6 +153,7 @@ class SaveOnSigterm(Callback):
         self.path = path
         self.saved: Path | None = None
         self._signalled = False
+        self._last_step = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Lightning installed its handler just before; it puts the original one back when the run ends.
@@ -162,6 +163,9 @@ class SaveOnSigterm(Callback):
         self._signalled = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
+        if not stepped:
+            return  # mid gradient accumulation: a checkpoint here would lose the gradients summed so far
         if not trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
             return
         trainer.save_checkpoint(self.path)

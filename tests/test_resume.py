@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ASSETS, TINY, TINY_DATA
+from conftest import ASSETS, TINY, TINY_DATA, compose
 from safetensors.torch import load_file
 
 from onestop.paths import PROJECT_ROOT
@@ -133,14 +133,11 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, uninte
 
 
 def test_resume_auto_without_checkpoints_says_so(tmp_path):
-    result = subprocess.run(
-        invoke_cmd("train", *TINY, "resume=auto", f"hydra.run.dir={tmp_path / 'new'}"),
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2
-    assert "resume=auto: no checkpoint in" in result.stderr.strip().splitlines()[-1]
+    from onestop.errors import OnestopError
+    from onestop.training.train import train
+
+    with pytest.raises(OnestopError, match=r"resume=auto: no checkpoint in .*new/checkpoints; set hydra.run.dir"):
+        train(compose(*TINY, "resume=auto", run_dir=tmp_path / "new"))
 
 
 @pytest.fixture(scope="module")

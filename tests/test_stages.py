@@ -3,7 +3,7 @@
 import csv
 
 import pytest
-from conftest import ASSETS, TINY, compose, run_invoke
+from conftest import ASSETS, TINY, compose
 
 from onestop.errors import OnestopError
 from onestop.training.train import train
@@ -80,11 +80,10 @@ def test_continued_pretraining_on_raw_text_lowers_the_loss(tmp_path):
 
 
 def test_pretrain_stage_refuses_conversations_in_one_line(tmp_path):
-    result = run_invoke("train", *TINY, "stage=pretrain", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "onestop train: error: stage=pretrain: needs raw text (data=text); got data.format=alpaca"
-    )
+    with pytest.raises(OnestopError) as error:
+        train(compose(*TINY, "stage=pretrain", run_dir=tmp_path / "run"))
+    assert str(error.value) == "stage=pretrain: needs raw text (data=text); got data.format=alpaca"
+    assert not (tmp_path / "run").exists()
 
 
 def test_pretraining_from_scratch_with_a_tokenizer_trained_on_the_corpus(tmp_path):

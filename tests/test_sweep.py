@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -145,22 +146,28 @@ def test_sweep_objective_from_an_eval_suite(tmp_path):
     assert value == saved["metrics"]["qa"]["token_f1"]["value"] and 0 <= value <= 1
 
 
-def test_recipe_round_trip_reproduces_the_losses(tmp_path):
-    # Trained from another directory with a relative data path, as a user would: the recipe must still work.
-    work = tmp_path / "work"
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory) -> Path:
+    """A 3-step run trained from another directory with a relative data path, as a user would."""
+    root = tmp_path_factory.mktemp("recorded")
+    work = root / "work"
     work.mkdir()
     shutil.copy(TINY_DATA, work / "train.jsonl")
     overrides = [o if not o.startswith("data.path=") else "data.path=train.jsonl" for o in TINY]
     first = run_invoke(
         "-r", str(PROJECT_ROOT), "train", *overrides, "trainer.max_steps=3", "logger=csv",
-        f"hydra.run.dir={tmp_path / 'a'}", cwd=work,
+        f"hydra.run.dir={root / 'a'}", cwd=work,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr[-2000:]
-    recipe = tmp_path / "a" / "recipe.yaml"
+    return root
+
+
+def test_recipe_round_trip_reproduces_the_losses(recorded_run, tmp_path):
+    recipe = recorded_run / "a" / "recipe.yaml"
     text = recipe.read_text()
-    assert text.startswith(f"# invoke train recipe={tmp_path / 'a'}/recipe.yaml\n")
+    assert text.startswith(f"# invoke train recipe={recorded_run / 'a'}/recipe.yaml\n")
     written = yaml.safe_load(text)
-    assert written["data"]["path"] == str(work / "train.jsonl")
+    assert written["data"]["path"] == str(recorded_run / "work" / "train.jsonl")  # the relative path, resolved
     assert written["model"]["path"] == "${project_root:}/tests/assets/tiny-qwen2"  # any checkout finds it
     facts = written["provenance"]
     assert facts["packages"]["torch"] and facts["data_fingerprint"] and facts["hardware"]["accelerator"] == "cpu"
@@ -169,27 +176,27 @@ def test_recipe_round_trip_reproduces_the_losses(tmp_path):
     again = run_invoke("train", f"recipe={recipe}", f"hydra.run.dir={tmp_path / 'b'}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "warning:" not in again.stdout
-    losses = [json.loads((tmp_path / d / "metrics.json").read_text())["train_losses"] for d in "ab"]
+    runs = [recorded_run / "a", tmp_path / "b"]
+    losses = [json.loads((run / "metrics.json").read_text())["train_losses"] for run in runs]
     assert len(losses[0]) == 3 and losses[0] == losses[1]  # identical, not merely close
 
-    diff = run_invoke("recipe.diff", str(tmp_path / "a"), str(tmp_path / "b"))
+    diff = run_invoke("recipe.diff", str(runs[0]), str(runs[1]))
     assert diff.returncode == 0 and "provenance.run_dir" in diff.stdout and "optim.lr" not in diff.stdout
 
 
-def test_recipe_warns_about_changed_packages_and_data(tmp_path):
-    data = tmp_path / "data.jsonl"
-    shutil.copy(TINY_DATA, data)
-    overrides = [o if not o.startswith("data.path=") else f"data.path={data}" for o in TINY]
-    first = run_invoke("train", *overrides, "trainer.max_steps=1", "logger=none", f"hydra.run.dir={tmp_path / 'a'}")
-    assert first.returncode == 0, first.stderr[-2000:]
-    recipe = yaml.safe_load((tmp_path / "a" / "recipe.yaml").read_text())
+def test_recipe_warns_about_changed_packages_and_data(recorded_run, tmp_path):
+    recipe = yaml.safe_load((recorded_run / "a" / "recipe.yaml").read_text())
     recipe["provenance"]["packages"]["torch"] = "1.0.0"
+    edited_data = tmp_path / "train.jsonl"
+    edited_data.write_text(TINY_DATA.read_text().replace("Paris", "Lyon"))
+    recipe["data"]["path"] = str(edited_data)
     (tmp_path / "edited.yaml").write_text(yaml.safe_dump(recipe))
-    data.write_text(data.read_text().replace("Paris", "Lyon"))
-    again = run_invoke("train", f"recipe={tmp_path / 'edited.yaml'}", f"hydra.run.dir={tmp_path / 'b'}")
+    again = run_invoke(
+        "train", f"recipe={tmp_path / 'edited.yaml'}", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'b'}"
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     warnings = [line for line in again.stdout.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 2
+    assert len(warnings) == 2, warnings
     assert "torch 1.0.0" in warnings[0] and "data fingerprint" in warnings[1]
 
 

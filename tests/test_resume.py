@@ -130,6 +130,8 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, uninte
     assert (run_dir / "checkpoints" / "sigterm.ckpt").is_file()
     finish(run_dir, "resume=auto")
     assert_bitwise_equal(adapter_weights(run_dir), uninterrupted)
+    resumed_from = json.loads((run_dir / "metrics.json").read_text())["resumed_from"]
+    assert resumed_from == str(run_dir / "checkpoints" / "sigterm.ckpt")  # the one resumed, not the newest at the end
 
 
 def test_resume_auto_without_checkpoints_says_so(tmp_path):
@@ -138,6 +140,7 @@ def test_resume_auto_without_checkpoints_says_so(tmp_path):
 
     with pytest.raises(OnestopError, match=r"resume=auto: no checkpoint in .*new/checkpoints; set hydra.run.dir"):
         train(compose(*TINY, "resume=auto", run_dir=tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.fixture(scope="module")

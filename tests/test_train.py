@@ -107,6 +107,18 @@ def test_freeze_trains_only_the_last_layers(tmp_path):
     assert result.metrics["trainable_params"] < result.metrics["total_params"]
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"PK\x03\x04 cut short"])
+def test_an_unreadable_resume_checkpoint_fails_in_one_line_and_closes_its_wandb_run(tmp_path, content):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    failing = compose(*TINY, "logger=wandb", f"resume={bad}", run_dir=tmp_path / "failed")
+    with pytest.raises(OnestopError, match=f"config key 'resume': {bad} is not a readable checkpoint"):
+        train(failing)
+    # The failed run's W&B run is closed: the next training in this process (a sweep's next trial) logs to its own.
+    result = train(compose(*TINY, "logger=wandb", "trainer.max_steps=1", run_dir=tmp_path / "next"))
+    assert len(list((result.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+
+
 def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, so no credentials: W&B must go offline alone
     monkeypatch.delenv("WANDB_MODE")

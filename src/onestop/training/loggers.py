@@ -55,3 +55,11 @@ def wandb_sync_hint(logger) -> str | None:
         return None
     run_dir = Path(logger.experiment.dir).parent
     return f"W&B: logged offline (no credentials found); upload later with: wandb sync {run_dir}"
+
+
+def finish_failed_run(logger) -> None:
+    """Close the W&B run of a training that failed, so a later run in this process (the next trial of a
+    sweep) opens its own instead of logging into this one. Lightning's logger leaves it open."""
+    experiment = getattr(logger, "_experiment", None)
+    if experiment is not None and hasattr(experiment, "finish"):
+        experiment.finish(exit_code=1)

@@ -39,7 +39,7 @@ def train(cfg: DictConfig) -> TrainResult:
         trainer_hardware,
         weights_dtype,
     )
-    from onestop.training.loggers import wandb_sync_hint
+    from onestop.training.loggers import finish_failed_run, wandb_sync_hint
     from onestop.training.module import CausalLMModule
     from onestop.training.progress import progress_bar
     from onestop.training.resume import AtomicCheckpointIO, SaveOnSigterm, TrainingPosition, resume_path
@@ -48,6 +48,8 @@ def train(cfg: DictConfig) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     hardware = trainer_hardware(cfg.hardware)
     quantization_config(cfg.method.get("quantization"))  # a 4-bit request on a CPU fails here, before any work
+    run_dir = Path(cfg.paths.run_dir).absolute()
+    resume_from = resume_path(cfg.resume, run_dir)  # before any work: `resume=auto` with nothing to resume stops here
     if cfg.periodic_eval.every_n_steps and shards_weights(cfg.hardware):
         raise OnestopError(
             f"periodic_eval.every_n_steps: evaluating during training needs the whole model on rank 0, and "
@@ -101,7 +103,6 @@ def train(cfg: DictConfig) -> TrainResult:
         module = CausalLMModule(model, instantiate(cfg.optim), instantiate(cfg.scheduler))
 
     # Created only now: a config, data or model error leaves no half-made run directory behind.
-    run_dir = Path(cfg.paths.run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(job_config(cfg)))
     copy_data_report(datamodule.prepared, run_dir)
@@ -138,8 +139,18 @@ def train(cfg: DictConfig) -> TrainResult:
         limit_val_batches=1.0 if datamodule.val_set else 0,
     )
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, run_dir))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except BaseException as error:
+        finish_failed_run(logger)
+        if resume_from and trainer.global_step == 0 and unreadable_checkpoint(error):
+            raise OnestopError(
+                f"config key 'resume': {resume_from} is not a readable checkpoint "
+                f"({str(error).splitlines()[0][:120]}); use resume=auto or another .ckpt"
+            ) from error
+        raise
     if sigterm.saved:
+        finish_failed_run(logger)
         raise OnestopError(
             f"stopped by SIGTERM after step {trainer.global_step}; checkpoint {sigterm.saved}; "
             f"continue with: invoke train ... resume=auto hydra.run.dir={run_dir}"
@@ -173,7 +184,7 @@ def train(cfg: DictConfig) -> TrainResult:
         "world_size": trainer.world_size,
         "replicas_in_sync": in_sync,
         "parameters_per_rank": per_rank,
-        "resumed_from": str(resume_path(cfg.resume, run_dir)) if cfg.resume else None,
+        "resumed_from": str(resume_from) if resume_from else None,
         "periodic_eval": periodic.history if periodic else [],
         "train_losses": getattr(module, "train_losses", []),
     }
@@ -191,6 +202,15 @@ def train(cfg: DictConfig) -> TrainResult:
             logger.experiment.finish()
     print(f"Run directory: {run_dir}", flush=True)
     return TrainResult(run_dir, model, tokenizer, datamodule, metrics)
+
+
+def unreadable_checkpoint(error: BaseException) -> bool:
+    """Whether loading a checkpoint failed because the file is not one (garbage, or cut short)."""
+    import pickle
+
+    if isinstance(error, (pickle.UnpicklingError, EOFError)):
+        return True
+    return isinstance(error, RuntimeError) and "PytorchStreamReader" in str(error)
 
 
 def replicas_in_sync(trainer, model) -> bool | None:

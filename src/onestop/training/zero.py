@@ -6,8 +6,6 @@ Checkpoints are DeepSpeed's own: a directory per checkpoint, one shard file per 
 """
 
 import contextlib
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -54,22 +52,15 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
         _leave_tied_frozen_weights_out(self.model)
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        from onestop.training.export import staged_directory
+
         target = Path(self.broadcast(str(filepath)))
-        staging = None
-        if self.is_global_zero:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)
-        staging = Path(self.broadcast(staging))
-        super().save_checkpoint(checkpoint, staging, storage_options)
-        self.barrier("checkpoint written")
-        if self.is_global_zero:
-            if target.exists():
-                displaced = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-                target.rename(displaced / target.name)
-                staging.rename(target)
-                shutil.rmtree(displaced)
-            else:
-                staging.rename(target)
+        # Rank 0 owns the staging directory; every rank writes its shard into it, then rank 0 renames it.
+        staged = staged_directory(target) if self.is_global_zero else contextlib.nullcontext()
+        with staged as staging:
+            staging = Path(self.broadcast(str(staging) if staging else None))
+            super().save_checkpoint(checkpoint, staging, storage_options)
+            self.barrier("checkpoint written")
         self.barrier("checkpoint in place")
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from onestop.paths import PROJECT_ROOT
+from onestop.core.paths import PROJECT_ROOT
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_DATA = ASSETS / "alpaca_small.jsonl"

@@ -7,7 +7,7 @@ import pytest
 from conftest import run_invoke
 
 from onestop.cli import is_override
-from onestop.paths import PROJECT_ROOT
+from onestop.core.paths import PROJECT_ROOT
 
 
 @pytest.mark.parametrize(

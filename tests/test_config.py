@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from onestop.config.compose import ConfigError
 from onestop.config.groups import config_groups, default_options, list_group_options
-from onestop.paths import RECIPES_DIR
-from onestop.training.export import job_config
+from onestop.core.paths import RECIPES_DIR
+from onestop.core.rundir import job_config
 
 GROUP_OPTIONS = [(group, option) for group in config_groups() for option in list_group_options(group)]
 

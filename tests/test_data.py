@@ -4,9 +4,9 @@ import pytest
 from conftest import ASSETS, compose
 from transformers import AutoTokenizer
 
+from onestop.core.errors import OnestopError
 from onestop.data.records import read_records
 from onestop.data.sft import IGNORE_INDEX, SFTDataModule, pad_batch, tokenize_conversation
-from onestop.errors import OnestopError
 from onestop.models.templates import bundled_template
 
 CONVERSATION = [

@@ -10,8 +10,8 @@ from conftest import ASSETS, TINY, compose, run_invoke
 from omegaconf import OmegaConf
 from openai import BadRequestError, NotFoundError, OpenAI
 
+from onestop.core.errors import OnestopError
 from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
-from onestop.errors import OnestopError
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -6,8 +6,8 @@ import shlex
 import pytest
 from conftest import run_invoke
 
+from onestop.core.paths import PROJECT_ROOT
 from onestop.deploy.server import ServedModel
-from onestop.paths import PROJECT_ROOT
 
 FILE_BLOCK = re.compile(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", re.DOTALL)
 BASH_BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)

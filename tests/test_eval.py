@@ -8,7 +8,7 @@ import pytest
 from conftest import ASSETS, TINY, TINY_DATA, compose, run_invoke
 from helpers import wandb_history
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
 from onestop.evaluation.metrics import chosen_letter, rouge_l
 from onestop.evaluation.suites import read_mcq, read_qa, read_texts
 
@@ -43,7 +43,7 @@ def test_scores_of_generated_answers():
         (["eval=mcq", f"eval.path={EVAL_ASSETS / 'bad_mcq.jsonl'}"], f"{EVAL_ASSETS / 'bad_mcq.jsonl'}:2: `answer`"),
         (["eval=qa", "eval.path=/nope/qa.jsonl"], "eval.path=/nope/qa.jsonl: no such file"),
         (["eval=qa"], "eval=qa: set eval.path=FILE"),
-        (["run_dir=/nope"], "run_dir=/nope: no config.yaml"),
+        (["run_dir=/nope"], "config key 'run_dir': /nope is not a training run (no config.yaml)"),
         (["eval=mmlu"], "eval=mcq eval.path=FILE (the MMLU/C-Eval CSV layout)"),
         (["eval=mcqq"], "eval=mcqq"),
     ],

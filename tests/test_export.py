@@ -45,5 +45,6 @@ def test_export_of_a_non_run_fails_in_one_line(tmp_path):
     result = run_invoke("export", f"run_dir={tmp_path}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"onestop export: error: config key 'run_dir': {tmp_path} is not a training run (no config.yaml)"
+        f"onestop export: error: config key 'run_dir': {tmp_path} is not a training run (no config.yaml); "
+        "expected a directory `invoke train` wrote"
     )

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import compose, run_invoke
 
+from onestop.core.paths import PROJECT_ROOT, cache_dir
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
-from onestop.paths import PROJECT_ROOT, cache_dir
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from conftest import TINY, TINY_DATA, compose, run_invoke
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
 from onestop.models import load_causal_lm
 from onestop.training.train import train
 

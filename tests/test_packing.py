@@ -7,7 +7,7 @@ from conftest import ASSETS, TINY, compose
 from onestop.data.packing import collate_packed, pack_examples
 from onestop.data.prepare import prepare
 from onestop.data.sft import IGNORE_INDEX, pad_batch
-from onestop.training.module import token_loss_sum
+from onestop.losses import token_loss_sum
 from onestop.training.train import train
 
 

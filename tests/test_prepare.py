@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from conftest import ASSETS, TINY_DATA, compose, run_invoke
 
+from onestop.core.errors import OnestopError
 from onestop.data.prepare import prepare
 from onestop.data.tokenize import IGNORE_INDEX
-from onestop.errors import OnestopError
 
 DATA = ASSETS / "data"
 

@@ -12,8 +12,8 @@ import pytest
 from conftest import ASSETS, run_invoke
 
 from onestop.config.compose import compose
+from onestop.core.errors import OnestopError
 from onestop.data.qa import chunk_document, generate_qa, parse_pairs
-from onestop.errors import OnestopError
 
 DOC = """# Install
 

@@ -5,7 +5,7 @@ import csv
 import pytest
 from conftest import ASSETS, TINY, compose
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
 from onestop.training.train import train
 
 DATA = ASSETS / "data"

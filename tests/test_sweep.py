@@ -10,7 +10,7 @@ import yaml
 from conftest import TINY, TINY_DATA, compose, run_invoke
 from helpers import wandb_records
 
-from onestop.paths import PROJECT_ROOT
+from onestop.core.paths import PROJECT_ROOT
 
 SWEEP_BASE = [*TINY, "trainer.max_steps=2"]
 
@@ -86,7 +86,7 @@ def test_every_trial_is_checked_before_the_sweep_starts(overrides, fragments, tm
     # In-process, as `invoke sweep` runs it: no trial may start, and the error is one line.
     import importlib.util
 
-    from onestop.errors import OnestopError
+    from onestop.core.errors import OnestopError
     from onestop.sweep.runner import run_sweep as sweep
 
     if "launcher=ray" in overrides and importlib.util.find_spec("hydra_plugins.hydra_ray_launcher"):

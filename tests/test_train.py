@@ -9,9 +9,9 @@ from helpers import wandb_config, wandb_history
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
+from onestop.core.paths import PROJECT_ROOT
 from onestop.models import load_causal_lm, resolve_model_path
-from onestop.paths import PROJECT_ROOT
 from onestop.training.train import train
 
 
@@ -200,9 +200,9 @@ def test_local_directory_works_for_any_model_option(tmp_path):
 def test_answer_only_head_matches_the_models_own_loss(method):
     from hydra.utils import instantiate
 
-    from onestop.data import SFTDataModule
+    from onestop.data.sft import SFTDataModule
+    from onestop.losses import token_loss_sum
     from onestop.models import load_tokenizer
-    from onestop.training.module import token_loss_sum
 
     cfg = compose(*TINY, f"method={method}")
     model = instantiate(cfg.method)(load_causal_lm(cfg.model)).eval()

@@ -5,16 +5,32 @@ invoke bench.train model=qwen hardware=gpu --steps 20 --precisions bf16-mixed
 invoke bench.trainers                                # the demo recipe: onestop vs transformers Trainer
 """
 
+import copy
+import gc
+import math
 import tempfile
+import time
 from pathlib import Path
+
+from hydra.utils import instantiate
+from rich.console import Console
+from rich.table import Table
+
+from onestop.config.compose import compose
+from onestop.core.errors import OnestopError
+from onestop.core.files import save_figure_atomic, save_pretrained_atomic, write_json, write_text_atomic
+from onestop.core.rundir import RunDir
+from onestop.data.sft import SFTDataModule
+from onestop.evaluation.heldout import heldout_loss, heldout_questions
+from onestop.evaluation.run import eval_config, evaluate, suite_config
+from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+from onestop.training.hardware import trainer_hardware, weights_dtype
+from onestop.training.train import train
 
 
 def bench_train(overrides: list[str], steps: int, precisions: list[str]) -> list[dict]:
     """Train `steps` optimizer steps once per precision; report tokens/s and seconds per step."""
     import torch
-
-    from onestop.config.compose import compose
-    from onestop.training.train import train
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="onestop-bench-") as scratch:
@@ -37,7 +53,7 @@ def bench_train(overrides: list[str], steps: int, precisions: list[str]) -> list
             rows.append(
                 {
                     "model": cfg.model.name,
-                    "method": cfg.method._target_.rsplit("_", 1)[-1],
+                    "method": cfg.method.name,
                     "precision": precision,
                     "batch": cfg.data.batch_size,
                     "steps": metrics["steps"],
@@ -63,14 +79,6 @@ def compare_trainers(cfg) -> list[dict]:
     seed; both adapters are scored by the same eval suite on the held-out questions. What differs is the
     training loop, so a gap in quality or speed is onestop's to explain.
     """
-    import copy
-    import time
-
-    from onestop.demo import heldout_questions
-    from onestop.errors import OnestopError
-    from onestop.evaluation.run import suite_config
-    from onestop.training.export import write_json
-
     if cfg.stage != "sft" or cfg.data.packing or cfg.data.streaming:
         raise OnestopError("bench.trainers compares supervised fine-tuning (stage=sft, no packing or streaming)")
     out_dir = Path(cfg.paths.run_dir).absolute()
@@ -99,10 +107,7 @@ def compare_trainers(cfg) -> list[dict]:
 
 
 def _train_with_onestop(cfg):
-    from onestop.training.train import train
-
     result = train(cfg)
-    from onestop.evaluation.heldout import heldout_loss
 
     metrics = result.metrics
     row = {
@@ -111,23 +116,13 @@ def _train_with_onestop(cfg):
         "tok/s": metrics["tokens_per_s"],
         "held-out loss": heldout_loss(result.model, result.datamodule.val_dataloader()),
     }
-    return row, metrics["train_losses"], result.run_dir / "adapter", result.datamodule.val_conversations
+    return row, metrics["train_losses"], result.run.weights().path, result.datamodule.val_conversations
 
 
 def _train_with_hf_trainer(cfg):
     """The reference loop: `transformers.Trainer` on the same model, adapter and tokenized examples."""
-    import math
-    import time
-
     import torch
-    from hydra.utils import instantiate
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-
-    from onestop.data import SFTDataModule
-    from onestop.errors import OnestopError
-    from onestop.evaluation.heldout import heldout_loss
-    from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
-    from onestop.training.hardware import trainer_hardware, weights_dtype
 
     set_seed(cfg.seed)
     hardware = trainer_hardware(cfg.hardware)
@@ -200,9 +195,7 @@ def _train_with_hf_trainer(cfg):
     )
     output = trainer.train()
     steps = output.global_step
-    adapter = Path(cfg.paths.run_dir).absolute() / "adapter"
-    model.save_pretrained(adapter)
-    tokenizer.save_pretrained(adapter)
+    adapter = save_pretrained_atomic(model, tokenizer, RunDir(cfg.paths.run_dir).adapter_dir)
     row = {
         "steps": steps,
         "s/step": StepTimer.seconds / max(steps, 1),
@@ -215,14 +208,9 @@ def _train_with_hf_trainer(cfg):
 
 def _score_adapter(cfg, suite, adapter: Path, output_dir: Path) -> dict:
     """Score a saved adapter on its base with the eval stage, exactly as `invoke eval run_dir=` would."""
-    import gc
-
     import torch
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoTokenizer
-
-    from onestop.evaluation.run import eval_config, evaluate
-    from onestop.models.loading import resolve_model_path
 
     gc.collect()
     device = "cuda" if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu" else "cpu"
@@ -243,9 +231,6 @@ def _score_adapter(cfg, suite, adapter: Path, output_dir: Path) -> dict:
 
 
 def _print_table(rows: list[dict], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title)
     for column, value in rows[0].items():
         table.add_column(column, justify="left" if isinstance(value, str) else "right", no_wrap=True)
@@ -255,8 +240,6 @@ def _print_table(rows: list[dict], title: str) -> None:
 
 
 def _write_markdown(path: Path, rows: list[dict]) -> None:
-    from onestop.training.export import write_text_atomic
-
     header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
     body = "".join("| " + " | ".join(_cell(value) for value in row.values()) + " |\n" for row in rows)
     write_text_atomic(path, header + body)
@@ -267,8 +250,6 @@ def _plot_losses(path: Path, curves: dict[str, list[float]]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from onestop.training.export import save_figure_atomic
 
     figure, axes = plt.subplots(figsize=(7, 4))
     for name, losses in curves.items():

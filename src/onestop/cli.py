@@ -8,8 +8,17 @@ parser that, inside such a task, a word shaped like a Hydra override (`key=value
 Invoke's parser untouched. This module imports nothing heavy, so `invoke --list` stays fast.
 """
 
+import importlib
 import re
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+from invoke.exceptions import Exit
+from invoke.parser.parser import ParseMachine
+from omegaconf import OmegaConf
+
+from onestop.config.groups import config_groups, default_options, list_group_options
+from onestop.core.errors import OnestopError
 
 OVERRIDES_ARG = "overrides"
 PATHS_ARG = "paths"  # a task with an iterable `paths` argument takes every bare word as one more path
@@ -28,8 +37,6 @@ def is_override(word: str) -> bool:
 
 def accept_hydra_overrides() -> None:
     """Let tasks with an iterable `overrides` argument take bare `key=value` words."""
-    from invoke.parser.parser import ParseMachine
-
     if getattr(ParseMachine.handle, "accepts_hydra_overrides", False):
         return
     invoke_handle = ParseMachine.handle
@@ -51,7 +58,6 @@ def accept_hydra_overrides() -> None:
 
 def with_config_help(primary: str = "train") -> Callable:
     """Append the config groups and their options to a task's docstring, so `--help` lists them."""
-    from onestop.config.groups import config_groups, default_options, list_group_options
 
     def decorate(body: Callable) -> Callable:
         defaults = default_options(primary)
@@ -72,33 +78,46 @@ def with_config_help(primary: str = "train") -> Callable:
 
 def run_stage(stage: str, overrides: Sequence[str] | None, print_cfg: str | None = None) -> None:
     """Compose the config for `stage` and run it; user errors end the process with one line, status 2."""
-    from invoke.exceptions import Exit
-
-    from onestop.errors import OnestopError
-
-    try:
-        cfg = _compose_for(stage, list(overrides or []))
+    primary, entry, preset = STAGES[stage]
+    with one_line_errors(stage):
+        cfg = load(COMPOSE)(primary, [*preset, *(overrides or [])])
         if print_cfg:
             print(_config_text(cfg, print_cfg))
             return
-        _stage_entry(stage)(cfg)
-    except OnestopError as err:
-        raise Exit(f"onestop {stage}: error: {err}", code=2) from None
+        load(entry)(cfg)
 
 
 def run_benchmark(overrides: Sequence[str] | None, steps: int, precisions: str) -> None:
     """Run `bench.train` with user errors reported like any stage's."""
-    from invoke.exceptions import Exit
-
-    from onestop.bench import bench_train
-    from onestop.errors import OnestopError
-
-    try:
-        bench_train(list(overrides or []), steps, [p.strip() for p in precisions.split(",") if p.strip()])
-    except OnestopError as err:
-        raise Exit(f"onestop bench.train: error: {err}", code=2) from None
+    with one_line_errors("bench.train"):
+        load("onestop.bench:bench_train")(
+            list(overrides or []), steps, [p.strip() for p in precisions.split(",") if p.strip()]
+        )
 
 
+def run_compare(paths: Sequence[str], output: str | None) -> None:
+    """`eval.compare` with user errors reported in one line."""
+    with one_line_errors("eval.compare"):
+        load("onestop.evaluation.report:compare")(list(paths), output)
+
+
+def run_sweep(overrides: Sequence[str] | None) -> None:
+    """`sweep` with user errors reported in one line."""
+    with one_line_errors("sweep"):
+        load("onestop.sweep.runner:run_sweep")(list(overrides or []))
+
+
+def run_recipe_diff(paths: Sequence[str]) -> None:
+    """`recipe.diff A B` with user errors reported in one line."""
+    with one_line_errors("recipe.diff"):
+        if len(paths) != 2:
+            raise OnestopError("recipe.diff: give exactly two recipes or run directories")
+        load("onestop.recipes:run_diff")(*paths)
+
+
+# Each task's code is named here as "module:function" and imported when the task runs: the stages pull in
+# torch, Lightning and lm-eval, and `invoke --list` or `--help` must not wait for them.
+COMPOSE = "onestop.config.compose:compose"
 # stage -> (primary config in conf/, "module:function" that runs it, overrides placed before the user's)
 STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "train": ("train", "onestop.training.train:train", ()),
@@ -120,68 +139,24 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
-def run_compare(paths: Sequence[str], output: str | None) -> None:
-    """`eval.compare` with user errors reported in one line."""
-    from invoke.exceptions import Exit
+def load(entry: str) -> Callable:
+    """The function an entry point "module:function" names, importing its module now."""
+    module, function = entry.split(":")
+    return getattr(importlib.import_module(module), function)
 
-    from onestop.errors import OnestopError
-    from onestop.evaluation.report import compare
 
+@contextmanager
+def one_line_errors(task: str):
+    """A user error (OnestopError) ends the task with one line on stderr and status 2, no traceback."""
     try:
-        compare(list(paths), output)
+        yield
     except OnestopError as err:
-        raise Exit(f"onestop eval.compare: error: {err}", code=2) from None
-
-
-def run_sweep(overrides: Sequence[str] | None) -> None:
-    """`sweep` with user errors reported in one line."""
-    from invoke.exceptions import Exit
-
-    from onestop.errors import OnestopError
-    from onestop.sweep.runner import run_sweep as sweep
-
-    try:
-        sweep(list(overrides or []))
-    except OnestopError as err:
-        raise Exit(f"onestop sweep: error: {err}", code=2) from None
-
-
-def run_recipe_diff(paths: Sequence[str]) -> None:
-    """`recipe.diff A B` with user errors reported in one line."""
-    from invoke.exceptions import Exit
-
-    from onestop.errors import OnestopError
-    from onestop.recipes import run_diff
-
-    try:
-        if len(paths) != 2:
-            raise OnestopError("recipe.diff: give exactly two recipes or run directories")
-        run_diff(*paths)
-    except OnestopError as err:
-        raise Exit(f"onestop recipe.diff: error: {err}", code=2) from None
-
-
-def _compose_for(stage: str, overrides: list[str]):
-    from onestop.config.compose import compose
-
-    primary, _, preset = STAGES[stage]
-    return compose(primary, [*preset, *overrides])
+        raise Exit(f"onestop {task}: error: {err}", code=2) from None
 
 
 def _config_text(cfg, which: str) -> str:
-    from omegaconf import OmegaConf
-
-    from onestop.errors import OnestopError
-
     job = {k: v for k, v in cfg.items() if k != "hydra"}
     parts = {"job": [job], "hydra": [{"hydra": cfg.hydra}], "all": [job, {"hydra": cfg.hydra}]}
     if which not in parts:
         raise OnestopError(f"--cfg {which}: expected one of job, hydra, all")
     return "".join(OmegaConf.to_yaml(OmegaConf.create(p)) for p in parts[which])
-
-
-def _stage_entry(stage: str) -> Callable:
-    import importlib
-
-    module, function = STAGES[stage][1].split(":")
-    return getattr(importlib.import_module(module), function)

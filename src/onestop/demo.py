@@ -7,47 +7,37 @@ Before and after are measured by the eval stage (lm-evaluation-harness on the he
 same as `invoke eval run_dir=RUN eval=demo`), plus the loss on the held-out answers.
 """
 
-import json
-from pathlib import Path
-
 from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from onestop.core.errors import OnestopError
+from onestop.core.rundir import RunDir
+from onestop.data.sft import SFTDataModule
+from onestop.deploy.service import ask_served
+from onestop.evaluation.heldout import heldout_loss, heldout_questions
+from onestop.evaluation.run import eval_config, evaluate, suite_config
+from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+from onestop.training.hardware import trainer_hardware, weights_dtype
+from onestop.training.train import train
 
 SAMPLES = 3
 SHOWN_CHARS = 160  # a base model rambles to max_new_tokens; the table shows the start, results.json all
 HEADLINE = ("exact_match", "token_f1", "contains", "rougeL", "chrf")
 
 
-def heldout_questions(conversations: list[list[dict]], path: Path) -> str | None:
-    """Write the held-out conversations as a `qa` suite file; return their system prompt, if any."""
-    from onestop.training.export import write_text_atomic
-
-    rows = [{"prompt": c[-2]["content"], "reference": c[-1]["content"]} for c in conversations]
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    first = conversations[0]
-    return first[0]["content"] if first[0]["role"] == "system" else None
-
-
 def run_demo(cfg: DictConfig) -> dict:
     """Evaluate the base model, train with `cfg`, evaluate the run, print both side by side."""
     from lm_eval.models.huggingface import HFLM
 
-    from onestop.data import SFTDataModule
-    from onestop.errors import OnestopError
-    from onestop.evaluation.heldout import heldout_loss
-    from onestop.evaluation.run import eval_config, evaluate, suite_config
-    from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
-    from onestop.training.export import write_json
-    from onestop.training.hardware import trainer_hardware, weights_dtype
-    from onestop.training.train import train
-
-    run_dir = Path(cfg.paths.run_dir).absolute()
+    run = RunDir(cfg.paths.run_dir)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed)
     datamodule.setup()
     if not datamodule.val_conversations:
         raise OnestopError("the demo compares held-out answers: set data.val_path or data.val_ratio > 0")
-    questions = run_dir / "eval" / "heldout_questions.jsonl"
+    questions = run.eval_dir / "heldout_questions.jsonl"
     system_prompt = heldout_questions(datamodule.val_conversations, questions)
     suite = suite_config("demo", path=str(questions), system_prompt=system_prompt)
     common = {"model": cfg.model, "hardware": cfg.hardware, "logger": cfg.logger, "seed": cfg.seed}
@@ -56,14 +46,14 @@ def run_demo(cfg: DictConfig) -> dict:
     # Same weight dtype as training, so before and after differ only by the adapter.
     base = load_causal_lm(cfg.model, weights_dtype(trainer_hardware(cfg.hardware)["precision"]), model_path)
     before_loss = heldout_loss(base, datamodule.val_dataloader())
-    before_cfg = eval_config(suite, output_dir=str(run_dir / "eval" / "base"), **common)
+    before_cfg = eval_config(suite, output_dir=str(run.eval_dir / "base"), **common)
     before = evaluate(before_cfg, lm=HFLM(pretrained=base, tokenizer=tokenizer, batch_size=suite.batch_size))
     del base
 
     result = train(cfg)
     print("Scoring the fine-tuned run...", flush=True)
     after_loss = heldout_loss(result.model, result.datamodule.val_dataloader())
-    after_cfg = eval_config(suite, run_dir=str(result.run_dir), output_dir=str(run_dir / "eval" / "run"), **common)
+    after_cfg = eval_config(suite, run_dir=str(result.run_dir), output_dir=str(run.eval_dir / "run"), **common)
     after = evaluate(after_cfg)
 
     report = {
@@ -71,17 +61,15 @@ def run_demo(cfg: DictConfig) -> dict:
         "after": {"heldout_loss": after_loss, **after.flat()},
         "results": {"before": str(before.output_dir / "results.json"), "after": str(after.output_dir / "results.json")},
     }
-    write_json(result.run_dir / "demo.json", report)
+    result.run.write_demo_report(report)
     print_comparison(report, before, after)
     print(f"Compare any two evaluations: invoke eval.compare {before.output_dir} {after.output_dir}")
-
-    from onestop.deploy.service import ask_served
 
     question = datamodule.val_conversations[0][-2]["content"]
     print("Serving the fine-tuned model (invoke deploy) and asking it through the openai SDK...", flush=True)
     base_url, answer = ask_served(result.run_dir, question, cfg.model)
     report["served"] = {"base_url": base_url, "question": question, "answer": answer}
-    write_json(result.run_dir / "demo.json", report)
+    result.run.write_demo_report(report)
     print(f"Q: {question}\nA ({base_url}): {answer}")
     print(f"Serve it yourself: invoke deploy run_dir={result.run_dir}   then: invoke chat")
     print(f"Run directory: {result.run_dir}", flush=True)
@@ -89,9 +77,6 @@ def run_demo(cfg: DictConfig) -> dict:
 
 
 def print_comparison(report: dict, before, after) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(width=max(Console().width, 120))
     scores = Table(title="Held-out questions (paraphrases never seen in training)")
     scores.add_column("metric")

@@ -17,12 +17,19 @@ import os
 import platform
 import subprocess
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
 
-from onestop.errors import OnestopError
-from onestop.paths import PROJECT_ROOT
+from onestop import __version__
+from onestop.config.compose import compose, resolve_recipe
+from onestop.core.errors import OnestopError
+from onestop.core.paths import PACKAGE_DIR, PROJECT_ROOT
+from onestop.core.rundir import RunDir, job_config
+from onestop.data.prepare import BATCHING_KEYS, PIPELINE_VERSION, sources_of
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "datasets", "hydra-core", "lm-eval")
 # Keys of a run's config that describe where it ran, not what it computed.
@@ -30,8 +37,6 @@ NOT_REPRODUCED = ("paths", "resume", "provenance")
 
 
 def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -44,7 +49,7 @@ def package_versions() -> dict[str, str]:
 def git_state() -> dict:
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+            done = subprocess.run(["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -55,8 +60,6 @@ def git_state() -> dict:
 
 
 def hardware_facts(trainer) -> dict:
-    import os
-
     import torch
 
     facts = {
@@ -79,8 +82,6 @@ def data_fingerprints(fingerprint: str, data_cfg: DictConfig, tokenizer, seed: i
     typed relative instead of absolute, changes it; `data_content` changes only when what trains changes:
     the files' bytes, the data options, the tokenizer's behaviour, the seed.
     """
-    from onestop.data.prepare import BATCHING_KEYS, PIPELINE_VERSION, sources_of
-
     config = OmegaConf.to_container(data_cfg, resolve=True)
     options = {k: v for k, v in config.items() if k not in {*BATCHING_KEYS, "path", "val_path", "mix", "contamination"}}
     mix = [{k: v for k, v in entry.items() if k != "path"} for entry in config.get("mix") or []]
@@ -103,8 +104,6 @@ def data_fingerprints(fingerprint: str, data_cfg: DictConfig, tokenizer, seed: i
 
 
 def provenance(fingerprints: dict[str, str], hardware: dict, metrics: dict, run_dir: Path) -> dict:
-    from onestop import __version__
-
     return {
         "onestop": {"version": __version__, **git_state()},
         "packages": package_versions(),
@@ -167,14 +166,6 @@ def portable(value):
     return value
 
 
-def write_run_recipe(run_dir: Path, job: dict, facts: dict) -> Path:
-    from onestop.training.export import write_text_atomic
-
-    path = run_dir / "recipe.yaml"
-    write_text_atomic(path, recipe_text(job, facts))
-    return path
-
-
 def provenance_warnings(recorded: DictConfig | dict | None, fingerprints: dict[str, str]) -> list[str]:
     """One line per package version, and one for the data, that differ from the recipe's provenance."""
     if not recorded:
@@ -199,15 +190,10 @@ def provenance_warnings(recorded: DictConfig | dict | None, fingerprints: dict[s
 
 def load_for_diff(reference: str) -> dict:
     """A recipe name, a recipe file, or a run directory (its recipe.yaml, else config.yaml), as plain data."""
-    from onestop.config.compose import resolve_recipe
-
     path = Path(reference).expanduser()
     if path.is_dir():
-        for name in ("recipe.yaml", "config.yaml"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
+        path = RunDir(path).recipe_or_config()
+        if path is None:
             raise OnestopError(f"{reference}: neither recipe.yaml nor config.yaml in this directory")
     else:
         path = resolve_recipe(reference)
@@ -215,9 +201,6 @@ def load_for_diff(reference: str) -> dict:
     if "defaults" in data:
         # A recipe names only what it changes, its model and method in the defaults list: compare what it
         # composes to, or two recipes that differ in the model would look alike.
-        from onestop.config.compose import compose
-        from onestop.training.export import job_config
-
         data = job_config(compose("train", [f"recipe={path}"]))
     for key in ("hydra", "paths"):  # where and when a run ran, not what it computes
         data.pop(key, None)
@@ -241,9 +224,6 @@ def diff(a: str, b: str) -> list[tuple[str, object, object]]:
 
 
 def run_diff(a: str, b: str) -> list:
-    from rich.console import Console
-    from rich.table import Table
-
     rows = diff(a, b)
     if not rows:
         print(f"No differences between {a} and {b}.")

@@ -13,8 +13,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from onestop.config.groups import config_groups
 from onestop.config.schema import register_schemas
-from onestop.errors import OnestopError
-from onestop.paths import CONF_DIR, PROJECT_ROOT, RECIPES_DIR
+from onestop.core.errors import OnestopError
+from onestop.core.paths import CONF_DIR, PROJECT_ROOT, RECIPES_DIR
 
 
 class ConfigError(OnestopError):

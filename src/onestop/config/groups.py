@@ -2,7 +2,7 @@
 
 import re
 
-from onestop.paths import CONF_DIR
+from onestop.core.paths import CONF_DIR
 
 
 def config_groups() -> list[str]:

@@ -92,6 +92,10 @@ class DataConfig:
 class LoraMethodConfig:
     _target_: str = "onestop.methods.apply_lora"
     _partial_: bool = True
+    name: str = "lora"
+    """Which method this is (lora, dora, qlora, ...): what reports and benchmarks call it."""
+    adapter: bool = True
+    """The method trains an adapter on a frozen base (saved in RUN/adapter) rather than the base's own weights."""
     r: int = 16
     """Rank of the low-rank update."""
     alpha: int = 32
@@ -121,6 +125,7 @@ class QuantizationConfig:
 @dataclass
 class QLoraMethodConfig(LoraMethodConfig):
     _target_: str = "onestop.methods.apply_qlora"
+    name: str = "qlora"
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: slower steps, much less memory."""
@@ -130,6 +135,10 @@ class QLoraMethodConfig(LoraMethodConfig):
 class PromptMethodConfig:
     _target_: str = "onestop.methods.apply_prompt_learning"
     _partial_: bool = True
+    name: str = "ptuning"
+    """Which method this is: what reports and benchmarks call it."""
+    adapter: bool = True
+    """Virtual tokens are a PEFT adapter on the frozen model (saved in RUN/adapter)."""
     kind: str = "p_tuning"
     """prompt (prompt tuning), p_tuning (P-Tuning, MLP-encoded virtual tokens) or prefix (P-Tuning v2)."""
     num_virtual_tokens: int = 20
@@ -142,12 +151,20 @@ class PromptMethodConfig:
 class FullMethodConfig:
     _target_: str = "onestop.methods.apply_full"
     _partial_: bool = True
+    name: str = "full"
+    """Which method this is: what reports and benchmarks call it."""
+    adapter: bool = False
+    """The base's own weights train (saved in RUN/model); a DPO run keeps a frozen copy as its reference."""
 
 
 @dataclass
 class FreezeMethodConfig:
     _target_: str = "onestop.methods.apply_freeze"
     _partial_: bool = True
+    name: str = "freeze"
+    """Which method this is: what reports and benchmarks call it."""
+    adapter: bool = False
+    """The base's own last layers train (saved in RUN/model); a DPO run keeps a frozen copy as its reference."""
     trainable_layers: int = 2
     """How many of the last decoder layers stay trainable; the rest are frozen."""
     trainable_modules: list[str] = field(default_factory=list)
@@ -175,6 +192,8 @@ class HardwareConfig:
 @dataclass
 class WandbLoggerConfig:
     _target_: str = "onestop.training.loggers.wandb_logger"
+    kind: str = "wandb"
+    """Which logger this is, for stages that log outside Lightning (invoke eval logs scores to W&B)."""
     project: str = "onestop"
     """W&B project."""
     entity: str | None = None
@@ -190,6 +209,8 @@ class WandbLoggerConfig:
 @dataclass
 class CsvLoggerConfig:
     _target_: str = "lightning.pytorch.loggers.CSVLogger"
+    kind: str = "csv"
+    """Which logger this is, for stages that log outside Lightning."""
     name: str = "csv"
     """Sub-directory of the run directory holding metrics.csv."""
     version: str = ""
@@ -296,6 +317,8 @@ class EvalSuiteConfig:
 
 @dataclass
 class PeriodicEvalConfig:
+    _target_: str = "onestop.evaluation.callback.PeriodicEvaluation"
+    _partial_: bool = True
     every_n_steps: int = 0
     """Run the suite every N optimizer steps during training and log it; 0 turns it off."""
     suite: str = "qa"

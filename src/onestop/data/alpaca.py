@@ -1,7 +1,7 @@
 """The alpaca record format: instruction / input / output, optionally a system prompt."""
 
+from onestop.core.errors import OnestopError
 from onestop.data.records import Record
-from onestop.errors import OnestopError
 
 
 def alpaca_to_messages(record: Record, system_prompt: str | None = None) -> list[dict]:

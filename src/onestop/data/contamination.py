@@ -10,6 +10,8 @@ import re
 
 from omegaconf import DictConfig
 
+from onestop.data.records import read_records
+
 _WORD = re.compile(r"\w+")
 
 
@@ -52,8 +54,6 @@ def contamination_report(train: list[dict], validation: list[dict], data_cfg: Di
 
 def _eval_texts(path: str) -> list[str]:
     """Prompts of an evaluation file in any layout: a question/prompt/instruction field, else all strings."""
-    from onestop.data.records import read_records
-
     texts = []
     for record in read_records(path):
         fields = record.fields

@@ -12,8 +12,8 @@ A record that does not fit raises `RecordError` naming its file and line and wha
 import json
 from collections.abc import Callable, Mapping
 
+from onestop.core.errors import OnestopError
 from onestop.data.records import Record
-from onestop.errors import OnestopError
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {

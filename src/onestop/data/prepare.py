@@ -14,12 +14,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from onestop.core.errors import OnestopError
+from onestop.core.files import save_figure_atomic, staged_directory
+from onestop.core.paths import cache_dir
+from onestop.data.contamination import contamination_report
 from onestop.data.formats import CONVERSATION_FORMATS, RecordError, converter, map_columns
 from onestop.data.records import is_hub_dataset_id, read_records
 from onestop.data.tokenize import IGNORE_INDEX, tokenize_example
-from onestop.errors import OnestopError
-from onestop.paths import cache_dir
-from onestop.training.export import staged_directory
 
 # Bump when preparation changes what it writes, so older caches are not reused.
 PIPELINE_VERSION = 1
@@ -262,8 +263,6 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
     report.tokens_p50, report.tokens_p95 = _percentile(lengths, 50), _percentile(lengths, 95)
     report.max_len = lengths[-1] if lengths else 0
 
-    from onestop.data.contamination import contamination_report
-
     report.contamination = contamination_report(train_examples, val_examples, data_cfg)
     prepared = PreparedData(train, val, val_examples, report, directory)
     if data_cfg.cache:
@@ -352,7 +351,6 @@ def plot_lengths(lengths: list[int], max_seq_len: int, path: Path) -> None:
     axes.set_title(f"{len(lengths)} training examples")
     axes.legend()
     figure.tight_layout()
-    from onestop.training.export import save_figure_atomic
 
     save_figure_atomic(figure, path, dpi=100)
     plt.close(figure)

@@ -16,8 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
+from onestop.core.files import write_json, write_text_atomic
 
 DOCUMENT_SUFFIXES = (".md", ".markdown", ".txt")
 _HEADING = re.compile(r"^#{1,6} ", re.MULTILINE)
@@ -186,10 +190,6 @@ class Generator:
 
 def generate_qa(cfg: DictConfig) -> tuple[Path, QAReport]:
     """Chunk every document, ask for pairs (skipping chunks already done), validate, dedup, write."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from onestop.training.export import write_json, write_text_atomic
-
     out = Path(cfg.output)
     report = QAReport()
     documents = find_documents(cfg.source)
@@ -258,9 +258,6 @@ def generate_qa(cfg: DictConfig) -> tuple[Path, QAReport]:
 
 
 def run_qa(cfg: DictConfig) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     path, report = generate_qa(cfg)
     table = Table(title="Question-answer generation", show_header=False, title_justify="left")
     table.add_column("what")

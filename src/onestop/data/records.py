@@ -9,7 +9,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from onestop.errors import OnestopError
+# Lazy imports: pyarrow and datasets, only for Parquet files and hub datasets.
+from onestop.core.errors import OnestopError
+from onestop.core.hub import hub_reachable
 
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".md")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -118,8 +120,6 @@ def _read_parquet(path: Path) -> list[Record]:
 
 def _read_hub(dataset_id: str, split: str, subset: str | None) -> list[Record]:
     from datasets import load_dataset
-
-    from onestop.models.loading import hub_reachable
 
     try:
         if not hub_reachable():

@@ -1,14 +1,15 @@
 """`invoke data.prepare` and the data report table printed before training."""
 
 from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
 
-from onestop.data.prepare import DataReport, PreparedData
+from onestop.data.prepare import DataReport, PreparedData, prepare
+from onestop.models import load_tokenizer, resolve_model_path
 
 
 def report_table(report: DataReport):
     """A rich table of what happened to every record, for the terminal."""
-    from rich.table import Table
-
     table = Table(title="Data report", show_header=False, title_justify="left")
     table.add_column("what")
     table.add_column("count", justify="right")
@@ -41,7 +42,6 @@ def report_table(report: DataReport):
 def print_report(prepared: PreparedData | None) -> None:
     if prepared is None:  # a streamed corpus is never prepared as a whole
         return
-    from rich.console import Console
 
     console = Console(width=max(Console().width, 100))
     console.print(report_table(prepared.report))
@@ -51,26 +51,8 @@ def print_report(prepared: PreparedData | None) -> None:
 
 def run_prepare(cfg: DictConfig) -> PreparedData:
     """Prepare `cfg.data` for `cfg.model`'s tokenizer (no model weights are loaded) and report."""
-    from onestop.data.prepare import prepare
-    from onestop.models import load_tokenizer, resolve_model_path
-
     tokenizer = load_tokenizer(cfg.model, resolve_model_path(cfg.model))
     prepared = prepare(cfg.data, tokenizer, seed=cfg.seed)
     print_report(prepared)
     print(f"Report: {prepared.directory / 'report.json'}  Lengths: {prepared.directory / 'lengths.png'}")
     return prepared
-
-
-def copy_data_report(prepared: PreparedData, run_dir) -> None:
-    """The run directory keeps its own copy of the data report and length histogram."""
-    if prepared is None:
-        return
-    import json
-    import shutil
-    from dataclasses import asdict
-
-    from onestop.training.export import write_text_atomic
-
-    write_text_atomic(run_dir / "data_report.json", json.dumps(asdict(prepared.report), indent=2, ensure_ascii=False))
-    if (prepared.directory / "lengths.png").is_file():
-        shutil.copyfile(prepared.directory / "lengths.png", run_dir / "data_lengths.png")

@@ -4,28 +4,16 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from onestop.data.prepare import DataReport, prepare
-from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
-from onestop.errors import OnestopError
-
-__all__ = ["IGNORE_INDEX", "SFTDataModule", "pad_batch", "tokenize_conversation"]
-
-
-def pad_batch(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example in the batch (not to max_seq_len: short data trains fast)."""
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example["input_ids"])
-        ids[row, :n] = torch.tensor(example["input_ids"])
-        labels[row, :n] = torch.tensor(example["labels"])
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+from onestop.core.errors import OnestopError
+from onestop.data.batching import pad_batch, pad_pairs
+from onestop.data.packing import collate_packed, pack_examples
+from onestop.data.prepare import DataReport, prepare, sources_of
+from onestop.data.records import is_hub_dataset_id
+from onestop.data.sampler import ResumableSampler
+from onestop.data.streaming import TextBlockStream
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -66,7 +54,6 @@ class SFTDataModule(L.LightningDataModule):
         if self.cfg.packing:
             if self.stage == "dpo":
                 raise OnestopError("data.packing: preference pairs are not packed; set data.packing=false")
-            from onestop.data.packing import pack_examples
 
             self.train_set = pack_examples(prepared.train, self.cfg.max_seq_len, self.seed)
             tokens = sum(len(e["input_ids"]) for e in prepared.train)
@@ -81,12 +68,6 @@ class SFTDataModule(L.LightningDataModule):
 
     def _setup_stream(self) -> None:
         """Raw text read lazily from its files; validation, if any, prepared normally from `data.val_path`."""
-        from omegaconf import OmegaConf
-
-        from onestop.data.prepare import sources_of
-        from onestop.data.records import is_hub_dataset_id
-        from onestop.data.streaming import TextBlockStream
-
         if self.cfg.format != "text":
             raise OnestopError(f"data.streaming: streams raw text (data=text); got data.format={self.cfg.format}")
         paths = [source.path for source in sources_of(self.cfg)]
@@ -109,12 +90,8 @@ class SFTDataModule(L.LightningDataModule):
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         if "position_ids" in examples[0]:
-            from onestop.data.packing import collate_packed
-
             return collate_packed(examples, self.tokenizer.pad_token_id)
         if self.stage == "dpo":
-            from onestop.training.dpo import pad_pairs
-
             return pad_pairs(examples, self.tokenizer.pad_token_id)
         return pad_batch(examples, self.tokenizer.pad_token_id)
 
@@ -131,8 +108,6 @@ class SFTDataModule(L.LightningDataModule):
             self.stream.skip_blocks = batches_done * self.cfg.batch_size
 
     def train_dataloader(self) -> DataLoader:
-        from onestop.training.resume import ResumableSampler
-
         if self.stream is not None:
             if self.resume_at is not None:
                 self.stream.skip_blocks = self.resume_at[1] * self.cfg.batch_size

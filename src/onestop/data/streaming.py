@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch.utils.data import IterableDataset
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
 
 
 class TextBlockStream(IterableDataset):

@@ -1,6 +1,6 @@
 """Tokenizing normalised examples with the model's chat template; loss only where the model should learn."""
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
 
 IGNORE_INDEX = -100
 

@@ -9,7 +9,8 @@ import sys
 
 from omegaconf import DictConfig
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
+from onestop.deploy.service import alive, deployments
 
 
 def endpoint_of(cfg: DictConfig) -> tuple[str, str]:
@@ -18,7 +19,6 @@ def endpoint_of(cfg: DictConfig) -> tuple[str, str]:
         if not cfg.endpoint_model:
             raise OnestopError("endpoint_model: name the model the endpoint serves")
         return cfg.endpoint, cfg.endpoint_model
-    from onestop.deploy.service import alive, deployments
 
     running = [s for s in deployments() if alive(s.get("pid")) and cfg.name in (None, s["name"])]
     if not running:

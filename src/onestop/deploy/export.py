@@ -5,18 +5,20 @@ a generation config whose stop tokens include the template's end-of-turn token, 
 the model learned to end.
 """
 
-import shutil
+# Lazy imports: torch, peft and transformers, only when a merged export is made.
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
+from onestop.core.files import copy_tree_atomic, save_pretrained_atomic
+from onestop.core.rundir import RunDir, Weights
+from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
+from onestop.models import load_causal_lm, resolve_model_path
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:
     """Special tokens the chat template puts after an answer (e.g. <|im_end|>, <end_of_turn>), plus EOS."""
-    from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
-
     probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     labels = tokenize_conversation(tokenizer, probe, max_seq_len=4096)["labels"]
     # all_special_ids names only bos/eos/pad/unk/mask in recent transformers; <end_of_turn> and its kin are
@@ -35,50 +37,36 @@ def stop_ids_with_end_of_turn(configured, tokenizer) -> list[int]:
 
 
 def export_run(cfg: DictConfig) -> Path:
-    run_dir = Path(cfg.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise OnestopError(f"config key 'run_dir': {run_dir} is not a training run (no config.yaml)")
-    adapter, full = run_dir / "adapter", run_dir / "model"
-    target = Path(cfg.output) if cfg.output else run_dir / f"export-{cfg.format}"
+    """The run as `cfg.format` (merged or adapter) in `cfg.output`, by default RUN/export-FORMAT."""
+    run = RunDir.existing(cfg.run_dir)
+    target = Path(cfg.output) if cfg.output else run.export_dir(cfg.format)
+    weights = run.weights()
     if cfg.format == "adapter":
-        if not adapter.is_dir():
-            raise OnestopError(f"export.format=adapter: {run_dir} has no adapter/ (a full or freeze run)")
-        _copy_atomic(adapter, target)
-        return target
-    return _export_merged(run_dir, adapter if adapter.is_dir() else full, target, cfg.dtype)
+        if not weights.is_adapter:
+            raise OnestopError(f"export.format=adapter: {run.path} has no adapter/ (a full or freeze run)")
+        return copy_tree_atomic(weights.path, target)
+    return _export_merged(run, weights, target, cfg.dtype)
 
 
-def _export_merged(run_dir: Path, source: Path, target: Path, dtype: str) -> Path:
+def _export_merged(run: RunDir, weights: Weights, target: Path, dtype: str) -> Path:
     import torch
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from onestop.models import load_causal_lm, resolve_model_path
-    from onestop.training.export import save_pretrained_atomic
-
-    if not source.is_dir():
-        raise OnestopError(f"config key 'run_dir': {run_dir} has neither adapter/ nor model/ (did training finish?)")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if source.name == "adapter":
-        if PeftConfig.from_pretrained(source).is_prompt_learning:
+    tokenizer = AutoTokenizer.from_pretrained(weights.path)
+    if weights.is_adapter:
+        if PeftConfig.from_pretrained(weights.path).is_prompt_learning:
             raise OnestopError("export: virtual-token adapters (method=ptuning) cannot be merged; use format=adapter")
-        model_cfg = OmegaConf.load(run_dir / "config.yaml").model
+        model_cfg = run.model_config()
         base = load_causal_lm(model_cfg, dtype, resolve_model_path(model_cfg))
-        model = PeftModel.from_pretrained(base, source).merge_and_unload()
+        model = PeftModel.from_pretrained(base, weights.path).merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(weights.path, dtype=getattr(torch, dtype))
     model.config.use_cache = True
     model.generation_config.eos_token_id = stop_ids_with_end_of_turn(model.generation_config.eos_token_id, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     target.parent.mkdir(parents=True, exist_ok=True)
     return save_pretrained_atomic(model, tokenizer, target)
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    from onestop.training.export import staged_directory
-
-    with staged_directory(target) as staging:
-        shutil.copytree(source, staging, dirs_exist_ok=True)
 
 
 def run_export(cfg: DictConfig) -> Path:

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 GENERATION_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
@@ -175,28 +174,6 @@ def backend_env(state: dict) -> dict:
     env = {**os.environ, **state.get("backend_env", {})}
     env.pop("ONESTOP_DEPLOY_API_KEY", None)  # the backend is internal; only the front door checks keys
     return env
-
-
-def wait_until_healthy(base: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
-    """Block until the gateway says its backend is up; on failure, stop it and say why in one line."""
-    import urllib.request
-
-    from onestop.errors import OnestopError
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = " ".join(log.read_text(errors="replace")[-1200:].split()) if log.is_file() else ""
-            raise OnestopError(f"the server exited with status {process.returncode}: {tail}")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as reply:
-                if json.load(reply).get("status") == "ok":
-                    return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    process.terminate()
-    raise OnestopError(f"the server did not become healthy within {timeout:.0f} s; see {log}")
 
 
 if __name__ == "__main__":

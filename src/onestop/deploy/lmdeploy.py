@@ -13,8 +13,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from onestop.errors import OnestopError
-from onestop.paths import cache_dir
+from onestop.core.errors import OnestopError
+from onestop.core.files import staged_directory, write_text_atomic
+from onestop.core.paths import cache_dir
 
 LMDEPLOY_REQUIREMENT = "lmdeploy==0.18.*"
 
@@ -87,8 +88,6 @@ def write_chat_template(model_dir: Path, tokenizer_dir: Path, target_dir: Path) 
     training never saw. The `hf` template reads `config.json` beside the tokenizer, so an unmerged adapter's
     tokenizer is paired with its base's config in `target_dir`.
     """
-    from onestop.training.export import staged_directory, write_text_atomic
-
     template_source = Path(tokenizer_dir)
     if template_source != Path(model_dir):
         with staged_directory(target_dir / "tokenizer") as staging:

@@ -9,20 +9,16 @@ It binds 127.0.0.1, waits until /health answers, and stops the process (terminat
 """
 
 import os
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from onestop.errors import OnestopError
+from omegaconf import OmegaConf
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from onestop.core.errors import OnestopError
+from onestop.deploy.backends import free_port, hf_home, transformers_command
 
 
 class ServedModel:
@@ -44,10 +40,6 @@ class ServedModel:
         return self.model_dir
 
     def start(self) -> "ServedModel":
-        from omegaconf import OmegaConf
-
-        from onestop.deploy.service import hf_home, transformers_command
-
         backend = OmegaConf.create({"device": "cpu", "dtype": "auto", "continuous_batching": False})
         self._log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(

@@ -16,14 +16,24 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
 
-from onestop.errors import OnestopError
-from onestop.paths import cache_dir
+from onestop.config.schema import DeployBackendConfig, DeployConfig, ModelConfig
+from onestop.core.errors import OnestopError
+from onestop.core.files import staged_directory, write_json
+from onestop.core.paths import cache_dir
+from onestop.core.rundir import RunDir
+from onestop.deploy.backends import free_port, hf_home, transformers_command
+from onestop.deploy.export import export_run, stop_ids_with_end_of_turn
+from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
+from onestop.models import load_tokenizer, resolve_model_path
 
 
 @dataclass
@@ -38,12 +48,6 @@ def state_dir() -> Path:
     return cache_dir() / "deploy"
 
 
-def free_port() -> int:
-    from onestop.deploy.server import free_port as pick
-
-    return pick()
-
-
 def choose_backend(requested: str) -> str:
     if requested != "auto":
         return requested
@@ -55,29 +59,23 @@ def choose_backend(requested: str) -> str:
 def served_name(cfg: DictConfig) -> str:
     if cfg.name:
         return cfg.name
-    return Path(cfg.run_dir).name if cfg.run_dir else cfg.model.name
+    return RunDir(cfg.run_dir).name if cfg.run_dir else cfg.model.name
 
 
 def model_to_serve(cfg: DictConfig, backend: str) -> tuple[Path, Path | None]:
     """(model directory, unmerged adapter or None). A run's adapter is merged once into RUN/export-merged."""
     if cfg.run_dir:
-        run_dir = Path(cfg.run_dir).expanduser().absolute()
-        if not (run_dir / "config.yaml").is_file():
-            raise OnestopError(f"run_dir={cfg.run_dir}: no config.yaml; expected a directory `invoke train` wrote")
-        adapter = run_dir / "adapter"
-        if backend == "lmdeploy" and adapter.is_dir() and not cfg.deploy.merge_adapter:
-            from onestop.models import resolve_model_path
-
-            return Path(resolve_model_path(OmegaConf.load(run_dir / "config.yaml").model)), adapter
-        if not adapter.is_dir():
-            return run_dir / "model", None
-        merged = run_dir / "export-merged"
-        if not (merged / "config.json").is_file():
-            from onestop.deploy.export import export_run
-
+        run = RunDir.existing(cfg.run_dir)
+        weights = run.weights()
+        if not weights.is_adapter:
+            return weights.path, None
+        if backend == "lmdeploy" and not cfg.deploy.merge_adapter:
+            return Path(resolve_model_path(run.model_config())), weights.path
+        merged = run.export_dir("merged")
+        if not run.has_export("merged"):
             print(f"Merging the adapter into its base once: {merged}", flush=True)
             export_run(
-                OmegaConf.create({"run_dir": str(run_dir), "format": "merged", "output": None, "dtype": "float32"})
+                OmegaConf.create({"run_dir": str(run.path), "format": "merged", "output": None, "dtype": "float32"})
             )
         return merged, None
     return base_model_dir(cfg.model), None
@@ -90,9 +88,6 @@ def base_model_dir(model_cfg: DictConfig) -> Path:
     older onestop) is made again.
     """
     from transformers import AutoTokenizer, GenerationConfig
-
-    from onestop.deploy.export import stop_ids_with_end_of_turn
-    from onestop.models import load_tokenizer, resolve_model_path
 
     path = Path(resolve_model_path(model_cfg))
     if not path.is_dir():
@@ -107,7 +102,6 @@ def base_model_dir(model_cfg: DictConfig) -> Path:
     made = (serving / "tokenizer_config.json").is_file() and (serving / "generation_config.json").is_file()
     if made and GenerationConfig.from_pretrained(serving).eos_token_id == generation.eos_token_id:
         return serving
-    from onestop.training.export import staged_directory
 
     with staged_directory(serving) as staging:
         for item in path.iterdir():
@@ -118,18 +112,7 @@ def base_model_dir(model_cfg: DictConfig) -> Path:
     return serving
 
 
-def transformers_command(model_dir: Path, port: int, deploy: DictConfig) -> list[str]:
-    cli = Path(sys.executable).parent / "transformers"
-    command = [str(cli), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--device", deploy.device, "--dtype", deploy.dtype, "--model-timeout", "-1"]
-    command.append("--continuous-batching" if deploy.continuous_batching else "--no-continuous-batching")
-    return command
-
-
 def start(cfg: DictConfig) -> Deployment:
-    from onestop.deploy.gateway import wait_until_healthy
-    from onestop.training.export import write_json
-
     backend = choose_backend(cfg.deploy.backend)
     name = served_name(cfg)
     state_file = state_dir() / f"{name}.json"
@@ -146,8 +129,6 @@ def start(cfg: DictConfig) -> Deployment:
         command = transformers_command(model_dir, internal, cfg.deploy)
         backend_model, env = str(model_dir), {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home())}
     elif backend == "lmdeploy":
-        from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
-
         template = write_chat_template(model_dir, adapter or model_dir, state_dir() / f"{name}.lmdeploy")
         command = lmdeploy_command(model_dir, internal, cfg.deploy, name, adapter, template)
         backend_model, env = name, {}
@@ -193,11 +174,22 @@ def start(cfg: DictConfig) -> Deployment:
     return Deployment(name, state["base_url"], state_file, process.pid)
 
 
-def hf_home() -> Path:
-    # transformers serve answers /v1/models with 500 for a local directory when the hub cache folder is missing.
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    (home / "hub").mkdir(parents=True, exist_ok=True)
-    return home
+def wait_until_healthy(base: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    """Block until the gateway says its backend is up; on failure, stop it and say why in one line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = " ".join(log.read_text(errors="replace")[-1200:].split()) if log.is_file() else ""
+            raise OnestopError(f"the server exited with status {process.returncode}: {tail}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as reply:
+                if json.load(reply).get("status") == "ok":
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    process.terminate()
+    raise OnestopError(f"the server did not become healthy within {timeout:.0f} s; see {log}")
 
 
 def read_state(path: Path) -> dict | None:
@@ -252,8 +244,6 @@ def _reap(pid: int) -> None:
 
 
 def health(state: dict) -> str:
-    import urllib.request
-
     if not alive(state.get("pid")):
         return "stopped"
     try:
@@ -275,8 +265,6 @@ def serving(cfg: DictConfig):
 
 def deploy_config(**keys) -> DictConfig:
     """A typed deploy config built in code, for callers that already hold a composed config."""
-    from onestop.config.schema import DeployConfig
-
     config = OmegaConf.structured(DeployConfig)
     for key, value in keys.items():
         config[key] = value
@@ -292,15 +280,11 @@ def ask_served(
     """
     from openai import OpenAI
 
-    from onestop.config.schema import DeployBackendConfig, ModelConfig
-
-    run_dir = Path(run_dir)
+    run = RunDir.existing(run_dir)
     if model_cfg is None:
-        if not (run_dir / "config.yaml").is_file():
-            raise OnestopError(f"run_dir={run_dir}: no config.yaml; expected a directory `invoke train` wrote")
-        model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(run_dir / "config.yaml").model)
+        model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), run.model_config())
     backend = OmegaConf.structured(DeployBackendConfig(backend="transformers"))
-    cfg = deploy_config(model=model_cfg, run_dir=str(run_dir), name=run_dir.name, port=0, deploy=backend)
+    cfg = deploy_config(model=model_cfg, run_dir=str(run.path), name=run.name, port=0, deploy=backend)
     with serving(cfg) as deployment:
         client = OpenAI(base_url=deployment.base_url, api_key=_client_key(cfg))
         reply = client.chat.completions.create(
@@ -330,9 +314,6 @@ def run_stop(cfg: DictConfig) -> None:
 
 
 def run_status(cfg: DictConfig) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="Deployments")
     for column in ("name", "backend", "URL", "health", "model directory", "pid"):
         table.add_column(column)

@@ -5,19 +5,30 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from onestop.core.errors import OnestopError
+from onestop.evaluation.run import evaluate, suite_config
+
 
 class PeriodicEvaluation(Callback):
     """Runs `periodic_eval.suite` through lm-eval on the model being trained, on global rank 0."""
 
-    def __init__(self, periodic: DictConfig, model_cfg: DictConfig, tokenizer, seed: int, run_dir: Path):
-        from onestop.evaluation.run import suite_config
-
-        self.every_n_steps = periodic.every_n_steps
-        self.suite = suite_config(periodic.suite, path=periodic.path, limit=periodic.limit, log_samples=False)
+    def __init__(
+        self,
+        every_n_steps: int,
+        suite: str,
+        path: str | None,
+        limit: int | None,
+        *,
+        model_cfg: DictConfig,
+        tokenizer,
+        seed: int,
+        run_dir: Path,
+    ):
+        """The `periodic_eval` node's fields, then what the training run knows: its model, tokenizer, seed, dir."""
+        self.every_n_steps = every_n_steps
+        self.suite = suite_config(suite, path=path, limit=limit, log_samples=False)
         if self.suite.kind in {"mcq", "qa", "ppl"} and not self.suite.path:
-            from onestop.errors import OnestopError
-
-            raise OnestopError(f"periodic_eval.path: suite {periodic.suite} needs a file")
+            raise OnestopError(f"periodic_eval.path: suite {suite} needs a file")
         self.config = OmegaConf.create(
             {"eval": self.suite, "model": model_cfg, "seed": seed, "output_dir": str(run_dir), "endpoint": None}
         )
@@ -33,8 +44,6 @@ class PeriodicEvaluation(Callback):
         if not trainer.is_global_zero:
             return
         from lm_eval.models.huggingface import HFLM
-
-        from onestop.evaluation.run import evaluate
 
         model = pl_module.model
         was_training, use_cache = model.training, model.config.use_cache

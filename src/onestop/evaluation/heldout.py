@@ -1,18 +1,22 @@
-"""Scoring a model on held-out conversations: token loss, greedy answers, exact match and token F1."""
+"""Scoring a model on held-out conversations: token loss, greedy answers, exact match and token F1, and
+the held-out questions as a `qa` suite file."""
 
+import json
 import re
 import string
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from onestop.core.files import write_text_atomic
+from onestop.losses import token_loss_sum
 
 
 @torch.no_grad()
 def heldout_loss(model, dataloader) -> float:
     """Mean next-token loss over the answer tokens of every batch (token-weighted, not batch-weighted)."""
-    from onestop.training.module import token_loss_sum
-
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -94,3 +98,11 @@ def score_answers(predictions: list[str], references: list[str]) -> AnswerScores
     exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
     f1 = sum(token_f1(p, r) for p, r in zip(predictions, references, strict=True))
     return AnswerScores(exact_match=exact / n, token_f1=f1 / n)
+
+
+def heldout_questions(conversations: list[list[dict]], path: Path) -> str | None:
+    """Write the held-out conversations as a `qa` suite file; return their system prompt, if any."""
+    rows = [{"prompt": c[-2]["content"], "reference": c[-1]["content"]} for c in conversations]
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    first = conversations[0]
+    return first[0]["content"] if first[0]["role"] == "system" else None

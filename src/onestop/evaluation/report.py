@@ -3,13 +3,15 @@
 import json
 from pathlib import Path
 
-from onestop.errors import OnestopError
+from rich.console import Console
+from rich.table import Table
+
+from onestop.core.errors import OnestopError
+from onestop.core.files import save_figure_atomic
+from onestop.core.rundir import RunDir
 
 
 def print_metrics(title: str, metrics: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title)
     for column, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("± stderr", "right")):
         table.add_column(column, justify=justify)
@@ -27,7 +29,7 @@ def find_results(path: str | Path) -> Path:
         return path
     if (path / "results.json").is_file():
         return path / "results.json"
-    found = sorted(path.glob("eval/*/results.json"), key=lambda p: p.stat().st_mtime)
+    found = RunDir(path).eval_results()
     if found:
         return found[-1]
     raise OnestopError(f"{path}: no results.json here or under eval/; run invoke eval first")
@@ -44,9 +46,6 @@ def compare(paths: list[str], output: str | None = None) -> Path:
     shared = [(t, m) for t, m in keys if all(m in r["metrics"].get(t, {}) for r in loaded)]
     if not shared:
         raise OnestopError("eval.compare: the results share no task and metric; compare runs of the same suite")
-
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title="Evaluation results side by side")
     table.add_column("task / metric")
@@ -77,8 +76,6 @@ def plot_bars(png: Path, labels: list[str], shared: list[tuple[str, str]], loade
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from onestop.training.export import save_figure_atomic
 
     width = 0.8 / len(labels)
     figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(shared) * len(labels)), 4))

@@ -17,7 +17,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from onestop.errors import OnestopError
+from onestop.config.schema import EvalConfig, EvalSuiteConfig
+from onestop.core.errors import OnestopError
+from onestop.core.files import write_json
+from onestop.core.hub import hub_reachable
+from onestop.core.paths import CONF_DIR
+from onestop.core.rundir import RunDir, job_config
+from onestop.core.wandb_mode import wandb_mode
+from onestop.evaluation.report import print_metrics
+from onestop.evaluation.suites import PUBLIC_SUITES, local_task
+from onestop.models.loading import load_tokenizer, resolve_model_path
 
 
 @dataclass
@@ -53,20 +62,12 @@ def describe_target(cfg: DictConfig) -> Target:
     if cfg.endpoint:
         return Target("endpoint", {"endpoint": cfg.endpoint, "endpoint_model": endpoint_model(cfg)})
     if cfg.run_dir:
-        run_dir = Path(cfg.run_dir).expanduser().absolute()
-        config_file = run_dir / "config.yaml"
-        if not config_file.is_file():
-            raise OnestopError(f"run_dir={cfg.run_dir}: no config.yaml; expected a directory `invoke train` wrote")
-        run_config = OmegaConf.load(config_file)
-        adapter, full = run_dir / "adapter", run_dir / "model"
-        if (adapter / "adapter_config.json").is_file():
-            weights = {"adapter": str(adapter)}
-        elif (full / "config.json").is_file():
-            weights = {"model_dir": str(full)}
-        else:
-            raise OnestopError(f"run_dir={cfg.run_dir}: neither adapter/ nor model/ found; did the run finish?")
-        identity = {"run_dir": str(run_dir), "model": run_config.model.name, "model_path": run_config.model.path}
-        return Target("run", {**identity, **weights}, run_config)
+        run = RunDir.existing(cfg.run_dir)
+        run_config = run.config()
+        weights = run.weights()
+        identity = {"run_dir": str(run.path), "model": run_config.model.name, "model_path": run_config.model.path}
+        where = {"adapter": str(weights.path)} if weights.is_adapter else {"model_dir": str(weights.path)}
+        return Target("run", {**identity, **where}, run_config)
     return Target("model", {"model": cfg.model.name, "model_path": cfg.model.path})
 
 
@@ -100,13 +101,9 @@ def end_of_turn(tokenizer) -> list[str]:
 
 def build_tasks(suite: DictConfig, mode: str, stop_strings: list[str]):
     """lm-eval tasks for the suite (checks local files and public datasets before any model loads)."""
-    from onestop.evaluation.suites import PUBLIC_SUITES, local_task
-
     if suite.kind != "public":
         return [local_task(suite, mode, stop_strings)], None
     from lm_eval.tasks import TaskManager
-
-    from onestop.models.loading import hub_reachable
 
     tasks = list(suite.tasks) or PUBLIC_SUITES.get(suite.name, ([], None))[0]
     if not tasks:
@@ -142,8 +139,6 @@ def build_lm(cfg: DictConfig, target: Target, tokenizer):
         )
     import torch
     from lm_eval.models.huggingface import HFLM
-
-    from onestop.models.loading import resolve_model_path
 
     device = "cuda" if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu" else "cpu"
     common = {
@@ -181,8 +176,6 @@ def chat_completions_client():
 def load_target_tokenizer(cfg: DictConfig, target: Target):
     """The tokenizer (chat template included) the target was trained with."""
     from transformers import AutoTokenizer
-
-    from onestop.models.loading import load_tokenizer
 
     if target.kind == "run":
         saved = Path(target.identity.get("adapter") or target.identity["model_dir"])
@@ -280,9 +273,6 @@ def compact_sample(sample: dict) -> dict:
 def write_results(result: EvalResult, cfg: DictConfig, target: Target, raw: dict, seconds: float) -> None:
     import lm_eval
 
-    from onestop.evaluation.report import print_metrics
-    from onestop.training.export import job_config, write_json
-
     payload = {
         "suite": cfg.eval.name,
         "target": target.identity | {"kind": target.kind},
@@ -310,37 +300,28 @@ def describe(target: Target) -> str:
 
 def log_to_wandb(cfg: DictConfig, target: Target, result: EvalResult) -> None:
     """Log the scores to W&B: into the training run's own W&B run when evaluating a run directory."""
-    if not cfg.logger or not str(cfg.logger.get("_target_", "")).endswith("wandb_logger"):
+    if not cfg.logger or cfg.logger.get("kind") != "wandb":
         return  # csv and none: results.json is the record
     import wandb
 
-    from onestop.training.loggers import wandb_credentials_present
-
-    offline = os.environ.get("WANDB_MODE") in {"offline", "dryrun"} or not wandb_credentials_present()
-    os.environ.setdefault("WANDB_SILENT", "true")
+    mode = wandb_mode(cfg.logger.get("offline"))
     init = {"project": cfg.logger.get("project") or "onestop", "entity": cfg.logger.get("entity")}
-    run_id = training_wandb_id(Path(target.identity["run_dir"])) if target.kind == "run" else None
+    run = RunDir(target.identity["run_dir"]) if target.kind == "run" else None
+    run_id = run.wandb_run_id() if run else None
     if run_id:
-        run_dir = Path(target.identity["run_dir"])
-        init |= {"id": run_id, "resume": "allow", "dir": str(run_dir)}
+        init |= {"id": run_id, "resume": "allow", "dir": str(run.path)}
         if target.run_config is not None and target.run_config.get("logger"):
             init["project"] = target.run_config.logger.get("project") or init["project"]
     else:
         result.output_dir.mkdir(parents=True, exist_ok=True)
         init |= {"dir": str(result.output_dir), "name": f"eval-{cfg.eval.name}-{result.output_dir.name}"}
-    run = wandb.init(mode="offline" if offline else "online", job_type="eval", **init)
+    logged = wandb.init(mode=mode, job_type="eval", **init)
     flat = result.logged(cfg.eval.name)
-    run.log(flat)
-    run.summary.update(flat)
-    run.finish()
-    if offline:
-        print(f"W&B: logged offline; upload later with: wandb sync {Path(run.dir).parent}")
-
-
-def training_wandb_id(run_dir: Path) -> str | None:
-    """The W&B run id `invoke train` logged to: the suffix of wandb/*run-DATE-ID/."""
-    runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
-    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+    logged.log(flat)
+    logged.summary.update(flat)
+    logged.finish()
+    if mode == "offline":
+        print(f"W&B: logged offline; upload later with: wandb sync {Path(logged.dir).parent}")
 
 
 def run_eval(cfg: DictConfig) -> EvalResult:
@@ -349,8 +330,6 @@ def run_eval(cfg: DictConfig) -> EvalResult:
 
 def eval_config(suite: DictConfig, **keys) -> DictConfig:
     """A typed eval config built in code (no Hydra compose, which would replace the caller's Hydra state)."""
-    from onestop.config.schema import EvalConfig
-
     config = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"eval": suite})
     for key, value in keys.items():
         config[key] = value
@@ -362,9 +341,6 @@ def suite_config(name: str, setting: str = "periodic_eval.suite", **overrides) -
 
     `setting` is the config key that named the suite, for the error message.
     """
-    from onestop.config.schema import EvalSuiteConfig
-    from onestop.paths import CONF_DIR
-
     option = CONF_DIR / "eval" / f"{name}.yaml"
     if not option.is_file():
         names = ", ".join(sorted(p.stem for p in option.parent.glob("*.yaml")))

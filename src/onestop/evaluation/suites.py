@@ -13,7 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
+from onestop.evaluation import metrics
 
 LETTERS = string.ascii_uppercase
 
@@ -176,8 +177,6 @@ def _dataset(rows: list[dict]) -> Callable:
 def local_task(suite: DictConfig, mode: str, stop_strings: list[str]):
     """The lm-eval task for a local suite. `mode` is `loglikelihood` or `generate` (APIs can only generate)."""
     from lm_eval.api.task import ConfigurableTask
-
-    from onestop.evaluation import metrics
 
     path = Path(suite.path).expanduser()
     common = {

@@ -2,7 +2,7 @@
 
 import torch
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
 
 
 def apply_full(model):

@@ -5,7 +5,7 @@ scales by alpha / sqrt(r) so higher ranks keep learning; QLoRA (`method=qlora`) 
 loaded in 4-bit NF4 (see `onestop.models.loading.quantization_config`).
 """
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
 
 
 def apply_lora(

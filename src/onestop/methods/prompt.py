@@ -5,7 +5,7 @@ produces them with a small MLP encoder (P-Tuning), `kind=prefix` learns keys and
 layer (prefix tuning / P-Tuning v2).
 """
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
 
 KINDS = ("prompt", "p_tuning", "prefix")
 

@@ -10,8 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from onestop.core.paths import cache_dir
 from onestop.models.templates import bundled_template
-from onestop.paths import cache_dir
 
 END_OF_TURN = "<end_of_turn>"
 

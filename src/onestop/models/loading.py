@@ -1,13 +1,13 @@
 """Turn a `model` config node into a tokenizer and an `AutoModelForCausalLM`."""
 
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
+from onestop.core.hub import hub_reachable
+from onestop.models.embedded import embedded_gemma_dir
 from onestop.models.templates import bundled_template
 
 
@@ -17,8 +17,6 @@ def resolve_model_path(model_cfg: DictConfig) -> str:
     Fails fast, in one line, when a hub model is neither cached nor reachable.
     """
     if model_cfg.source == "embedded":
-        from onestop.models.embedded import embedded_gemma_dir
-
         return str(embedded_gemma_dir())
     path = os.path.expanduser(model_cfg.path)
     if Path(path).is_dir():
@@ -37,19 +35,6 @@ def resolve_model_path(model_cfg: DictConfig) -> str:
             "cached; use a local copy with model.path=/path/to/model, or the offline model with model=gemma3_270m"
         )
     return path
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers on TCP; honours HF_HUB_OFFLINE and HF_ENDPOINT."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def load_tokenizer(model_cfg: DictConfig, path: str | None = None):

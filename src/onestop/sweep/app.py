@@ -9,15 +9,17 @@ joblib, submitit, ray) do the rest, each job composing conf/train.yaml like `inv
 import math
 import sys
 import time
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from onestop.config.compose import _setup
-from onestop.errors import OnestopError
-from onestop.paths import CONF_DIR
+from onestop.core.errors import OnestopError
+from onestop.core.paths import CONF_DIR
+from onestop.core.rundir import RunDir
+from onestop.evaluation.run import eval_config, evaluate, suite_config
+from onestop.training.train import train
 
 _setup()  # schemas and resolvers, before Hydra composes anything
 
@@ -54,11 +56,9 @@ def objective(cfg: DictConfig, result) -> float:
         return float(value)
     from lm_eval.models.huggingface import HFLM
 
-    from onestop.evaluation.run import eval_config, evaluate, suite_config
-
     suite_name, metric = name.removeprefix("eval:").split("/", 1)
     suite = suite_config(suite_name, "sweep.objective", path=cfg.sweep.eval_path, limit=cfg.sweep.eval_limit)
-    sweep_output = str(result.run_dir / "eval" / "sweep")
+    sweep_output = str(RunDir(result.run_dir).eval_dir / "sweep")
     eval_cfg = eval_config(suite, model=cfg.model, hardware=cfg.hardware, seed=cfg.seed, output_dir=sweep_output)
     model = result.model.eval()
     scored = evaluate(eval_cfg, lm=HFLM(pretrained=model, tokenizer=result.tokenizer, batch_size=suite.batch_size))
@@ -71,9 +71,6 @@ def objective(cfg: DictConfig, result) -> float:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from onestop.training.export import write_json
-    from onestop.training.train import train
-
     started = time.perf_counter()
     try:
         value = objective(cfg, train(cfg))
@@ -82,11 +79,11 @@ def main(cfg: DictConfig) -> float:
         # the trial is recorded as failed, and the worst possible value steers Optuna away from it (Optuna
         # 2.x rejects NaN with an exception that would stop the sweep).
         record = {"objective": cfg.sweep.objective, "value": None, "error": str(err)}
-        write_json(Path(cfg.paths.run_dir) / "objective.json", record | {"seconds": time.perf_counter() - started})
+        RunDir(cfg.paths.run_dir).write_objective(record | {"seconds": time.perf_counter() - started})
         print(f"onestop sweep: trial {HydraConfig.get().job.num} failed: {err}", file=sys.stderr, flush=True)
         return math.inf if cfg.sweep.direction == "minimize" else -math.inf
     record = {"objective": cfg.sweep.objective, "value": value, "seconds": time.perf_counter() - started}
-    write_json(Path(cfg.paths.run_dir) / "objective.json", record)
+    RunDir(cfg.paths.run_dir).write_objective(record)
     return value  # the Optuna sweeper optimises it in hydra.sweeper.direction; the grid just records it
 
 

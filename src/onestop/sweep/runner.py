@@ -9,8 +9,9 @@ one PNG of the objective against each swept parameter, and best_recipe.yaml, the
 """
 
 import csv
+import importlib.util
 import io
-import json
+import itertools
 import math
 import os
 import subprocess
@@ -18,9 +19,18 @@ import sys
 import time
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
+from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
 
-from onestop.errors import OnestopError
+from onestop.config.compose import ConfigError, compose, resolve_recipe
+from onestop.core.errors import OnestopError
+from onestop.core.files import save_figure_atomic, write_text_atomic
+from onestop.core.rundir import RunDir
+from onestop.sweep.app import check_objective
 
 # Shorthands for Hydra's own config groups, so a sweep reads like the rest of onestop's command line.
 HYDRA_GROUPS = {"sweeper": "hydra/sweeper", "launcher": "hydra/launcher"}
@@ -48,8 +58,6 @@ def sweep_command(overrides: list[str], sweep_dir: Path, direction: str = "minim
     primary = []
     recipes = [o for o in overrides if o.startswith("recipe=")]
     if recipes:
-        from onestop.config.compose import resolve_recipe
-
         # A recipe is a primary config beside conf/, as in `invoke train recipe=...`: Hydra's own flags load it.
         recipe = resolve_recipe(recipes[-1].partition("=")[2])
         primary = ["--config-dir", str(recipe.parent), "--config-name", recipe.stem]
@@ -70,8 +78,6 @@ def sweep_command(overrides: list[str], sweep_dir: Path, direction: str = "minim
 
 
 def run_sweep(overrides: list[str]) -> Path:
-    from onestop.sweep.app import check_objective
-
     given = next((o.partition("=")[2] for o in overrides if o.startswith("hydra.sweep.dir=")), None)
     overrides = [o for o in overrides if not o.startswith("hydra.sweep.dir=")]
     if "launcher=ray" in overrides:
@@ -103,13 +109,6 @@ def trial_overrides(overrides: list[str]) -> list[list[str]]:
     A grid small enough is expanded whole (`method=lora,full method.r=4` fails for the `full` trial);
     an Optuna range is represented by its two ends.
     """
-    import itertools
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    from onestop.config.compose import ConfigError
-
     trial_keys = [o for o in overrides if not o.startswith(("hydra/", "hydra."))]
     try:
         parsed = OverridesParser.create().parse_overrides(trial_keys)
@@ -126,8 +125,6 @@ def trial_overrides(overrides: list[str]) -> list[list[str]]:
 
 
 def _swept_values(override) -> list[str]:
-    from hydra.core.override_parser.types import IntervalSweep
-
     sweep = override.value()
     if isinstance(sweep, IntervalSweep):
         return [_number(sweep.start), _number(sweep.end)]
@@ -139,14 +136,10 @@ def _number(value: float) -> str:
 
 
 def _compose_trial(overrides: list[str]):
-    from onestop.config.compose import compose
-
     return compose("train", overrides)
 
 
 def _require_ray() -> None:
-    import importlib.util
-
     if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
         raise OnestopError('launcher=ray: the Ray launcher is not installed; pip install "onestop[ray]"')
 
@@ -160,8 +153,8 @@ def trials(sweep_dir: Path) -> list[dict]:
             continue
         overrides = [o for o in OmegaConf.load(overrides_file) if not o.startswith(("paths.", "hydra"))]
         row = {"trial": trial_dir.name, "overrides": overrides, "run_dir": str(trial_dir), "finished": False}
-        outcome = _read_json(trial_dir / "objective.json")
-        metrics = _read_json(trial_dir / "metrics.json")
+        trial = RunDir(trial_dir)
+        outcome, metrics = trial.objective() or {}, trial.metrics() or {}
         row |= {
             "finished": outcome.get("value") is not None,
             "objective": outcome.get("value"),
@@ -172,10 +165,6 @@ def trials(sweep_dir: Path) -> list[dict]:
         }
         rows.append(row)
     return rows
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def swept_values(rows: list[dict]) -> dict[str, list]:
@@ -189,8 +178,6 @@ def swept_values(rows: list[dict]) -> dict[str, list]:
 
 
 def summarise(sweep_dir: Path, objective: str, direction: str, seconds: float | None = None) -> dict:
-    from onestop.training.export import write_text_atomic
-
     rows = trials(sweep_dir)
     finished = [r for r in rows if r["finished"]]
     if not finished:
@@ -227,7 +214,7 @@ def summarise(sweep_dir: Path, objective: str, direction: str, seconds: float | 
     ]
     write_text_atomic(sweep_dir / "summary.md", "\n".join(lines))
     plot(sweep_dir / "objective.png", parameters, rows, objective)
-    recipe = Path(best["run_dir"]) / "recipe.yaml"
+    recipe = RunDir(best["run_dir"]).recipe_file
     if recipe.is_file():
         # The trial's own first line names the trial's file; a shared recipe opens with the command that runs it.
         body = recipe.read_text().split("\n", 1)[1]
@@ -254,8 +241,6 @@ def plot(path: Path, parameters: dict[str, list], rows: list[dict], objective: s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from onestop.training.export import save_figure_atomic
 
     names = list(parameters) or ["trial"]
     figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
@@ -296,9 +281,6 @@ def _sort_key(text: str):
 
 
 def print_summary(table: list[dict], columns: list[str], best: dict, objective: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     shown = Table(title=f"Sweep: {objective} per trial (best: {best['trial']})")
     for column in columns:
         shown.add_column(column, justify="right" if column not in {"trial"} else "left")

@@ -12,26 +12,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from onestop.data.tokenize import IGNORE_INDEX
+from onestop.losses import sequence_logps
 from onestop.training.module import CausalLMModule
-
-
-def pad_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """One batch of 2N rows: the N chosen answers, then the N rejected ones, right-padded."""
-    from onestop.data.sft import pad_batch
-
-    rows = [{"input_ids": e[f"{side}_input_ids"], "labels": e[f"{side}_labels"]} for side in ("chosen", "rejected")
-            for e in examples]  # fmt: skip
-    return pad_batch(rows, pad_id)
-
-
-def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed log-probability of each row's labelled tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE_INDEX
-    token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_logps * keep).sum(-1)
 
 
 class DPOModule(CausalLMModule):

@@ -3,7 +3,10 @@
 import torch
 from omegaconf import DictConfig
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
+from onestop.methods.freeze import decoder_layers
+from onestop.training.sharding import fsdp_strategy
+from onestop.training.zero import deepspeed_strategy
 
 
 def trainer_hardware(hardware: DictConfig) -> dict:
@@ -47,13 +50,9 @@ def build_strategy(hardware: DictConfig, model):
     """The Lightning strategy; FSDP wraps (and, with gradient checkpointing, recomputes) each decoder layer."""
     strategy = str(hardware.strategy)
     if strategy.startswith("deepspeed"):
-        from onestop.training.zero import deepspeed_strategy
-
         return deepspeed_strategy(strategy, hardware.accelerator)
     if strategy != "fsdp":
         return strategy
-    from onestop.methods.freeze import decoder_layers
-    from onestop.training.sharding import fsdp_strategy
 
     layer_types = {type(decoder_layers(model)[0])}
     return fsdp_strategy(layer_types, hardware.accelerator, hardware.gradient_checkpointing)

@@ -1,20 +1,20 @@
 """Experiment loggers. W&B goes offline by itself when no credentials are present."""
 
-import netrc
+# Lazy imports: lightning, only when a run builds its logger.
 import os
 from pathlib import Path
-from urllib.parse import urlparse
+
+from omegaconf import DictConfig
+
+from onestop.config.nodes import instantiate_node
+from onestop.core.wandb_mode import wandb_mode
 
 
-def wandb_credentials_present() -> bool:
-    """True when W&B can authenticate: WANDB_API_KEY or a netrc entry for the W&B host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
+def build_logger(node: DictConfig | None, save_dir: Path):
+    """The Lightning logger the `logger` config node names (its `kind` is for onestop, not the logger), or False."""
+    if not node:
         return False
+    return instantiate_node(node, ("kind",), save_dir=str(save_dir))
 
 
 def wandb_logger(
@@ -29,9 +29,7 @@ def wandb_logger(
     """A Lightning `WandbLogger` writing under `save_dir/wandb`; offline when no credentials are found."""
     from lightning.pytorch.loggers import WandbLogger
 
-    if offline is None:
-        offline = os.environ.get("WANDB_MODE") in {"offline", "dryrun"} or not wandb_credentials_present()
-    os.environ.setdefault("WANDB_SILENT", "true")
+    mode = wandb_mode(offline)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         project=project,
@@ -39,10 +37,10 @@ def wandb_logger(
         name=name or Path(save_dir).name,
         save_dir=save_dir,
         tags=list(tags or []),
-        offline=offline,
+        offline=mode != "online",
         # Said to wandb.init itself: Lightning's offline switch only sets WANDB_MODE, which W&B ignores once
         # an earlier run in this process (the demo's base-model evaluation) has read its settings.
-        mode="offline" if offline else "online",
+        mode=mode,
         group=group or os.environ.get("WANDB_RUN_GROUP"),  # a sweep's trials share one group
     )
 

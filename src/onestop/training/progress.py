@@ -1,5 +1,7 @@
 """The training progress bar: loss, tokens/s and validation loss, nothing else."""
 
+import sys
+
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 
@@ -20,6 +22,4 @@ class TQDMBar(_HideVersion, TQDMProgressBar):
 
 def progress_bar():
     """Rich bar on a terminal; plain tqdm lines where output is captured (CI logs, pipes)."""
-    import sys
-
     return RichBar() if sys.stdout.isatty() else TQDMBar()

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.utils.data import Sampler
 
-from onestop.errors import OnestopError
+from onestop.core.errors import OnestopError
+from onestop.core.rundir import RunDir
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -36,42 +36,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-
-
-class ResumableSampler(Sampler[int]):
-    """A shuffled order fixed by (seed, epoch), sharded across ranks, that can start mid-epoch.
-
-    Lightning calls `set_epoch` before each epoch's iteration; `resume_at = (epoch, batches_done)`,
-    set from a checkpoint, makes the first iteration of that epoch skip the batches already trained on.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, resume_at=None):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-        self.resume_at = resume_at
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
-        if self.world_size > 1:
-            order = order[: len(order) - len(order) % self.world_size][self.rank :: self.world_size]
-        return order
-
-    def __iter__(self):
-        order = self._order()
-        if self.resume_at is not None:
-            epoch, batches_done = self.resume_at
-            self.resume_at = None
-            if epoch == self.epoch:
-                order = order[batches_done * self.batch_size :]
-        return iter(order)
-
-    def __len__(self) -> int:
-        return len(self._order())
 
 
 def rng_state() -> dict:
@@ -173,26 +137,23 @@ class SaveOnSigterm(Callback):
         trainer.should_stop = True
 
 
-def newest_checkpoint(run_dir: Path) -> Path:
-    """The most recently written complete checkpoint of a run (temporary files and directories are ignored).
-
-    A checkpoint is a file, or under DeepSpeed a directory, renamed into place whole when written.
-    """
-    directory = run_dir / "checkpoints"
-    candidates = [p for p in directory.glob("*.ckpt") if not p.name.startswith(".")] if directory.is_dir() else []
-    if not candidates:
+def newest_checkpoint(run: RunDir) -> Path:
+    """The most recently written complete checkpoint of a run (temporary files and directories are ignored)."""
+    found = run.checkpoints()
+    if not found:
         raise OnestopError(
-            f"resume=auto: no checkpoint in {directory}; set hydra.run.dir to the run to resume, or drop resume"
+            f"resume=auto: no checkpoint in {run.checkpoints_dir}; set hydra.run.dir to the run to resume, "
+            "or drop resume"
         )
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+    return found[-1]
 
 
-def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+def resume_path(resume: str | None, run: RunDir) -> Path | None:
     """`resume=auto` (newest checkpoint of the run directory), a checkpoint path, or None."""
     if not resume:
         return None
     if resume == "auto":
-        return newest_checkpoint(run_dir)
+        return newest_checkpoint(run)
     path = Path(resume)
     if not (path.is_file() or (path / "latest").is_file()):  # DeepSpeed checkpoints are directories
         raise OnestopError(f"config key 'resume': no checkpoint file {path}; use resume=auto or a .ckpt path")

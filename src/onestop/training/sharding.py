@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.strategies import fsdp as lightning_fsdp
 
+from onestop.training.zero import gathered_parameters, held_elements, is_zero3
+
 # The attribute under which FSDP and activation checkpointing keep the module they wrap: one more
 # component in the names of everything inside it.
 _WRAPPED_MODULE_ATTRIBUTES = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
@@ -125,8 +127,6 @@ def is_sharded(trainer) -> bool:
 
 def weights_sharded(trainer) -> bool:
     """Whether each rank holds only part of the weights (FSDP, ZeRO-3), rather than a replica."""
-    from onestop.training.zero import is_zero3
-
     return is_sharded(trainer) or is_zero3(trainer)
 
 
@@ -139,8 +139,6 @@ def full_parameters(trainer, model: torch.nn.Module):
     meanwhile, because peft finds adapter weights by module name and the wrappers add components to
     those names. Under ZeRO-3 every rank holds the full weights in the block. Otherwise it changes nothing.
     """
-    from onestop.training.zero import gathered_parameters, is_zero3
-
     if is_zero3(trainer):
         with gathered_parameters(model):
             yield
@@ -175,7 +173,5 @@ def _lift_wrappers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, t
 def parameters_per_rank(trainer, model: torch.nn.Module) -> list[int]:
     """How many parameter elements each rank holds: all of them under DDP and ZeRO-2, about 1/world_size
     under FSDP and ZeRO-3."""
-    from onestop.training.zero import held_elements
-
     local = torch.tensor(sum(held_elements(p) for p in model.parameters()), device=trainer.strategy.root_device)
     return [int(n) for n in trainer.strategy.all_gather(local).reshape(-1)]

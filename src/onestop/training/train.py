@@ -1,55 +1,68 @@
 """The training stage: seed -> data -> model -> method -> trainer -> fit -> export -> metrics."""
 
 import copy
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
 
-from onestop.errors import OnestopError
-from onestop.training.export import export_trained, job_config, write_json, write_text_atomic
+from onestop.config.nodes import instantiate_node
+from onestop.core.errors import OnestopError
+from onestop.core.rundir import RunDir, job_config
+from onestop.data.report import print_report
+from onestop.data.sft import SFTDataModule
+from onestop.data.vocabulary import train_tokenizer
+from onestop.methods.prompt import is_prompt_learning
+from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+from onestop.models.loading import quantization_config
+from onestop.models.scratch import fresh_model
+from onestop.recipes import data_fingerprints, hardware_facts, provenance, provenance_warnings, recipe_text
+from onestop.training.dpo import DPOModule
+from onestop.training.hardware import (
+    build_strategy,
+    prepare_model_for_hardware,
+    shards_weights,
+    trainer_hardware,
+    weights_dtype,
+)
+from onestop.training.loggers import build_logger, finish_failed_run, wandb_sync_hint
+from onestop.training.module import CausalLMModule
+from onestop.training.progress import progress_bar
+from onestop.training.resume import AtomicCheckpointIO, SaveOnSigterm, TrainingPosition, resume_path
+from onestop.training.sharding import full_parameters, parameters_per_rank, weights_sharded
+from onestop.training.weights import export_trained
+
+# Fields a method node declares about itself; the function it names does not take them.
+METHOD_IDENTITY = ("name", "adapter")
 
 
 @dataclass
 class TrainResult:
-    run_dir: Path
+    run: RunDir
     model: object
     tokenizer: object
     datamodule: object
     metrics: dict
 
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
 
 def train(cfg: DictConfig) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data` with `cfg.method`; every artefact lands in `cfg.paths.run_dir`."""
-    import lightning as L
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from onestop.data import SFTDataModule
-    from onestop.data.report import copy_data_report, print_report
-    from onestop.methods.prompt import is_prompt_learning
-    from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
-    from onestop.models.loading import quantization_config
-    from onestop.models.scratch import fresh_model, train_tokenizer
-    from onestop.training.hardware import (
-        build_strategy,
-        prepare_model_for_hardware,
-        shards_weights,
-        trainer_hardware,
-        weights_dtype,
-    )
-    from onestop.training.loggers import finish_failed_run, wandb_sync_hint
-    from onestop.training.module import CausalLMModule
-    from onestop.training.progress import progress_bar
-    from onestop.training.resume import AtomicCheckpointIO, SaveOnSigterm, TrainingPosition, resume_path
-    from onestop.training.sharding import full_parameters, parameters_per_rank
-
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     hardware = trainer_hardware(cfg.hardware)
     quantization_config(cfg.method.get("quantization"))  # a 4-bit request on a CPU fails here, before any work
-    run_dir = Path(cfg.paths.run_dir).absolute()
-    resume_from = resume_path(cfg.resume, run_dir)  # before any work: `resume=auto` with nothing to resume stops here
+    run = RunDir(cfg.paths.run_dir)
+    run_dir = run.path
+    resume_from = resume_path(cfg.resume, run)  # before any work: `resume=auto` with nothing to resume stops here
     if cfg.periodic_eval.every_n_steps and shards_weights(cfg.hardware):
         raise OnestopError(
             f"periodic_eval.every_n_steps: evaluating during training needs the whole model on rank 0, and "
@@ -65,7 +78,6 @@ def train(cfg: DictConfig) -> TrainResult:
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed, stage=cfg.stage)
     datamodule.setup()
     print_report(datamodule.prepared)
-    from onestop.recipes import data_fingerprints, provenance_warnings
 
     fingerprints = data_fingerprints(datamodule.report.fingerprint, cfg.data, tokenizer, cfg.seed)
     for line in provenance_warnings(cfg.get("provenance"), fingerprints):
@@ -83,9 +95,10 @@ def train(cfg: DictConfig) -> TrainResult:
             quantization=cfg.method.get("quantization"),
         )
     reference = None
-    if cfg.stage == "dpo" and cfg.method._target_.endswith(("apply_full", "apply_freeze")):
+    if cfg.stage == "dpo" and not cfg.method.adapter:
         reference = copy.deepcopy(model).eval().requires_grad_(False)  # adapters use the base, adapter off
-    model = prepare_model_for_hardware(instantiate(cfg.method)(model), cfg.hardware)
+    apply_method = instantiate_node(cfg.method, METHOD_IDENTITY)
+    model = prepare_model_for_hardware(apply_method(model), cfg.hardware)
     if cfg.data.packing and is_prompt_learning(model):
         raise OnestopError("data.packing: virtual tokens of method=ptuning cannot be packed; set data.packing=false")
     hardware["strategy"] = build_strategy(cfg.hardware, model)
@@ -94,8 +107,6 @@ def train(cfg: DictConfig) -> TrainResult:
     total_params = sum(p.numel() for p in model.parameters())
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live while training
     if cfg.stage == "dpo":
-        from onestop.training.dpo import DPOModule
-
         module = DPOModule(
             model, instantiate(cfg.optim), instantiate(cfg.scheduler), beta=cfg.dpo.beta, reference=reference
         )
@@ -103,15 +114,16 @@ def train(cfg: DictConfig) -> TrainResult:
         module = CausalLMModule(model, instantiate(cfg.optim), instantiate(cfg.scheduler))
 
     # Created only now: a config, data or model error leaves no half-made run directory behind.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(job_config(cfg)))
-    copy_data_report(datamodule.prepared, run_dir)
+    run.create()
+    run.write_config(cfg)
+    if datamodule.prepared is not None:  # a streamed corpus is never prepared as a whole
+        run.write_data_report(asdict(datamodule.report), datamodule.prepared.directory / "lengths.png")
 
-    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
+    logger = build_logger(cfg.logger, run_dir)
     if logger:
         logger.log_hyperparams(job_config(cfg))
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
+        dirpath=run.checkpoints_dir,
         filename="step{step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=cfg.checkpoint.every_n_steps,
@@ -120,13 +132,14 @@ def train(cfg: DictConfig) -> TrainResult:
         mode="max",
         save_last=True,
     )
-    sigterm = SaveOnSigterm(run_dir / "checkpoints" / "sigterm.ckpt")
+    sigterm = SaveOnSigterm(run.sigterm_checkpoint)
     callbacks = [TrainingPosition(datamodule), sigterm, checkpoint, progress_bar()]
     periodic = None
     if cfg.periodic_eval.every_n_steps:
-        from onestop.evaluation.callback import PeriodicEvaluation
-
-        periodic = PeriodicEvaluation(cfg.periodic_eval, cfg.model, tokenizer, cfg.seed, run_dir)
+        # The node names its callback (an evaluation suite runner), so training never imports evaluation.
+        periodic = instantiate(cfg.periodic_eval)(
+            model_cfg=cfg.model, tokenizer=tokenizer, seed=cfg.seed, run_dir=run_dir
+        )
         callbacks.append(periodic)
     trainer = instantiate(
         cfg.trainer,
@@ -161,9 +174,9 @@ def train(cfg: DictConfig) -> TrainResult:
     in_sync = replicas_in_sync(trainer, model)
     per_rank = parameters_per_rank(trainer, model) if trainer.world_size > 1 else None
     with full_parameters(trainer, model):  # under FSDP every rank joins in; rank 0 receives the weights
-        export_dir = export_trained(model, tokenizer, run_dir) if trainer.is_global_zero else None
+        export_dir = export_trained(model, tokenizer, run) if trainer.is_global_zero else None
     if not trainer.is_global_zero:
-        return TrainResult(run_dir, model, tokenizer, datamodule, {})
+        return TrainResult(run, model, tokenizer, datamodule, {})
 
     metrics = {
         "train_loss": module.last_train_loss,
@@ -188,11 +201,10 @@ def train(cfg: DictConfig) -> TrainResult:
         "periodic_eval": periodic.history if periodic else [],
         "train_losses": getattr(module, "train_losses", []),
     }
-    write_json(run_dir / "metrics.json", metrics)
-    from onestop.recipes import hardware_facts, provenance, write_run_recipe
+    run.write_metrics(metrics)
 
     facts = provenance(fingerprints, hardware_facts(trainer), metrics, run_dir)
-    write_run_recipe(run_dir, job_config(cfg), facts)
+    run.write_recipe(recipe_text(job_config(cfg), facts))
     if logger:
         logger.finalize("success")
         hint = wandb_sync_hint(logger)
@@ -201,13 +213,11 @@ def train(cfg: DictConfig) -> TrainResult:
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
             logger.experiment.finish()
     print(f"Run directory: {run_dir}", flush=True)
-    return TrainResult(run_dir, model, tokenizer, datamodule, metrics)
+    return TrainResult(run, model, tokenizer, datamodule, metrics)
 
 
 def unreadable_checkpoint(error: BaseException) -> bool:
     """Whether loading a checkpoint failed because the file is not one (garbage, or cut short)."""
-    import pickle
-
     if isinstance(error, (pickle.UnpicklingError, EOFError)):
         return True
     return isinstance(error, RuntimeError) and "PytorchStreamReader" in str(error)
@@ -219,12 +229,8 @@ def replicas_in_sync(trainer, model) -> bool | None:
     None with one process, and under FSDP and ZeRO-3, where each rank holds a different shard rather than
     a replica.
     """
-    from onestop.training.sharding import weights_sharded
-
     if trainer.world_size < 2 or weights_sharded(trainer):
         return None
-    import torch
-
     checksum = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad]).sum()
     gathered = trainer.strategy.all_gather(checksum.to(trainer.strategy.root_device))
     return bool(torch.all(gathered == gathered[0]))

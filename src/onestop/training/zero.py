@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, StrategyRegistry
 
+from onestop.core.errors import OnestopError
+from onestop.core.files import staged_directory
+
 # Lightning warns when a module overrides `configure_gradient_clipping` (ours does, for FSDP), saying the
 # gradients will not be clipped. Under DeepSpeed they are: Lightning hands `gradient_clip_val` to
 # DeepSpeed's config, and DeepSpeed clips by the global norm across shards itself.
@@ -24,8 +27,6 @@ def deepspeed_strategy(name: str, accelerator: str) -> DeepSpeedStrategy:
     Frozen weights stay out of checkpoints: for adapters a checkpoint holds the adapter and its optimizer
     state only, as under the other strategies, and `resume=` reloads the base from the model's own files.
     """
-    from onestop.errors import OnestopError
-
     known = sorted(n for n in StrategyRegistry.available_strategies() if n.startswith("deepspeed"))
     if name not in known:
         raise OnestopError(f"hardware.strategy={name}: not a DeepSpeed strategy; expected one of {', '.join(known)}")
@@ -52,8 +53,6 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
         _leave_tied_frozen_weights_out(self.model)
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
-        from onestop.training.export import staged_directory
-
         target = Path(self.broadcast(str(filepath)))
         # Rank 0 owns the staging directory; every rank writes its shard into it, then rank 0 renames it.
         staged = staged_directory(target) if self.is_global_zero else contextlib.nullcontext()

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from onestop.core.errors import OnestopError
+
 _DIR = Path(__file__).parent
 
 
@@ -9,8 +11,6 @@ def bundled_template(name: str) -> str:
     """Text of a bundled Jinja chat template: `gemma` or `chatml`."""
     path = _DIR / f"{name}.jinja"
     if not path.is_file():
-        from onestop.errors import OnestopError
-
         names = ", ".join(sorted(p.stem for p in _DIR.glob("*.jinja")))
         raise OnestopError(f"config key 'model.chat_template': unknown template {name!r}; bundled: {names}")
     return path.read_text()

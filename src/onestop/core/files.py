@@ -1,4 +1,4 @@
-"""Writing a run's artefacts atomically: a file or directory appears whole or not at all."""
+"""Atomic writes: a file or directory appears whole or not at all."""
 
 import json
 import os
@@ -6,8 +6,6 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-
-from omegaconf import DictConfig, OmegaConf
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -19,12 +17,12 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_figure_atomic(figure, path: Path, dpi: int = 120) -> None:
-    """Render a matplotlib figure to PNG beside `path`, then rename it into place."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    figure.savefig(tmp, format="png", dpi=dpi)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
     os.replace(tmp, path)
 
 
@@ -32,13 +30,13 @@ def write_json(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def job_config(cfg: DictConfig) -> dict:
-    """The resolved config of a run, without Hydra's own node."""
-    return {
-        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-        for k, v in cfg.items()
-        if k != "hydra"
-    }
+def save_figure_atomic(figure, path: Path, dpi: int = 120) -> None:
+    """Render a matplotlib figure to PNG beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    figure.savefig(tmp, format="png", dpi=dpi)
+    os.replace(tmp, path)
 
 
 @contextmanager
@@ -68,11 +66,8 @@ def save_pretrained_atomic(model, tokenizer, target: Path) -> Path:
     return target
 
 
-def export_trained(model, tokenizer, run_dir: Path) -> Path:
-    """`run_dir/adapter` (PEFT format) for adapter methods, else a plain transformers `run_dir/model`."""
-    from peft import PeftModel
-
-    name = "adapter" if isinstance(model, PeftModel) else "model"
-    if name == "model":
-        model.config.use_cache = True
-    return save_pretrained_atomic(model, tokenizer, run_dir / name)
+def copy_tree_atomic(source: Path, target: Path) -> Path:
+    """A copy of the directory `source` at `target`, appearing whole."""
+    with staged_directory(target) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+    return target

@@ -1,0 +1,224 @@
+"""A training run's directory, and the only code that knows its layout.
+
+    RUN/
+      config.yaml                the resolved config (what `invoke eval/export/deploy run_dir=RUN` read)
+      recipe.yaml                the config with every option written out, plus provenance
+      metrics.json               losses, validation history, throughput, data report
+      data_report.json           what happened to every record; data_lengths.png, their lengths
+      checkpoints/               last.ckpt, stepNNNNNNN.ckpt, sigterm.ckpt (directories under DeepSpeed)
+      adapter/                   adapter methods: the PEFT adapter and the tokenizer with its chat template
+      model/                     full-weight methods: a plain transformers model directory
+      export-merged/             `invoke export`: the adapter folded into its base (what servers load)
+      export-adapter/            `invoke export format=adapter`
+      eval/TIME/results.json     each `invoke eval run_dir=RUN`
+      wandb/                     the W&B run
+      demo.json, objective.json  the demo's before/after report; a sweep trial's objective
+
+Training writes through `RunDir`; evaluation, export, deployment, sweeps, recipes and benchmarks read
+through it, so they agree on what a finished run holds.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from onestop.core.errors import OnestopError
+from onestop.core.files import write_bytes_atomic, write_json, write_text_atomic
+
+EXPORT_FORMATS = ("merged", "adapter")
+
+
+def job_config(cfg: DictConfig) -> dict:
+    """The resolved config of a run, without Hydra's own node: what config.yaml holds."""
+    return {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in cfg.items()
+        if k != "hydra"
+    }
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a finished run trained: `adapter` (a PEFT adapter on the run's base) or `model` (full weights)."""
+
+    kind: str
+    path: Path
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind == "adapter"
+
+
+class RunDir:
+    """One training run's directory: where each artefact lies, and reading and writing them."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser().absolute()
+
+    @classmethod
+    def existing(cls, path: str | Path, key: str = "run_dir") -> "RunDir":
+        """A directory `invoke train` wrote; the error names the config `key` that pointed at it."""
+        run = cls(path)
+        if not run.config_file.is_file():
+            raise OnestopError(
+                f"config key '{key}': {path} is not a training run (no config.yaml); "
+                "expected a directory `invoke train` wrote"
+            )
+        return run
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # Where each artefact lies.
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def data_report_file(self) -> Path:
+        return self.path / "data_report.json"
+
+    @property
+    def data_lengths_file(self) -> Path:
+        return self.path / "data_lengths.png"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def sigterm_checkpoint(self) -> Path:
+        return self.checkpoints_dir / "sigterm.ckpt"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    def export_dir(self, export_format: str = "merged") -> Path:
+        if export_format not in EXPORT_FORMATS:
+            raise OnestopError(
+                f"config key 'format': expected one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}"
+            )
+        return self.path / f"export-{export_format}"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.path / "wandb"
+
+    @property
+    def demo_file(self) -> Path:
+        return self.path / "demo.json"
+
+    @property
+    def objective_file(self) -> Path:
+        return self.path / "objective.json"
+
+    def weights_dir(self, adapter: bool) -> Path:
+        """Where training saves what it trained: adapter/ for an adapter, model/ for full weights."""
+        return self.adapter_dir if adapter else self.model_dir
+
+    # Reading.
+    def config(self) -> DictConfig:
+        return OmegaConf.load(self.config_file)
+
+    def model_config(self) -> DictConfig:
+        return self.config().model
+
+    def metrics(self) -> dict | None:
+        return _read_json(self.metrics_file)
+
+    def objective(self) -> dict | None:
+        return _read_json(self.objective_file)
+
+    def has_adapter(self) -> bool:
+        return (self.adapter_dir / "adapter_config.json").is_file()
+
+    def has_model(self) -> bool:
+        return (self.model_dir / "config.json").is_file()
+
+    def weights(self) -> Weights:
+        """The run's trained weights; a run that never finished has none, and says so."""
+        if self.has_adapter():
+            return Weights("adapter", self.adapter_dir)
+        if self.has_model():
+            return Weights("model", self.model_dir)
+        raise OnestopError(f"run_dir={self.path}: neither adapter/ nor model/ found; did the run finish?")
+
+    def has_export(self, export_format: str = "merged") -> bool:
+        marker = "config.json" if export_format == "merged" else "adapter_config.json"
+        return (self.export_dir(export_format) / marker).is_file()
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first: files, or directories under DeepSpeed, renamed into place whole."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = [p for p in self.checkpoints_dir.glob("*.ckpt") if not p.name.startswith(".")]
+        return sorted(found, key=lambda p: p.stat().st_mtime_ns)
+
+    def wandb_run_id(self) -> str | None:
+        """The W&B run id training logged to: the suffix of wandb/*run-DATE-ID/."""
+        runs = sorted(self.wandb_dir.glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+        return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+
+    def eval_results(self) -> list[Path]:
+        """results.json of every evaluation of this run, oldest first."""
+        return sorted(self.eval_dir.glob("*/results.json"), key=lambda p: p.stat().st_mtime)
+
+    def recipe_or_config(self) -> Path | None:
+        """recipe.yaml, else config.yaml (a run that stopped before writing its recipe), else None."""
+        return next((p for p in (self.recipe_file, self.config_file) if p.is_file()), None)
+
+    # Writing; each file appears whole.
+    def create(self) -> "RunDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write_config(self, cfg: DictConfig) -> None:
+        write_text_atomic(self.config_file, OmegaConf.to_yaml(job_config(cfg)))
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.metrics_file, metrics)
+
+    def write_recipe(self, text: str) -> Path:
+        write_text_atomic(self.recipe_file, text)
+        return self.recipe_file
+
+    def write_data_report(self, report: dict, lengths_png: Path | None = None) -> None:
+        write_text_atomic(self.data_report_file, json.dumps(report, indent=2, ensure_ascii=False))
+        if lengths_png is not None and lengths_png.is_file():
+            write_bytes_atomic(self.data_lengths_file, lengths_png.read_bytes())
+
+    def write_demo_report(self, report: dict) -> None:
+        write_json(self.demo_file, report)
+
+    def write_objective(self, record: dict) -> None:
+        write_json(self.objective_file, record)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,32 @@
+"""The backend server behind a deployment: the `transformers serve` command line, its port and its hub folder."""
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def transformers_command(model_dir: Path, port: int, deploy: DictConfig) -> list[str]:
+    """`transformers serve` for one local model directory on 127.0.0.1, with the `deploy` node's settings."""
+    cli = Path(sys.executable).parent / "transformers"
+    command = [str(cli), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--device", deploy.device, "--dtype", deploy.dtype, "--model-timeout", "-1"]
+    command.append("--continuous-batching" if deploy.continuous_batching else "--no-continuous-batching")
+    return command
+
+
+def hf_home() -> Path:
+    """The Hugging Face home the backend gets (an empty HF_HOME counts as unset), with its hub/ folder made:
+    transformers serve answers /v1/models with 500 for a local directory when that folder is missing."""
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    (home / "hub").mkdir(parents=True, exist_ok=True)
+    return home

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from onestop.config.compose import compose as compose_config
 from onestop.core.paths import PROJECT_ROOT
 
 ASSETS = Path(__file__).parent / "assets"
@@ -22,8 +23,6 @@ def _offline(monkeypatch):
 
 
 def compose(*overrides: str, run_dir: Path | None = None):
-    from onestop.config.compose import compose as compose_config
-
     extra = [f"hydra.run.dir={run_dir}"] if run_dir else []
     return compose_config("train", [*overrides, *extra])
 

@@ -8,6 +8,7 @@ from conftest import TINY, compose, run_invoke
 from omegaconf import OmegaConf
 
 from onestop.config.compose import ConfigError
+from onestop.config.compose import compose as compose_config
 from onestop.config.groups import config_groups, default_options, list_group_options
 from onestop.core.paths import RECIPES_DIR
 from onestop.core.rundir import job_config
@@ -18,16 +19,12 @@ GROUP_OPTIONS = [(group, option) for group in config_groups() for option in list
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes_and_resolves(group, option, tmp_path):
     if group == "eval":
-        from onestop.config.compose import compose as compose_config
-
         cfg = compose_config("eval", [f"eval={option}", "eval.path=suite.jsonl", f"hydra.run.dir={tmp_path}"])
         resolved = job_config(cfg)
         assert resolved["eval"]["name"] == option and resolved["output_dir"] == str(tmp_path)
         assert resolved["eval"]["kind"] in {"public", "mcq", "qa", "ppl"}
         return
     if group == "deploy":
-        from onestop.config.compose import compose as compose_config
-
         resolved = job_config(compose_config("deploy", [f"deploy={option}", f"hydra.run.dir={tmp_path}"]))
         assert resolved["deploy"]["backend"] == option and resolved["host"] == "127.0.0.1"
         return

@@ -5,8 +5,10 @@ from conftest import ASSETS, compose
 from transformers import AutoTokenizer
 
 from onestop.core.errors import OnestopError
+from onestop.data.batching import pad_batch
 from onestop.data.records import read_records
-from onestop.data.sft import IGNORE_INDEX, SFTDataModule, pad_batch, tokenize_conversation
+from onestop.data.sft import SFTDataModule
+from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
 from onestop.models.templates import bundled_template
 
 CONVERSATION = [

@@ -1,7 +1,11 @@
 """Deployment: the real gateway and `transformers serve` on 127.0.0.1, called with the openai SDK."""
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,8 +14,16 @@ from conftest import ASSETS, TINY, compose, run_invoke
 from omegaconf import OmegaConf
 from openai import BadRequestError, NotFoundError, OpenAI
 
+from onestop.config.compose import compose as compose_config
 from onestop.core.errors import OnestopError
-from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
+from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
+from onestop.deploy.lmdeploy import env_dir, installed, lmdeploy_command, setup_commands, write_chat_template
+from onestop.deploy.service import serving
+from onestop.evaluation.heldout import generate_answers
+from onestop.evaluation.run import evaluate
+from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+from onestop.models.templates import bundled_template
+from onestop.training.train import train
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -29,8 +41,6 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory, home):
     """A tiny full fine-tune that has memorised its answers, so greedy replies are real words."""
-    from onestop.training.train import train
-
     run_dir = tmp_path_factory.mktemp("deploy") / "learned"
     overrides = ["method=full", "optim.lr=3e-3", "trainer.max_steps=150", "trainer.max_epochs=1000"]
     train(compose(*TINY, "logger=none", "data.val_ratio=0", "scheduler.warmup_ratio=0", *overrides, run_dir=run_dir))
@@ -39,9 +49,6 @@ def learned_run(tmp_path_factory, home):
 
 @pytest.fixture(scope="module")
 def served(learned_run, home):
-    from onestop.config.compose import compose as compose_config
-    from onestop.deploy.service import serving
-
     cfg = compose_config("deploy", [f"run_dir={learned_run}", "model=tiny", "deploy=transformers", "port=0"])
     with serving(cfg) as deployment:
         yield deployment
@@ -54,8 +61,6 @@ def client(served):
 
 def test_chat_answers_like_in_process_generation(served, client, learned_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from onestop.evaluation.heldout import generate_answers
 
     model = AutoModelForCausalLM.from_pretrained(learned_run / "model")
     tokenizer = AutoTokenizer.from_pretrained(learned_run / "model")
@@ -103,9 +108,6 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(served, client)
 
 
 def test_evaluation_through_the_deployment_matches_in_process(served, learned_run, tmp_path):
-    from onestop.config.compose import compose as compose_config
-    from onestop.evaluation.run import evaluate
-
     suite = ["model=tiny", "hardware=cpu", "logger=none", "eval=qa", f"eval.path={ASSETS / 'alpaca_small.jsonl'}"]
     local = evaluate(compose_config("eval", [*suite, f"run_dir={learned_run}", f"hydra.run.dir={tmp_path / 'a'}"]))
     remote = evaluate(
@@ -149,8 +151,6 @@ def test_chat_without_a_deployment_fails_in_one_line(home):
 def tiny_tokenizer(template: str | None = None):
     from transformers import AutoTokenizer
 
-    from onestop.models.templates import bundled_template
-
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-qwen2")
     if template:
         tokenizer.chat_template = bundled_template(template)
@@ -186,8 +186,6 @@ print(json.dumps(Tokenizer(config.model_path).encode(prompt, add_bos=True)))
 
 def ids_before_last_answer(tokenizer, conversation: list[dict]) -> list[int]:
     """Training's token ids up to where the last assistant answer starts: the prompt a server must build."""
-    from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
-
     tokens = tokenize_conversation(tokenizer, conversation, max_seq_len=4096)
     labels = tokens["labels"]
     last_answer = max(i for i in range(1, len(labels)) if labels[i] != IGNORE_INDEX and labels[i - 1] == IGNORE_INDEX)
@@ -197,10 +195,6 @@ def ids_before_last_answer(tokenizer, conversation: list[dict]) -> list[int]:
 @pytest.mark.parametrize("template", [None, "gemma", "chatml"])
 def test_lmdeploy_formats_prompts_as_training_does(template, tmp_path):
     """LMDeploy's own prompt builder and tokenizer, run in its environment, give training's token ids."""
-    import subprocess
-
-    from onestop.deploy.lmdeploy import env_dir
-
     python = env_dir() / "bin" / "python"
     if not python.is_file() or subprocess.run([python, "-c", "import lmdeploy.model"], capture_output=True).returncode:
         pytest.skip("no LMDeploy environment: run invoke deploy.setup")
@@ -244,8 +238,6 @@ def test_lmdeploy_command_from_config(tmp_path):
 
 
 def test_lmdeploy_setup_builds_an_isolated_environment_once(tmp_path):
-    from onestop.deploy.lmdeploy import setup_commands
-
     commands = setup_commands(tmp_path / "env", python="/usr/bin/python3")
     assert commands[0] == ["/usr/bin/python3", "-m", "venv", str(tmp_path / "env")]
     assert commands[-1] == [str(tmp_path / "env" / "bin" / "pip"), "install", "lmdeploy==0.18.*"]
@@ -254,12 +246,8 @@ def test_lmdeploy_setup_builds_an_isolated_environment_once(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_lmdeploy_serves_a_run_on_a_gpu(learned_run, home):
-    from onestop.deploy.lmdeploy import env_dir, installed
-
     if not installed(env_dir()):
         pytest.skip("no LMDeploy environment: run invoke deploy.setup")
-    from onestop.config.compose import compose as compose_config
-    from onestop.deploy.service import serving
 
     cfg = compose_config("deploy", [f"run_dir={learned_run}", "model=tiny", "deploy=lmdeploy", "port=0", "name=gpu"])
     with serving(cfg) as deployment:
@@ -271,8 +259,6 @@ def test_lmdeploy_serves_a_run_on_a_gpu(learned_run, home):
 def prompt_ids_three_ways(tokenizer, model, conversation: list[dict]) -> tuple[list[int], list[int], list[int]]:
     """Prompt token ids as training builds them, as lm-eval builds them, and as a chat server builds them."""
     from lm_eval.models.huggingface import HFLM
-
-    from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
 
     tokens = tokenize_conversation(tokenizer, conversation, max_seq_len=4096)
     first_answer = next(i for i, label in enumerate(tokens["labels"]) if label != IGNORE_INDEX)
@@ -304,8 +290,6 @@ def test_token_ids_identical_in_training_evaluation_and_serving(served, client, 
 
 @pytest.mark.slow
 def test_token_ids_identical_for_gemma_with_its_bundled_template():
-    from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
-
     cfg = compose("model=gemma3_270m")
     path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, path)
@@ -317,11 +301,6 @@ def test_token_ids_identical_for_gemma_with_its_bundled_template():
 
 
 def test_interactive_chat_streams_resets_and_exits(served, home):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     result = subprocess.run(
         [str(Path(sys.executable).parent / "invoke"), "chat", f"name={served.name}", "max_tokens=6"],
         input="What is the capital of France?\n/reset\nAdd two and three.\n/exit\n",
@@ -337,11 +316,6 @@ def test_interactive_chat_streams_resets_and_exits(served, home):
 
 @pytest.mark.slow
 def test_gemma_answers_the_same_in_process_and_served(tmp_path):
-    from onestop.config.compose import compose as compose_config
-    from onestop.deploy.service import serving
-    from onestop.evaluation.heldout import generate_answers
-    from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
-
     cfg = compose("model=gemma3_270m")
     path = resolve_model_path(cfg.model)
     prompts = [QUESTION, [{"role": "user", "content": "Name three primary colours."}]]

@@ -1,5 +1,6 @@
 """Every example in the user docs runs: files are written as shown, commands run as typed (on the tiny model)."""
 
+import json
 import re
 import shlex
 
@@ -68,8 +69,6 @@ def test_data_doc_command_runs(command, tmp_path):
 
 def _documented_qa_run(tmp_path):
     """What `invoke data.qa ... output=qa_run` leaves behind, for the command that trains on it."""
-    import json
-
     (tmp_path / "qa_run").mkdir()
     pairs = [("How do I install?", "With pip, in a venv."), ("How do I start the demo?", "Type invoke demo.")] * 3
     (tmp_path / "qa_run" / "qa.jsonl").write_text(
@@ -102,8 +101,6 @@ _, DEPLOY_COMMANDS = documented("deploy.md")
 @pytest.mark.slow
 def test_deploy_doc_cpu_walkthrough_runs(tmp_path):
     """The CPU walkthrough as typed (a free port instead of 8011), ending with nothing left running."""
-    import json
-
     env = {"ONESTOP_HOME": str(tmp_path / "home"), "ONESTOP_API_KEY": ""}
     assert [c[1] for c in DEPLOY_COMMANDS] == [
         "train",

@@ -8,9 +8,13 @@ import pytest
 from conftest import ASSETS, TINY, TINY_DATA, compose, run_invoke
 from helpers import wandb_history
 
+from onestop.config.compose import compose as compose_config
 from onestop.core.errors import OnestopError
+from onestop.deploy.server import ServedModel
 from onestop.evaluation.metrics import chosen_letter, rouge_l
+from onestop.evaluation.run import evaluate
 from onestop.evaluation.suites import read_mcq, read_qa, read_texts
+from onestop.training.train import train
 
 EVAL_ASSETS = ASSETS / "eval"
 
@@ -59,8 +63,6 @@ def test_bad_eval_input_fails_in_one_line(tmp_path, overrides, expected):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A tiny LoRA run, logged to an offline W&B run."""
-    from onestop.training.train import train
-
     run_dir = tmp_path_factory.mktemp("eval") / "lora"
     train(compose(*TINY, "logger=wandb", "trainer.max_steps=2", run_dir=run_dir))
     return run_dir
@@ -69,8 +71,6 @@ def trained_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory):
     """A tiny full fine-tune that has memorised its training answers, so it says real words."""
-    from onestop.training.train import train
-
     run_dir = tmp_path_factory.mktemp("eval") / "full"
     overrides = ["method=full", "optim.lr=3e-3", "trainer.max_steps=150", "trainer.max_epochs=1000"]
     train(compose(*TINY, "logger=none", "data.val_ratio=0", "scheduler.warmup_ratio=0", *overrides, run_dir=run_dir))
@@ -78,9 +78,6 @@ def learned_run(tmp_path_factory):
 
 
 def evaluate_cfg(*overrides: str, output: Path):
-    from onestop.config.compose import compose as compose_config
-    from onestop.evaluation.run import evaluate
-
     cfg = compose_config("eval", ["model=tiny", "hardware=cpu", *overrides, f"hydra.run.dir={output}"])
     return evaluate(cfg)
 
@@ -148,8 +145,6 @@ def test_scores_are_logged_into_the_training_runs_wandb_run(trained_run, tmp_pat
 
 
 def test_same_numbers_in_process_and_as_served(learned_run, tmp_path):
-    from onestop.deploy.server import ServedModel
-
     suite = ["eval=qa", f"eval.path={TINY_DATA}", "logger=none", "eval.max_new_tokens=24"]
     in_process = evaluate_cfg(f"run_dir={learned_run}", *suite, output=tmp_path / "in_process")
     with ServedModel(learned_run / "model") as served:
@@ -181,8 +176,6 @@ def test_compare_prints_a_table_and_saves_a_png(trained_run, tmp_path):
 
 
 def test_periodic_evaluation_is_logged_during_training(tmp_path, monkeypatch):
-    from onestop.training.train import train
-
     def no_fork():
         raise AssertionError("evaluation forked: a child of a process running torch threads can deadlock")
 
@@ -207,8 +200,6 @@ def test_periodic_evaluation_is_logged_during_training(tmp_path, monkeypatch):
 
 
 def test_periodic_evaluation_rejects_an_unknown_suite(tmp_path):
-    from onestop.training.train import train
-
     cfg = compose(
         *TINY,
         "logger=none",
@@ -223,8 +214,6 @@ def test_periodic_evaluation_rejects_an_unknown_suite(tmp_path):
 
 @pytest.mark.parametrize("hardware", ["fsdp_cpu", "deepspeed_zero3_cpu"])
 def test_periodic_evaluation_with_sharded_weights_is_refused_before_training(tmp_path, hardware):
-    from onestop.training.train import train
-
     cfg = compose(
         *[o for o in TINY if not o.startswith("hardware=")],
         f"hardware={hardware}",

@@ -8,6 +8,7 @@ import torch
 from conftest import compose, run_invoke
 
 from onestop.core.paths import PROJECT_ROOT, cache_dir
+from onestop.deploy.export import end_of_turn_ids
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
 
 pytestmark = pytest.mark.slow
@@ -31,8 +32,6 @@ def test_gemma_loads_offline_from_the_safetensors_cache(gemma):
 
 def test_gemma_answers_end_at_end_of_turn_in_exports_and_deployments(gemma):
     """The stop tokens an export and a deployment write: the end-of-turn token the run trained on, and EOS."""
-    from onestop.deploy.export import end_of_turn_ids
-
     tokenizer, _, _ = gemma
     assert end_of_turn_ids(tokenizer) == sorted(
         {tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id}

@@ -1,12 +1,16 @@
 """Packing: a packed batch has the same loss as its examples unpacked, and wastes less on padding."""
 
+import json
+import os
+
 import pytest
 import torch
 from conftest import ASSETS, TINY, compose
 
+from onestop.data.batching import pad_batch
 from onestop.data.packing import collate_packed, pack_examples
 from onestop.data.prepare import prepare
-from onestop.data.sft import IGNORE_INDEX, pad_batch
+from onestop.data.tokenize import IGNORE_INDEX
 from onestop.losses import token_loss_sum
 from onestop.training.train import train
 
@@ -20,8 +24,6 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def examples(tokenizer, tmp_path_factory):
-    import os
-
     os.environ["ONESTOP_HOME"] = str(tmp_path_factory.mktemp("home"))
     return prepare(compose(*TINY, "data.val_ratio=0").data, tokenizer).train[:10]
 
@@ -78,8 +80,6 @@ def _segments(positions: list[int]) -> list[list[int]]:
 
 
 def test_packed_training_logs_less_padding(tmp_path):
-    import json
-
     # Very unequal lengths: plain batches pad every short answer up to the long one beside it.
     data = tmp_path / "mixed.jsonl"
     rows = [{"instruction": f"Question {i}?", "output": "word " * (20 if i % 4 == 0 else 2)} for i in range(24)]

@@ -14,6 +14,7 @@ from conftest import ASSETS, run_invoke
 from onestop.config.compose import compose
 from onestop.core.errors import OnestopError
 from onestop.data.qa import chunk_document, generate_qa, parse_pairs
+from onestop.deploy.server import ServedModel
 
 DOC = """# Install
 
@@ -135,8 +136,6 @@ def test_unreachable_endpoint_and_missing_model_fail_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_invoke_data_qa_against_the_served_tiny_model(tmp_path):
-    from onestop.deploy.server import ServedModel
-
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "guide.md").write_text(DOC)
     args = [

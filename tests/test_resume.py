@@ -18,7 +18,9 @@ import torch
 from conftest import ASSETS, TINY, TINY_DATA, compose
 from safetensors.torch import load_file
 
+from onestop.core.errors import OnestopError
 from onestop.core.paths import PROJECT_ROOT
+from onestop.training.train import train
 
 # 20 records, batch 2: 9 steps per epoch after the validation split, so 30 steps cross epoch boundaries.
 RESUMABLE = [
@@ -135,9 +137,6 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, uninte
 
 
 def test_resume_auto_without_checkpoints_says_so(tmp_path):
-    from onestop.core.errors import OnestopError
-    from onestop.training.train import train
-
     with pytest.raises(OnestopError, match=r"resume=auto: no checkpoint in .*new/checkpoints; set hydra.run.dir"):
         train(compose(*TINY, "resume=auto", run_dir=tmp_path / "new"))
     assert not (tmp_path / "new").exists()

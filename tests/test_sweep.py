@@ -1,6 +1,7 @@
 """Sweeps (real Hydra multiruns of tiny trainings) and recipes with provenance."""
 
 import csv
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +11,12 @@ import yaml
 from conftest import TINY, TINY_DATA, compose, run_invoke
 from helpers import wandb_records
 
+from onestop.core.errors import OnestopError
 from onestop.core.paths import PROJECT_ROOT
+from onestop.sweep.app import objective
+from onestop.sweep.runner import run_sweep as sweep
+from onestop.sweep.runner import translate
+from onestop.training.train import train
 
 SWEEP_BASE = [*TINY, "trainer.max_steps=2"]
 
@@ -84,11 +90,6 @@ def test_sweep_typo_fails_before_any_trial(tmp_path):
 )
 def test_every_trial_is_checked_before_the_sweep_starts(overrides, fragments, tmp_path):
     # In-process, as `invoke sweep` runs it: no trial may start, and the error is one line.
-    import importlib.util
-
-    from onestop.core.errors import OnestopError
-    from onestop.sweep.runner import run_sweep as sweep
-
     if "launcher=ray" in overrides and importlib.util.find_spec("hydra_plugins.hydra_ray_launcher"):
         pytest.skip("the Ray launcher is installed here")
     with pytest.raises(OnestopError) as caught:
@@ -129,16 +130,11 @@ def test_a_recipe_sweep_records_a_failed_trial_and_goes_on(tmp_path):
     ],
 )
 def test_launcher_configs_compose(launcher, target):
-    from onestop.sweep.runner import translate
-
     cfg = compose(*translate([f"launcher={launcher}"]))
     assert cfg.hydra.launcher._target_.endswith(target)
 
 
 def test_sweep_objective_from_an_eval_suite(tmp_path):
-    from onestop.sweep.app import objective
-    from onestop.training.train import train
-
     objective_keys = ["sweep.objective=eval:qa/token_f1", f"sweep.eval_path={TINY_DATA}", "sweep.eval_limit=3"]
     cfg = compose(*SWEEP_BASE, "logger=none", *objective_keys, run_dir=tmp_path / "run")
     value = objective(cfg, train(cfg))

@@ -6,12 +6,15 @@ import pytest
 import torch
 from conftest import TINY, TINY_DATA, compose, run_invoke
 from helpers import wandb_config, wandb_history
+from hydra.utils import instantiate
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from onestop.core.errors import OnestopError
 from onestop.core.paths import PROJECT_ROOT
-from onestop.models import load_causal_lm, resolve_model_path
+from onestop.data.sft import SFTDataModule
+from onestop.losses import token_loss_sum
+from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
 from onestop.training.train import train
 
 
@@ -198,12 +201,6 @@ def test_local_directory_works_for_any_model_option(tmp_path):
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_answer_only_head_matches_the_models_own_loss(method):
-    from hydra.utils import instantiate
-
-    from onestop.data.sft import SFTDataModule
-    from onestop.losses import token_loss_sum
-    from onestop.models import load_tokenizer
-
     cfg = compose(*TINY, f"method={method}")
     model = instantiate(cfg.method)(load_causal_lm(cfg.model)).eval()
     datamodule = SFTDataModule(cfg.data, load_tokenizer(cfg.model))

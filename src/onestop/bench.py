@@ -5,6 +5,8 @@ invoke bench.train model=qwen hardware=gpu --steps 20 --precisions bf16-mixed
 invoke bench.trainers                                # the demo recipe: onestop vs transformers Trainer
 """
 
+# Lazy imports: torch, transformers, lm_eval, matplotlib (inside the functions that need them).
+
 import copy
 import gc
 import math

@@ -7,6 +7,8 @@ Before and after are measured by the eval stage (lm-evaluation-harness on the he
 same as `invoke eval run_dir=RUN eval=demo`), plus the loss on the held-out answers.
 """
 
+# Lazy imports: lm_eval (inside the functions that need them).
+
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table

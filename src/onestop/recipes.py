@@ -9,6 +9,8 @@ the hardware and the final metrics. Training from a recipe compares its provenan
 warns, one line per difference, about package versions and data that changed.
 """
 
+# Lazy imports: torch (inside the functions that need them).
+
 import copy
 import glob
 import hashlib
@@ -161,6 +163,8 @@ def portable(value):
         return {k: portable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith(f"{PACKAGE_DIR}/"):
+        return "${package_dir:}" + value[len(str(PACKAGE_DIR)) :]
     if isinstance(value, str) and value.startswith(f"{PROJECT_ROOT}/"):
         return "${project_root:}" + value[len(str(PROJECT_ROOT)) :]
     return value

@@ -14,7 +14,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from onestop.config.groups import config_groups
 from onestop.config.schema import register_schemas
 from onestop.core.errors import OnestopError
-from onestop.core.paths import CONF_DIR, PROJECT_ROOT, RECIPES_DIR
+from onestop.core.paths import CONF_DIR, PACKAGE_DIR, PROJECT_ROOT, RECIPES_DIR
 
 
 class ConfigError(OnestopError):
@@ -24,6 +24,8 @@ class ConfigError(OnestopError):
 def _setup() -> None:
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("package_dir"):  # files shipped inside the package, e.g. the demo data
+        OmegaConf.register_new_resolver("package_dir", lambda: str(PACKAGE_DIR))
     if not OmegaConf.has_resolver("first_set"):
         OmegaConf.register_new_resolver("first_set", lambda *values: next((v for v in values if v), None))
     register_schemas()

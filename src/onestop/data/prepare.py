@@ -5,6 +5,8 @@ sources, the data config and the tokenizer are unchanged. Nothing is dropped sil
 that does not reach training is counted under its reason in the report.
 """
 
+# Lazy imports: datasets, matplotlib (inside the functions that need them).
+
 import glob
 import hashlib
 import json

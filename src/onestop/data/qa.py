@@ -7,6 +7,8 @@ is in, so a rerun with the same `output` asks only the chunks not yet done. Noth
 the report counts unparseable replies, invalid pairs by reason, and duplicates.
 """
 
+# Lazy imports: openai (inside the functions that need them).
+
 import glob
 import hashlib
 import json

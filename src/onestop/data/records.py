@@ -3,13 +3,14 @@
 Every record keeps where it came from (`file:line`, `file[row]`), so a bad record is reported by place.
 """
 
+# Lazy imports: pyarrow, datasets (inside the functions that need them).
+
 import csv
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-# Lazy imports: pyarrow and datasets, only for Parquet files and hub datasets.
 from onestop.core.errors import OnestopError
 from onestop.core.hub import hub_reachable
 

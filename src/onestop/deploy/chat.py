@@ -4,6 +4,8 @@ invoke chat                       multi-turn, streamed; /reset forgets the conve
 invoke chat prompt="Hello"        one answer, printed, then exit
 """
 
+# Lazy imports: openai (inside the functions that need them).
+
 import os
 import sys
 

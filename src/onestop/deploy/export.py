@@ -5,7 +5,8 @@ a generation config whose stop tokens include the template's end-of-turn token, 
 the model learned to end.
 """
 
-# Lazy imports: torch, peft and transformers, only when a merged export is made.
+# Lazy imports: torch, peft, transformers (inside the functions that need them).
+
 from pathlib import Path
 
 from omegaconf import DictConfig

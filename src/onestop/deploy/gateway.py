@@ -9,6 +9,8 @@ the model by the short name onestop printed, not by a backend's file path. Bad r
 an OpenAI-style error body, and the server keeps serving.
 """
 
+# Lazy imports: httpx, fastapi, uvicorn (inside the functions that need them).
+
 import json
 import os
 import signal

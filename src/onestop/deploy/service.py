@@ -10,6 +10,8 @@ model name) and the backend server on an internal port. `invoke deploy` returns 
 leaving both running; a state file under $ONESTOP_HOME/deploy/ records them for status and stop.
 """
 
+# Lazy imports: torch, transformers, openai (inside the functions that need them).
+
 import json
 import os
 import signal

@@ -1,5 +1,7 @@
 """Periodic evaluation during training: a small suite every N optimizer steps, logged with the losses."""
 
+# Lazy imports: lm_eval (inside the functions that need them).
+
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback

@@ -1,5 +1,7 @@
 """Showing evaluation results: one run as a table, several side by side as a table and a PNG bar chart."""
 
+# Lazy imports: matplotlib (inside the functions that need them).
+
 import json
 from pathlib import Path
 

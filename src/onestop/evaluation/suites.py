@@ -5,6 +5,8 @@ Local suites need no code: `mcq` (question, choices, answer: the MMLU/C-Eval CSV
 with its file and line before any model loads; the rows then become an lm-eval `ConfigurableTask`.
 """
 
+# Lazy imports: datasets, lm_eval (inside the functions that need them).
+
 import csv
 import json
 import string

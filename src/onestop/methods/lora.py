@@ -5,6 +5,8 @@ scales by alpha / sqrt(r) so higher ranks keep learning; QLoRA (`method=qlora`) 
 loaded in 4-bit NF4 (see `onestop.models.loading.quantization_config`).
 """
 
+# Lazy imports: peft (inside the functions that need them).
+
 from onestop.core.errors import OnestopError
 
 

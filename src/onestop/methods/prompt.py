@@ -5,6 +5,8 @@ produces them with a small MLP encoder (P-Tuning), `kind=prefix` learns keys and
 layer (prefix tuning / P-Tuning v2).
 """
 
+# Lazy imports: peft (inside the functions that need them).
+
 from onestop.core.errors import OnestopError
 
 KINDS = ("prompt", "p_tuning", "prefix")

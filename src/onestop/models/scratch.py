@@ -1,5 +1,7 @@
 """Pretraining from scratch: a fresh tokenizer trained on the corpus, and randomly initialised weights."""
 
+# Lazy imports: torch, transformers (inside the functions that need them).
+
 from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError

@@ -6,6 +6,8 @@
 joblib, submitit, ray) do the rest, each job composing conf/train.yaml like `invoke train` does.
 """
 
+# Lazy imports: lm_eval (inside the functions that need them).
+
 import math
 import sys
 import time

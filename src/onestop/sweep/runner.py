@@ -8,6 +8,8 @@ The sweep directory gets summary.csv and summary.md (one row per trial: override
 one PNG of the objective against each swept parameter, and best_recipe.yaml, the winning run's recipe.
 """
 
+# Lazy imports: matplotlib (inside the functions that need them).
+
 import csv
 import importlib.util
 import io

@@ -1,6 +1,7 @@
 """Experiment loggers. W&B goes offline by itself when no credentials are present."""
 
-# Lazy imports: lightning, only when a run builds its logger.
+# Lazy imports: lightning (inside the functions that need them).
+
 import os
 from pathlib import Path
 

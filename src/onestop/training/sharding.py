@@ -5,6 +5,8 @@ rank takes part in gathering the full weights before anything is exported. Under
 also carry the wrappers' components that a checkpoint's clean names do not.
 """
 
+# Lazy imports: torch (inside the functions that need them).
+
 import contextlib
 
 import torch

@@ -5,6 +5,8 @@ shards the weights too, so they must be gathered before anything reads them outs
 Checkpoints are DeepSpeed's own: a directory per checkpoint, one shard file per rank.
 """
 
+# Lazy imports: deepspeed, lightning (inside the functions that need them).
+
 import contextlib
 import warnings
 from pathlib import Path

@@ -46,7 +46,7 @@ def test_imports_inside_functions_are_only_declared_heavy_packages():
         where = path.relative_to(PROJECT_ROOT)
         declared = [line for line in path.read_text().splitlines() if line.startswith(LAZY_MARKER)]
         if len(declared) != 1:
-            problems.append(f"{where}: imports inside functions need one '{LAZY_MARKER} ...' line, found {len(declared)}")
+            problems.append(f"{where}: imports inside functions need one '{LAZY_MARKER}' line, found {len(declared)}")
             continue
         for line, package in local:
             if package not in HEAVY:

@@ -128,7 +128,7 @@ def recipe_text(job: dict, facts: dict) -> str:
         "hydra": {"run": {"dir": "runs/train/${now:%Y-%m-%d_%H-%M-%S}"}},
     }
     header = (
-        f"# invoke train recipe={facts['run_dir']}/recipe.yaml\n"
+        f"# invoke train recipe={RunDir(facts['run_dir']).recipe_file}\n"
         f"# Reproduces the run in {facts['run_dir']} (onestop {facts['onestop']['commit'][:12]}, "
         f"{facts['created']}). Every option is written out; `provenance` records what made it.\n"
     )

@@ -68,6 +68,13 @@ class RunDir:
             )
         return run
 
+    @classmethod
+    def owning(cls, results_file: Path) -> "RunDir | None":
+        """The run an evaluation's results.json belongs to (RUN/eval/TIME/results.json), or None."""
+        candidate = cls(Path(results_file).parent.parent.parent)
+        inside = Path(results_file).parent.parent == candidate.eval_dir
+        return candidate if inside and candidate.config_file.is_file() else None
+
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 

@@ -67,8 +67,8 @@ def _labels(files: list[Path]) -> list[str]:
     """Short, distinct column names: the run or eval directory names."""
     labels = []
     for f in files:
-        parent = f.parent
-        label = parent.parent.parent.name if parent.parent.name == "eval" else parent.name
+        run = RunDir.owning(f)
+        label = run.name if run else f.parent.name
         labels.append(label if label not in labels else f"{label} ({len(labels) + 1})")
     return labels
 

@@ -90,7 +90,7 @@ BAD = [
     (["optim.lr=abc"], ["optim.lr", "expected float", "'abc'"]),
     (["method=lorra"], ["method=lorra", "unknown option", "freeze, full, lora"]),
     (["model=qwen3000"], ["model=qwen3000", "gemma3_270m", "qwen7b"]),
-    (["method.rank=8"], ["method.rank", "alpha, dropout, r, target_modules"]),
+    (["method.rank=8"], ["method.rank", "adapter, alpha, dropout, name, r, target_modules"]),
     (["method=freeze", "method.trainable_layers=two"], ["method.trainable_layers", "expected integer"]),
     (["data.val_ratio=1.5"], ["data.val_ratio", "[0, 1)"]),
     (["trainer.max_steps"], ["trainer.max_steps", "KEY=VALUE"]),

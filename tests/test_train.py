@@ -6,7 +6,6 @@ import pytest
 import torch
 from conftest import TINY, TINY_DATA, compose, run_invoke
 from helpers import wandb_config, wandb_history
-from hydra.utils import instantiate
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -14,6 +13,7 @@ from onestop.core.errors import OnestopError
 from onestop.core.paths import PROJECT_ROOT
 from onestop.data.sft import SFTDataModule
 from onestop.losses import token_loss_sum
+from onestop.methods import method_from_config
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
 from onestop.training.train import train
 
@@ -202,7 +202,7 @@ def test_local_directory_works_for_any_model_option(tmp_path):
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_answer_only_head_matches_the_models_own_loss(method):
     cfg = compose(*TINY, f"method={method}")
-    model = instantiate(cfg.method)(load_causal_lm(cfg.model)).eval()
+    model = method_from_config(cfg.method)(load_causal_lm(cfg.model)).eval()
     datamodule = SFTDataModule(cfg.data, load_tokenizer(cfg.model))
     datamodule.setup()
     batch = next(iter(datamodule.train_dataloader()))

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +24,7 @@ from onestop.core.rundir import RunDir
 from onestop.data.sft import SFTDataModule
 from onestop.evaluation.heldout import heldout_loss, heldout_questions
 from onestop.evaluation.run import eval_config, evaluate, suite_config
+from onestop.methods import method_from_config
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
 from onestop.training.hardware import trainer_hardware, weights_dtype
 from onestop.training.train import train
@@ -133,7 +133,7 @@ def _train_with_hf_trainer(cfg):
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed)
     datamodule.setup()
     model = load_causal_lm(cfg.model, weights_dtype(hardware["precision"]), model_path)
-    model = instantiate(cfg.method)(model)
+    model = method_from_config(cfg.method)(model)
     if not hasattr(model, "peft_config"):
         raise OnestopError("bench.trainers compares adapter methods (lora, dora, ptuning); got a full-weight method")
     model.train()

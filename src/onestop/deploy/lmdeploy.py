@@ -53,11 +53,18 @@ def run_setup(cfg: DictConfig) -> Path:
 
 
 def lmdeploy_command(
-    model_dir: Path, port: int, deploy: DictConfig, served_name: str, adapter: Path | None, template: Path
+    model_dir: Path,
+    port: int,
+    deploy: DictConfig,
+    served_name: str,
+    adapter: Path | None,
+    template: Path,
+    tool_parser: str | None = None,
 ) -> list[str]:
     """`lmdeploy serve api_server` with the engine settings of the `deploy` node.
 
     TurboMind serves merged weights; an unmerged adapter needs the PyTorch engine (`--adapters`).
+    `tool_parser` is LMDeploy's `--tool-call-parser` for the model's tool format.
     """
     binary = env_dir(deploy) / "bin" / "lmdeploy"
     if not installed(env_dir(deploy)):
@@ -73,6 +80,8 @@ def lmdeploy_command(
         command += ["--model-format", deploy.model_format]
     if adapter is not None:
         command += ["--adapters", f"{served_name}={adapter}"]
+    if tool_parser:
+        command += ["--tool-call-parser", tool_parser]
     return command
 
 

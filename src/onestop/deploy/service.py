@@ -36,6 +36,7 @@ from onestop.deploy.backends import free_port, hf_home, transformers_command
 from onestop.deploy.export import export_run, stop_ids_with_end_of_turn
 from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
 from onestop.models import load_tokenizer, resolve_model_path
+from onestop.models.tool_formats import tool_format
 
 
 @dataclass
@@ -86,23 +87,29 @@ def model_to_serve(cfg: DictConfig, backend: str) -> tuple[Path, Path | None]:
 def base_model_dir(model_cfg: DictConfig) -> Path:
     """A base model's directory; one whose tokenizer lacks a chat template gets a serving copy that has it.
 
-    The copy's generation config stops at the template's end-of-turn token; a copy made without it (by an
-    older onestop) is made again.
+    A tokenizer also gets a copy when its tool format brings a response template it lacks (so the server
+    parses tool calls). The copy's generation config stops at the template's end-of-turn token; a copy made
+    without it or without the response template (by an older onestop) is made again.
     """
     from transformers import AutoTokenizer, GenerationConfig
 
     path = Path(resolve_model_path(model_cfg))
     if not path.is_dir():
         raise OnestopError(f"model.path={model_cfg.path}: download it first (invoke train or huggingface-cli download)")
-    if AutoTokenizer.from_pretrained(path).chat_template and not model_cfg.chat_template:
+    own = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(model_cfg, str(path))
+    if own.chat_template and not model_cfg.chat_template and own.response_template == tokenizer.response_template:
         return path
     serving = cache_dir() / "serving" / model_cfg.name
-    tokenizer = load_tokenizer(model_cfg, str(path))
     has_generation_config = (path / "generation_config.json").exists()
     generation = GenerationConfig.from_pretrained(path) if has_generation_config else GenerationConfig()
     generation.eos_token_id = stop_ids_with_end_of_turn(generation.eos_token_id, tokenizer)
     made = (serving / "tokenizer_config.json").is_file() and (serving / "generation_config.json").is_file()
-    if made and GenerationConfig.from_pretrained(serving).eos_token_id == generation.eos_token_id:
+    if (
+        made
+        and GenerationConfig.from_pretrained(serving).eos_token_id == generation.eos_token_id
+        and AutoTokenizer.from_pretrained(serving).response_template == tokenizer.response_template
+    ):
         return serving
 
     with staged_directory(serving) as staging:
@@ -112,6 +119,12 @@ def base_model_dir(model_cfg: DictConfig) -> Path:
         tokenizer.save_pretrained(staging)
         generation.save_pretrained(staging)
     return serving
+
+
+def parses_tool_calls(model_dir: Path) -> bool:
+    """Whether `transformers serve` returns tool calls for this directory: its tokenizer has a response template."""
+    config = Path(model_dir) / "tokenizer_config.json"
+    return config.is_file() and json.loads(config.read_text()).get("response_template") is not None
 
 
 def start(cfg: DictConfig) -> Deployment:
@@ -124,16 +137,19 @@ def start(cfg: DictConfig) -> Deployment:
             f"{name} is already served at {running['base_url']}; stop it with invoke deploy.stop name={name}"
         )
     model_dir, adapter = model_to_serve(cfg, backend)
+    format_ = tool_format((RunDir(cfg.run_dir).model_config() if cfg.run_dir else cfg.model).get("tool_format"))
     internal = free_port()
     port = cfg.port or free_port()
     log = state_dir() / f"{name}.log"
     if backend == "transformers":
         command = transformers_command(model_dir, internal, cfg.deploy)
         backend_model, env = str(model_dir), {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home())}
+        tool_calls = parses_tool_calls(model_dir)
     elif backend == "lmdeploy":
         template = write_chat_template(model_dir, adapter or model_dir, state_dir() / f"{name}.lmdeploy")
-        command = lmdeploy_command(model_dir, internal, cfg.deploy, name, adapter, template)
-        backend_model, env = name, {}
+        parser = format_.lmdeploy_parser if format_ else None
+        command = lmdeploy_command(model_dir, internal, cfg.deploy, name, adapter, template, parser)
+        backend_model, env, tool_calls = name, {}, parser is not None
     else:
         raise OnestopError(f"deploy.backend={backend}: expected transformers, lmdeploy or auto")
     state = {
@@ -147,6 +163,7 @@ def start(cfg: DictConfig) -> Deployment:
         "backend_log": str(log),
         "model_dir": str(model_dir),
         "adapter": str(adapter) if adapter else None,
+        "tool_calls": tool_calls,
         "host": cfg.host,
         "port": port,
         "base_url": f"http://{cfg.host}:{port}/v1",

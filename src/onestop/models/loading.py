@@ -11,6 +11,7 @@ from onestop.core.errors import OnestopError
 from onestop.core.hub import hub_reachable
 from onestop.models.embedded import embedded_gemma_dir
 from onestop.models.templates import bundled_template
+from onestop.models.tool_formats import attach_response_template
 
 
 def resolve_model_path(model_cfg: DictConfig) -> str:
@@ -40,7 +41,8 @@ def resolve_model_path(model_cfg: DictConfig) -> str:
 
 
 def load_tokenizer(model_cfg: DictConfig, path: str | None = None):
-    """The model's tokenizer with a chat template (its own, or the bundled one the config names)."""
+    """The model's tokenizer with a chat template (its own, or the bundled one the config names) and, when the
+    config names a tool format, the response template that reads tool calls back out of generated text."""
     from transformers import AutoTokenizer
 
     path = path or resolve_model_path(model_cfg)
@@ -55,6 +57,7 @@ def load_tokenizer(model_cfg: DictConfig, path: str | None = None):
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    attach_response_template(tokenizer, model_cfg.tool_format)
     return tokenizer
 
 

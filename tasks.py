@@ -81,6 +81,13 @@ def chat(c, overrides=None, cfg=None):
     cli.run_stage("chat", overrides, cfg)
 
 
+@task(iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+@cli.with_config_help("agent")
+def agent(c, overrides=None, cfg=None):
+    """An agent that calls tools through a served model: invoke agent task="What is 17 * 23?" [run_dir=RUN]"""
+    cli.run_stage("agent", overrides, cfg)
+
+
 @task(iterable=[cli.OVERRIDES_ARG], help={cli.OVERRIDES_ARG: cli.ARG_HELP[cli.OVERRIDES_ARG]})
 @cli.with_config_help()
 def sweep(c, overrides=None):
@@ -137,5 +144,5 @@ for subtask in (deploy_stop, deploy_status, deploy_setup):
     serve.add_task(subtask)
 data = Collection("data", data_prepare, data_qa)
 bench = Collection("bench", bench_train, bench_trainers)
-ns = Collection(train, demo, export, evaluation, serve, chat, sweep, data, bench)
+ns = Collection(train, demo, export, evaluation, serve, chat, agent, sweep, data, bench)
 ns.add_collection(Collection("recipe", recipe_diff))

@@ -1,3 +1,5 @@
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -28,15 +30,114 @@ def compose(*overrides: str, run_dir: Path | None = None):
 
 
 def run_invoke(
-    *args: str, cwd: Path = PROJECT_ROOT, env: dict | None = None, unset: tuple[str, ...] = (), timeout: int = 600
+    *args: str,
+    cwd: Path = PROJECT_ROOT,
+    env: dict | None = None,
+    unset: tuple[str, ...] = (),
+    timeout: int = 600,
+    input_text: str | None = None,
 ):
-    """The real `invoke` console script of this environment, as a user types it; `unset` drops variables."""
+    """The real `invoke` console script of this environment, as a user types it; `unset` drops variables,
+    `input_text` is typed on its standard input."""
     invoke = Path(sys.executable).parent / "invoke"
     return subprocess.run(
         [str(invoke), *args],
+        input=input_text,
         cwd=cwd,
         env={name: value for name, value in {**os.environ, **(env or {})}.items() if name not in unset},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+DOCS = ASSETS / "docs"
+
+
+def tiny_tools():
+    """The real calculator and document search (over tests/assets/docs), as the tiny tool model knows them."""
+    from onestop.agents import builtin
+    from onestop.agents.tools import tool_from_function
+
+    return [
+        tool_from_function(builtin.calculator),
+        tool_from_function(functools.partial(builtin.search_documents, folder=str(DOCS))),
+    ]
+
+
+def _call(call_id: str, name: str, arguments: dict) -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _tool_turns(tools, turns: list[tuple[str, dict]]) -> list[dict]:
+    """Assistant calls followed by the real results the tools give (errors included)."""
+    from onestop.agents.tools import run_tool_call
+
+    messages = []
+    for index, (name, arguments) in enumerate(turns, start=1):
+        result = run_tool_call(tools, name, arguments)
+        messages += [
+            {"role": "assistant", "content": "", "tool_calls": [_call(f"call_{index}", name, arguments)]},
+            {"role": "tool", "tool_call_id": f"call_{index}", "content": result.content},
+        ]
+    return messages
+
+
+def tool_conversations() -> list[dict]:
+    """What the tiny tool model memorises: calls, a call of a tool it is not offered, a call that fails, one
+    with an argument off the schema, a chain of calls that outlasts a small step limit, and a plain answer."""
+    tools = tiny_tools()
+    schemas = [tool.openai_schema() for tool in tools]
+
+    def conversation(question: str, turns: list[tuple[str, dict]], answer: str) -> dict:
+        messages = [{"role": "user", "content": question}, *_tool_turns(tools, turns)]
+        return {"messages": [*messages, {"role": "assistant", "content": answer}], "tools": schemas}
+
+    return [
+        conversation("What is 17 times 23?", [("calculator", {"expression": "17 * 23"})], "17 * 23 = 391."),
+        conversation("Compute 12 plus 30.", [("calculator", {"expression": "12 + 30"})], "12 + 30 = 42."),
+        conversation(
+            "How many vacation days do we get?",
+            [("search_documents", {"query": "vacation days"})],
+            "25 vacation days a year (handbook.md:3).",
+        ),
+        conversation("What is the weather in Oslo?", [("weather", {"city": "Oslo"})], "I cannot check the weather."),
+        conversation("Divide 10 by 0.", [("calculator", {"expression": "10 / 0"})], "That cannot be computed."),
+        conversation("Add one and one.", [("calculator", {"expr": "1 + 1"})], "Two."),
+        conversation(
+            "Count up from one.",
+            [("calculator", {"expression": "1 + 1"}), ("calculator", {"expression": "2 + 1"})],
+            "Three.",
+        ),
+        conversation("Hello!", [], "Hello! How can I help?"),
+    ]
+
+
+@pytest.fixture(scope="session")
+def tool_run(tmp_path_factory):
+    """A tiny full fine-tune that has memorised `tool_conversations`: a real model that really emits calls."""
+    from onestop.training.train import train
+
+    root = tmp_path_factory.mktemp("tool-model")
+    data = root / "tools.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in tool_conversations()))
+    overrides = ["model=tiny", "hardware=cpu", "logger=none", "data=messages", f"data.path={data}"]
+    overrides += ["data.val_ratio=0", "data.max_seq_len=1024", "data.batch_size=8", "data.packing=false"]
+    overrides += ["method=full", "optim.lr=3e-3", "scheduler.warmup_ratio=0", "trainer.max_steps=120"]
+    train(compose(*overrides, "trainer.max_epochs=1000", run_dir=root / "run"))
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tool_deployment(tool_run, tmp_path_factory):
+    """The tool model behind the real gateway and `transformers serve`, shared by the tool and agent tests."""
+    from onestop.deploy.service import serving
+
+    home = tmp_path_factory.mktemp("tool-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONESTOP_HOME", str(home))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.delenv("ONESTOP_API_KEY", raising=False)
+        cfg = compose_config("deploy", [f"run_dir={tool_run}", "model=tiny", "deploy=transformers", "port=0"])
+        with serving(cfg) as deployment:
+            yield deployment

@@ -28,6 +28,11 @@ def test_every_group_option_composes_and_resolves(group, option, tmp_path):
         resolved = job_config(compose_config("deploy", [f"deploy={option}", f"hydra.run.dir={tmp_path}"]))
         assert resolved["deploy"]["backend"] == option and resolved["host"] == "127.0.0.1"
         return
+    if group == "tools":
+        resolved = job_config(compose_config("agent", [f"tools=[{option}]", f"hydra.run.dir={tmp_path}"]))
+        assert list(resolved["tools"]) == [option]
+        assert resolved["tools"][option]["_target_"].startswith("onestop.agents.builtin.")
+        return
     overrides = [f"{group}={option}"]
     if (group, option) == ("data", "alpaca"):
         overrides.append("data.path=train.jsonl")

@@ -157,6 +157,7 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS}
         ({"tool_choice": {"type": "function", "function": {"name": "calculator"}}}, "cannot force a tool call"),
         ({"tool_choice": "auto", "tools": []}, "`tools` is empty"),
         ({"parallel_tool_calls": "no"}, "`parallel_tool_calls` must be true or false"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "strict": True}}]}, "cannot enforce a strict"),
         (
             {"messages": [{"role": "assistant", "tool_calls": [call("calculator", "{oops")]}]},
             r"messages\[0\].tool_calls\[0\].function.arguments: not valid JSON",
@@ -171,6 +172,8 @@ def test_the_gateway_refuses_tool_requests_it_cannot_serve(change, message):
 
 def test_the_gateway_forwards_what_transformers_serve_understands():
     assert validate("chat", {**CHAT, "tool_choice": "auto", "parallel_tool_calls": True}, "demo", SUPPORT) == CHAT
+    strict_off = [{**t, "function": {**t["function"], "strict": False}} for t in TOOLS]
+    assert validate("chat", {**CHAT, "tools": strict_off}, "demo", SUPPORT)["tools"] == TOOLS
     offered_none = validate("chat", {**CHAT, "tool_choice": "none"}, "demo", SUPPORT)
     assert "tools" not in offered_none and "tool_choice" not in offered_none
     with pytest.raises(RequestError, match="cannot return tool calls"):

@@ -61,9 +61,11 @@ def with_config_help(primary: str = "train") -> Callable:
 
     def decorate(body: Callable) -> Callable:
         defaults = default_options(primary)
-        lines = ["", "Config groups (choose with GROUP=OPTION; * marks the default):"]
+        lines = ["", "Config groups (choose with GROUP=OPTION, or GROUP=[A,B] for tools; * marks the default):"]
         for group in (g for g in config_groups() if g in defaults):
-            options = [f"{o}*" if defaults.get(group) == o else o for o in list_group_options(group)]
+            chosen = defaults.get(group)
+            chosen = chosen if isinstance(chosen, list) else [chosen]
+            options = [f"{o}*" if o in chosen else o for o in list_group_options(group)]
             lines.append(f"  {group:<9} {' '.join(options)}")
         lines += [
             "",
@@ -131,6 +133,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "deploy.status": ("deploy", "onestop.deploy.service:run_status", ()),
     "deploy.setup": ("deploy", "onestop.deploy.lmdeploy:run_setup", ("deploy=lmdeploy",)),
     "chat": ("chat", "onestop.deploy.chat:run_chat", ()),
+    "agent": ("agent", "onestop.agents.session:run_agent", ()),
     "bench.trainers": (
         "train",
         "onestop.bench:compare_trainers",

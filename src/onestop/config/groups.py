@@ -15,7 +15,13 @@ def list_group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def default_options(primary: str = "train") -> dict[str, str]:
-    """The option each group takes when not overridden, from the primary config's defaults list."""
+def default_options(primary: str = "train") -> dict[str, str | list[str]]:
+    """The option each group takes when not overridden, from the primary config's defaults list; a group
+    that selects several options at once (`- tools: [calculator, units]`) maps to their list."""
     text = (CONF_DIR / f"{primary}.yaml").read_text()
-    return dict(re.findall(r"^\s*-\s*(\w+):\s*(\w+)\s*$", text, flags=re.MULTILINE))
+    chosen: dict[str, str | list[str]] = {}
+    for group, single, several in re.findall(
+        r"^\s*-\s*(\w+):\s*(?:(\w+)|\[([\w,\s]*)\])\s*$", text, flags=re.MULTILINE
+    ):
+        chosen[group] = single or [option.strip() for option in several.split(",") if option.strip()]
+    return chosen

@@ -516,6 +516,47 @@ class ChatConfig:
     """0 answers greedily, as evaluation does."""
 
 
+@dataclass
+class AgentSettings:
+    endpoint: str | None = None
+    """OpenAI-compatible API root (http://HOST:PORT/v1); default the running onestop deployment."""
+    model: str | None = None
+    """Model name at `endpoint`; default the only one it lists."""
+    api_key_env: str = "ONESTOP_API_KEY"
+    """Environment variable holding the endpoint's key, if it wants one (the key is never written anywhere)."""
+    docs: str = "${package_dir:}/agents/demo/kb"
+    """Folder the docs_search tool searches (default: the demo knowledge base)."""
+    max_steps: int = 6
+    """Model turns before the agent gives up without a final answer."""
+    temperature: float = 0.0
+    """0 answers greedily, as evaluation does."""
+    max_tokens: int = 256
+    """Longest model turn in tokens."""
+    system_prompt: str | None = None
+    """Instructions opening the conversation; None sends none (the demo model was trained without one)."""
+    transcript: str = "${hydra:run.dir}/transcript.jsonl"
+    """Where the run's steps go, one JSON object a line."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError("agent.max_steps must be at least 1")
+
+
+@dataclass
+class AgentConfig:
+    model: ModelConfig = MISSING
+    """The model a `run_dir` deployment is served with (default the run's own)."""
+    tools: dict[str, Any] = field(default_factory=dict)
+    """Tools offered to the model: options of the `tools` group, e.g. tools=[calculator,docs_search]."""
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    task: str | None = None
+    """One task, run to its final answer; without it the agent is interactive."""
+    run_dir: str | None = None
+    """Serve this training run for the session and use it (instead of a running deployment)."""
+    name: str | None = None
+    """Which running deployment to use when several are up (see invoke deploy.status)."""
+
+
 def register_schemas() -> None:
     """Make the schemas visible to YAML defaults lists under `/schema/...`."""
     cs = ConfigStore.instance()
@@ -525,6 +566,7 @@ def register_schemas() -> None:
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="deploy_schema", node=DeployConfig)
     cs.store(name="chat_schema", node=ChatConfig)
+    cs.store(name="agent_schema", node=AgentConfig)
     cs.store(group="schema/deploy", name="deploy", node=DeployBackendConfig)
     cs.store(group="schema/eval", name="eval", node=EvalSuiteConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)

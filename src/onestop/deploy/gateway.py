@@ -132,6 +132,8 @@ def _tools_forwarded(body: dict, support: dict) -> dict:
     if support["tool_choice"]:
         return body
     forwarded = {k: v for k, v in body.items() if k not in ("tool_choice", "parallel_tool_calls")}
+    if tools:
+        forwarded["tools"] = [_as_rendered(tool, index) for index, tool in enumerate(tools)]
     if choice == "none":
         forwarded.pop("tools", None)
     elif choice == "required" or isinstance(choice, dict):
@@ -141,6 +143,20 @@ def _tools_forwarded(body: dict, support: dict) -> dict:
             "or serve with deploy=lmdeploy",
         )
     return forwarded
+
+
+def _as_rendered(tool: dict, index: int) -> dict:
+    """A tool as the chat template should see it: the template prints what it is given, so a `strict: false`
+    flag (the OpenAI Agents SDK sends one) would put words in the prompt that training never had."""
+    function = dict(tool["function"])
+    strict = function.pop("strict", None)
+    if strict:
+        raise RequestError(
+            400,
+            f"tools[{index}].function.strict: this backend (transformers serve) cannot enforce a strict schema; "
+            "send strict: false (onestop checks arguments when it runs a tool)",
+        )
+    return {**tool, "function": function}
 
 
 def first_tool_call_only(payload: dict) -> dict:

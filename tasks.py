@@ -135,6 +135,13 @@ def bench_trainers(c, overrides=None, cfg=None):
     cli.run_stage("bench.trainers", overrides, cfg)
 
 
+@task(name="agents", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+@cli.with_config_help("agent")
+def bench_agents(c, overrides=None, cfg=None):
+    """Agent libraries on the same tasks, tools and served model: invoke bench.agents run_dir=RUN"""
+    cli.run_stage("bench.agents", overrides, cfg)
+
+
 evaluation = Collection("eval")
 evaluation.add_task(evaluate, default=True)
 evaluation.add_task(eval_compare)
@@ -143,6 +150,6 @@ serve.add_task(deploy, default=True)
 for subtask in (deploy_stop, deploy_status, deploy_setup):
     serve.add_task(subtask)
 data = Collection("data", data_prepare, data_qa)
-bench = Collection("bench", bench_train, bench_trainers)
+bench = Collection("bench", bench_train, bench_trainers, bench_agents)
 ns = Collection(train, demo, export, evaluation, serve, chat, agent, sweep, data, bench)
 ns.add_collection(Collection("recipe", recipe_diff))

@@ -123,7 +123,7 @@ def tool_run(tmp_path_factory):
     data.write_text("".join(json.dumps(c) + "\n" for c in tool_conversations()))
     overrides = ["model=tiny", "hardware=cpu", "logger=none", "data=messages", f"data.path={data}"]
     overrides += ["data.val_ratio=0", "data.max_seq_len=1024", "data.batch_size=8", "data.packing=false"]
-    overrides += ["method=full", "optim.lr=3e-3", "scheduler.warmup_ratio=0", "trainer.max_steps=120"]
+    overrides += ["method=full", "optim.lr=3e-3", "scheduler.warmup_ratio=0", "trainer.max_steps=160"]
     train(compose(*overrides, "trainer.max_epochs=1000", run_dir=root / "run"))
     return root / "run"
 

@@ -199,3 +199,10 @@ def test_parallel_tool_calls_false_keeps_one_call_also_when_streamed():
     assert received[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "a"
     assert received[1]["choices"][0]["delta"]["tool_calls"] is None
     assert out.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_backend_error_event_that_is_not_json_reaches_the_client_as_a_json_error():
+    broken = b'data: {"error": "json parser could not parse region as JSON.\nContent: \'{"expr\'"}\n\n'
+    out = EventRelay("demo", single_tool_call=False).feed(broken)
+    error = json.loads(out.decode().removeprefix("data: "))["error"]
+    assert error["type"] == "backend_error" and error["message"].startswith("json parser could not parse region")

@@ -86,6 +86,8 @@ def run_stage(stage: str, overrides: Sequence[str] | None, print_cfg: str | None
         if print_cfg:
             print(_config_text(cfg, print_cfg))
             return
+        if stage == "eval":
+            entry = EVAL_KINDS.get(cfg.eval.kind, entry)
         load(entry)(cfg)
 
 
@@ -134,12 +136,20 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "deploy.setup": ("deploy", "onestop.deploy.lmdeploy:run_setup", ("deploy=lmdeploy",)),
     "chat": ("chat", "onestop.deploy.chat:run_chat", ()),
     "agent": ("agent", "onestop.agents.session:run_agent", ()),
+    "bench.agents": (
+        "agent",
+        "onestop.bench:compare_agent_libraries",
+        ("hydra.run.dir=runs/bench/agents/${now:%Y-%m-%d_%H-%M-%S}",),
+    ),
     "bench.trainers": (
         "train",
         "onestop.bench:compare_trainers",
         ("recipe=gemma3_270m_lora_demo", "logger=none", "hydra.run.dir=runs/bench/trainers/${now:%Y-%m-%d_%H-%M-%S}"),
     ),
 }
+
+# Eval suites whose code sits above evaluation (which never imports agents): eval.kind -> "module:function".
+EVAL_KINDS = {"agent": "onestop.agents.evaluate:run_agent_eval"}
 
 
 def load(entry: str) -> Callable:

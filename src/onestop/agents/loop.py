@@ -50,7 +50,7 @@ class AgentRun:
     """The conversation so far in the SDK's input form, for a follow-up task in the same session."""
     seconds: float = 0.0
     stopped: str | None = None
-    """Why there is no answer (`step limit`), else None."""
+    """Why there is no answer (`step limit`, `endpoint error: ...`), else None."""
 
 
 @dataclass
@@ -74,7 +74,8 @@ def run_task(
 ) -> AgentRun:
     """Run one task to its final answer through the agent loop; `on_step` sees each step as it happens.
 
-    Raises OnestopError when the endpoint cannot be reached or answers with an error.
+    Raises OnestopError when the endpoint cannot be reached at all; an error later in the run ends it
+    without an answer (`AgentRun.stopped` says why) and keeps the steps so far.
     """
     return asyncio.run(
         _run(task, endpoint, tools, max_steps, temperature, max_tokens, system_prompt, history or [], on_step)
@@ -84,7 +85,7 @@ def run_task(
 async def _run(task, endpoint, tools, max_steps, temperature, max_tokens, system_prompt, history, on_step) -> AgentRun:
     from agents import Agent, MaxTurnsExceeded, ModelSettings, OpenAIChatCompletionsModel, RunConfig, Runner
     from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem
-    from openai import AsyncOpenAI, OpenAIError
+    from openai import APIConnectionError, AsyncOpenAI, OpenAIError
 
     client = AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=1)
     agent = Agent(
@@ -97,7 +98,7 @@ async def _run(task, endpoint, tools, max_steps, temperature, max_tokens, system
     run_config = RunConfig(
         tracing_disabled=True,  # the SDK would otherwise upload traces to OpenAI
         tool_not_found_behavior="return_error_to_model",
-        tool_error_formatter=lambda failure: f"error: {failure.error}",
+        tool_error_formatter=lambda failure: _tool_error(failure, tools),
     )
     conversation = [*history, {"role": "user", "content": task}]
     steps: list[Step] = []
@@ -130,7 +131,12 @@ async def _run(task, endpoint, tools, max_steps, temperature, max_tokens, system
     except MaxTurnsExceeded:
         return AgentRun(None, steps, conversation, time.monotonic() - started, stopped="step limit")
     except OpenAIError as err:
-        raise OnestopError(f"agent.endpoint={endpoint.base_url}: {type(err).__name__}: {_first_line(err)}") from None
+        if not steps and isinstance(err, APIConnectionError):
+            raise OnestopError(f"agent.endpoint={endpoint.base_url}: not answering ({_first_line(err)})") from None
+        # e.g. a tool call the model garbled so that the server could not read it: the run ends, the steps so
+        # far are kept, and an interactive session goes on
+        stopped = f"endpoint error: {type(err).__name__}: {_first_line(err)}"
+        return AgentRun(None, steps, conversation, time.monotonic() - started, stopped=stopped)
     answer = streamed.final_output if isinstance(streamed.final_output, str) else None
     return AgentRun(answer, steps, streamed.to_input_list(), time.monotonic() - started)
 
@@ -150,6 +156,13 @@ def _sdk_tool(tool: Tool):
         on_invoke_tool=invoke,
         strict_json_schema=False,  # optional parameters are allowed; run_tool_call checks the arguments itself
     )
+
+
+def _tool_error(failure, tools: list[Tool]) -> str:
+    """The SDK's own tool errors in the words `run_tool_call` uses, so a model sees one kind of error text."""
+    if failure.kind == "tool_not_found":
+        return run_tool_call(tools, failure.tool_name, None).content
+    return f"error: {failure.error or failure.default_message}"
 
 
 def _field(item, name: str):

@@ -115,8 +115,10 @@ def run_agent(cfg: DictConfig) -> AgentRun | None:
                 on_step=lambda step: print(describe(step), flush=True),
             )
             transcript.add(task, run)
-            if run.answer is None:
+            if run.stopped == "step limit":
                 print(f"No final answer within agent.max_steps={settings.max_steps} model turns.", flush=True)
+            elif run.stopped:
+                print(f"No final answer: {run.stopped}", flush=True)
             return run
 
         print(
@@ -125,8 +127,10 @@ def run_agent(cfg: DictConfig) -> AgentRun | None:
         if cfg.task:
             run = ask(cfg.task, [])
             print(f"Transcript: {transcript.path}", flush=True)
-            if run.answer is None:
+            if run.stopped == "step limit":
                 raise OnestopError(f"agent.max_steps={settings.max_steps}: no final answer; see {transcript.path}")
+            if run.stopped:
+                raise OnestopError(f"agent: {run.stopped}; see {transcript.path}")
             return run
         print("Ask a task; /reset forgets the conversation, /exit (or Ctrl-D) leaves.", flush=True)
         history: list = []

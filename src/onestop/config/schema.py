@@ -288,13 +288,14 @@ class EvalSuiteConfig:
     name: str = MISSING
     """Short name of the suite, used in results and W&B keys."""
     kind: str = "qa"
-    """public (lm-eval benchmarks in `tasks`), mcq, qa or ppl (the user's own file in `path`)."""
+    """public (lm-eval benchmarks in `tasks`), mcq, qa or ppl (the user's own file in `path`), tools (tool calls
+    scored against the expected call) or agent (tasks run through the agent loop on a served model)."""
     tasks: list[str] = field(default_factory=list)
     """lm-eval task or group names of a public suite."""
     hub_dataset: str | None = None
     """Hub dataset a public suite downloads (named in the offline error)."""
     path: str | None = None
-    """The local suite's file: .jsonl/.json/.csv (mcq, qa), or also .txt/.md (ppl)."""
+    """The local suite's file: .jsonl/.json/.csv (mcq, qa), or also .txt/.md (ppl), .jsonl/.json (tools, agent)."""
     num_fewshot: int | None = None
     """Examples shown before each question; None keeps the benchmark's own default (0 for local suites)."""
     batch_size: int = 8
@@ -316,6 +317,12 @@ class EvalSuiteConfig:
     """Bootstrap resamples for the standard errors of corpus metrics (BLEU, chrF); 0 skips them."""
     log_samples: bool = True
     """Keep every prompt, answer and score in results.json."""
+    tools: list[str] = field(default_factory=list)
+    """agent: options of the tools/ group offered to every task, in this order (e.g. [calculator, docs_search])."""
+    docs: str | None = None
+    """agent: the folder the docs_search tool searches."""
+    max_steps: int = 6
+    """agent: model turns per task before it counts as unfinished."""
 
 
 @dataclass
@@ -555,6 +562,8 @@ class AgentConfig:
     """Serve this training run for the session and use it (instead of a running deployment)."""
     name: str | None = None
     """Which running deployment to use when several are up (see invoke deploy.status)."""
+    bench_tasks: str = "${package_dir:}/agents/demo/agent_tasks.jsonl"
+    """Tasks `invoke bench.agents` runs through each agent library: JSONL of {task, answer}."""
 
 
 def register_schemas() -> None:

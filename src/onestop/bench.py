@@ -6,10 +6,11 @@ invoke bench.trainers                                # the demo recipe: onestop 
 invoke bench.agents run_dir=RUN                      # agent loops compared on one served model (docs/agents.md)
 """
 
-# Lazy imports: torch, transformers, lm_eval, matplotlib (inside the functions that need them).
+# Lazy imports: torch, transformers, lm_eval, matplotlib, smolagents (inside the functions that need them).
 
 import copy
 import gc
+import json
 import math
 import tempfile
 import time
@@ -275,8 +276,6 @@ def compare_agent_libraries(cfg) -> list[dict]:
 
     smolagents is not a dependency of onestop: `pip install smolagents` to include it.
     """
-    import json
-
     rows = []
     tasks = [json.loads(line) for line in Path(cfg.bench_tasks).read_text().splitlines() if line.strip()]
     tools = load_tools(cfg.tools)

@@ -60,3 +60,14 @@ def chosen_letter(response: str, choices: int) -> str | None:
 def score_mcq_generation(doc: dict, results: list[str]) -> dict:
     letter = chosen_letter(results[0], len(doc["choices"]))
     return {"acc": float(letter is not None and ord(letter) - ord("A") == doc["answer"])}
+
+
+def mean_with_stderr(values: list[float]) -> dict[str, float | None]:
+    """{"value": mean, "stderr": standard error of the mean} of per-row scores, as lm-eval reports them
+    (sample standard deviation over sqrt(n); for 0/1 scores that is the binomial sqrt(p(1-p)/(n-1)))."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"value": mean, "stderr": None}
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return {"value": mean, "stderr": (variance / n) ** 0.5}

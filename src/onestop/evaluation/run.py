@@ -3,12 +3,15 @@
     invoke eval model=qwen eval=mmlu
     invoke eval run_dir=runs/train/DIR eval=qa eval.path=my_questions.jsonl
     invoke eval endpoint=http://127.0.0.1:8000/v1 endpoint_model=NAME eval=qa eval.path=my_questions.jsonl
+    invoke eval run_dir=runs/train/DIR eval=tools          tool calls scored without lm-eval (tool_calls.py)
+
+(eval=agent runs tasks through the agent loop, a stage above this one: onestop.agents.evaluate.)
 
 Writes results.json (metrics with standard errors, config, model identity, samples) to the output
 directory, prints a table, and logs to W&B: into the training run's own W&B run when run_dir is given.
 """
 
-# Lazy imports: lm_eval, torch, transformers, wandb (inside the functions that need them).
+# Lazy imports: lm_eval, torch, transformers, peft, wandb (inside the functions that need them).
 
 import json
 import os
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from onestop import __version__
 from onestop.config.schema import EvalConfig, EvalSuiteConfig
 from onestop.core.errors import OnestopError
 from onestop.core.files import write_json
@@ -28,7 +32,15 @@ from onestop.core.rundir import RunDir, job_config
 from onestop.core.wandb_mode import wandb_mode
 from onestop.evaluation.report import print_metrics
 from onestop.evaluation.suites import PUBLIC_SUITES, local_task
-from onestop.models.loading import load_tokenizer, resolve_model_path
+from onestop.evaluation.tool_calls import (
+    generate_replies,
+    read_tool_rows,
+    score_replies,
+    served_replies,
+    stop_ids,
+    with_system_prompt,
+)
+from onestop.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 
 
 @dataclass
@@ -93,6 +105,13 @@ def _auth_headers(cfg: DictConfig) -> dict:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def device(cfg: DictConfig) -> str:
+    """Where an in-process evaluation runs: the GPU when there is one and hardware allows it."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu" else "cpu"
+
+
 def end_of_turn(tokenizer) -> list[str]:
     """The text the chat template closes an assistant turn with (`<end_of_turn>`, `<|im_end|>`): a stop string."""
     probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "ANSWER"}]
@@ -139,14 +158,13 @@ def build_lm(cfg: DictConfig, target: Target, tokenizer):
             seed=cfg.seed,
             header=_auth_headers(cfg) or None,
         )
-    import torch
     from lm_eval.models.huggingface import HFLM
 
-    device = "cuda" if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu" else "cpu"
+    where = device(cfg)
     common = {
         "tokenizer": tokenizer,
-        "device": device,
-        "dtype": "bfloat16" if device == "cuda" else "float32",
+        "device": where,
+        "dtype": "bfloat16" if where == "cuda" else "float32",
         "batch_size": suite.batch_size,
         "trust_remote_code": bool((target.run_config.model if target.run_config else cfg.model).trust_remote_code),
     }
@@ -188,15 +206,37 @@ def load_target_tokenizer(cfg: DictConfig, target: Target):
     return load_tokenizer(cfg.model)
 
 
+def load_target_model(cfg: DictConfig, target: Target):
+    """The target's weights in-process: a run's base with its adapter, a run's full model, or the base model."""
+    from peft import PeftModel
+
+    where = device(cfg)
+    dtype = "bfloat16" if where == "cuda" else "float32"
+    if target.kind != "run":
+        return load_causal_lm(cfg.model, dtype).to(where)
+    if "adapter" in target.identity:
+        base = load_causal_lm(target.run_config.model, dtype)
+        return PeftModel.from_pretrained(base, target.identity["adapter"]).to(where)
+    return load_causal_lm(target.run_config.model, dtype, path=target.identity["model_dir"]).to(where)
+
+
 def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> EvalResult:
     """Run `cfg.eval` on the target `cfg` names (or on an already built lm-eval model `lm`)."""
+    suite = cfg.eval
+    if suite.kind == "agent":
+        raise OnestopError(
+            f"eval={suite.name}: an agent suite runs through invoke eval with endpoint= or run_dir= (the agent "
+            "loop is a stage above evaluation), not from training, sweeps or benchmarks"
+        )
+    if suite.kind == "tools":
+        return evaluate_tool_calls(cfg, lm, tokenizer, quiet)
+    import lm_eval
     from lm_eval import simple_evaluate
 
     # lm-eval bootstraps BLEU/chrF standard errors in a forked multiprocessing pool; forking a process
     # that runs torch and Lightning threads can deadlock the child (seen mid-training with periodic_eval).
     os.environ.setdefault("DISABLE_MULTIPROC", "1")
 
-    suite = cfg.eval
     if suite.kind in {"mcq", "qa", "ppl"} and not suite.path:
         raise OnestopError(f"eval={suite.name}: set eval.path=FILE")
     target = describe_target(cfg) if lm is None else Target("in-memory", {"model": cfg.model.name})
@@ -232,7 +272,53 @@ def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> E
     samples = {task: [compact_sample(s) for s in rows] for task, rows in (raw.get("samples") or {}).items()}
     result = EvalResult(Path(cfg.output_dir).absolute(), metrics, samples)
     if not quiet:
-        write_results(result, cfg, target, raw, time.perf_counter() - started)
+        versions = {"lm_eval": lm_eval.__version__, **(raw.get("versions") or {})}
+        write_results(result, cfg, target, time.perf_counter() - started, raw.get("n-samples"), versions)
+    return result
+
+
+def evaluate_tool_calls(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> EvalResult:
+    """The `tools` suite (tool_calls.py): every row checked before any model loads, then the target's replies
+    generated in-process (or `lm`'s model, mid-training) or asked of the endpoint, and scored."""
+    suite = cfg.eval
+    if not suite.path:
+        raise OnestopError(f"eval={suite.name}: set eval.path=FILE")
+    every_row = read_tool_rows(Path(suite.path).expanduser())
+    rows = with_system_prompt(every_row[: suite.limit] if suite.limit else every_row, suite.system_prompt)
+    target = describe_target(cfg) if lm is None else Target("in-memory", {"model": cfg.model.name})
+    started = time.perf_counter()
+    if target.kind == "endpoint":
+        replies = served_replies(
+            rows,
+            base_url=cfg.endpoint,
+            model=target.identity["endpoint_model"],
+            api_key=os.environ.get(cfg.api_key_env) or "-",
+            max_new_tokens=suite.max_new_tokens,
+            num_concurrent=cfg.num_concurrent,
+        )
+        failed = sum(reply.error is not None for reply in replies)
+        if failed:
+            print(f"{failed} of {len(rows)} rows: the endpoint answered with an error, scored as no call", flush=True)
+    else:
+        tokenizer = tokenizer or load_target_tokenizer(cfg, target)
+        if getattr(tokenizer, "response_template", None) is None:
+            model_name = target.identity.get("run_dir") or target.identity["model"]
+            raise OnestopError(
+                f"eval={suite.name}: {model_name}'s tokenizer cannot read tool calls back (no response template); "
+                "set model.tool_format (a run keeps the tokenizer it trained with), or score a server with endpoint="
+            )
+        model = lm.model if lm is not None else load_target_model(cfg, target)
+        stop = stop_ids(model, tokenizer, end_of_turn(tokenizer))
+        replies = generate_replies(
+            model, tokenizer, rows, stop=stop, max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size
+        )
+    metrics, samples = score_replies(rows, replies)
+    result = EvalResult(
+        Path(cfg.output_dir).absolute(), {suite.name: metrics}, {suite.name: samples} if suite.log_samples else {}
+    )
+    if not quiet:
+        counts = {suite.name: {"original": len(every_row), "effective": len(rows)}}
+        write_results(result, cfg, target, time.perf_counter() - started, counts, {"onestop": __version__})
     return result
 
 
@@ -272,15 +358,30 @@ def compact_sample(sample: dict) -> dict:
     return json.loads(json.dumps(kept, default=str))
 
 
-def write_results(result: EvalResult, cfg: DictConfig, target: Target, raw: dict, seconds: float) -> None:
-    import lm_eval
+def write_results(
+    result: EvalResult,
+    cfg: DictConfig,
+    target: Target,
+    seconds: float,
+    n_samples: dict | None = None,
+    versions: dict | None = None,
+) -> None:
+    """results.json in the output directory, the table on the terminal, and the scores in W&B.
 
+    Args:
+        result: The scores and samples.
+        cfg: The eval config (saved whole, resolved).
+        target: What was evaluated.
+        seconds: How long the evaluation took.
+        n_samples: {task: {"original": rows in the file, "effective": rows scored}}.
+        versions: Versions of what scored it (lm-eval and its tasks, or onestop).
+    """
     payload = {
         "suite": cfg.eval.name,
         "target": target.identity | {"kind": target.kind},
         "metrics": result.metrics,
-        "n_samples": raw.get("n-samples"),
-        "versions": {"lm_eval": lm_eval.__version__, **(raw.get("versions") or {})},
+        "n_samples": n_samples,
+        "versions": versions or {},
         "seconds": seconds,
         "config": job_config(cfg),
         "samples": result.samples,

@@ -242,6 +242,20 @@ def build_app(state: dict):
         entry = {"id": served_name, "object": "model", "created": int(state["started"]), "owned_by": "onestop"}
         return {"object": "list", "data": [entry]}
 
+    async def send_to_backend(path: str, body: dict):
+        """The backend's reply (streamed when asked). A pooled connection the backend closed after an error
+        fails before any answer arrives; the request is then sent once more on a fresh connection."""
+        for attempt in (1, 2):
+            try:
+                request = client.build_request("POST", path, json=body)
+                reply = await client.send(request, stream=bool(body.get("stream")))
+                if not body.get("stream"):
+                    await reply.aread()
+                return reply
+            except (httpx.RemoteProtocolError, httpx.ConnectError):
+                if attempt == 2:
+                    raise
+
     async def generate(request: Request, kind: str):
         if not authorised(request):
             return error(401, "missing or wrong API key", "invalid_api_key")
@@ -256,9 +270,11 @@ def build_app(state: dict):
         forwarded["model"] = backend_name
         single_tool_call = body.get("parallel_tool_calls") is False and not tool_support["tool_choice"]
         path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        try:
+            reply = await send_to_backend(path, forwarded)
+        except httpx.TransportError as err:
+            return error(502, f"backend connection failed: {type(err).__name__}", "backend_unavailable")
         if forwarded.get("stream"):
-            upstream = client.build_request("POST", path, json=forwarded)
-            reply = await client.send(upstream, stream=True)
             if reply.status_code != 200:
                 text = (await reply.aread()).decode(errors="replace")
                 await reply.aclose()
@@ -275,7 +291,6 @@ def build_app(state: dict):
                     await reply.aclose()
 
             return StreamingResponse(relay(), media_type="text/event-stream")
-        reply = await client.post(path, json=forwarded)
         if reply.status_code != 200:
             return error(502, f"backend answered {reply.status_code}: {reply.text[:300]}", "backend_error")
         payload = reply.json()

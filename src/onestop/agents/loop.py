@@ -83,9 +83,8 @@ def run_task(
 
 
 async def _run(task, endpoint, tools, max_steps, temperature, max_tokens, system_prompt, history, on_step) -> AgentRun:
-    from agents import Agent, MaxTurnsExceeded, ModelSettings, OpenAIChatCompletionsModel, RunConfig, Runner
-    from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem
-    from openai import APIConnectionError, AsyncOpenAI, OpenAIError
+    from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, RunConfig, Runner
+    from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=1)
     agent = Agent(
@@ -102,7 +101,7 @@ async def _run(task, endpoint, tools, max_steps, temperature, max_tokens, system
     )
     conversation = [*history, {"role": "user", "content": task}]
     steps: list[Step] = []
-    turn, names, started = 1, {}, time.monotonic()
+    started = time.monotonic()
 
     def note(step: Step) -> None:
         steps.append(step)
@@ -111,10 +110,25 @@ async def _run(task, endpoint, tools, max_steps, temperature, max_tokens, system
 
     streamed = Runner.run_streamed(agent, conversation, max_turns=max_steps, run_config=run_config)
     try:
+        return await _follow(streamed, steps, note, conversation, started, endpoint)
+    finally:
+        await client.close()  # inside this event loop: asyncio.run closes it, and a later close would fail
+
+
+async def _follow(streamed, steps, note, conversation, started, endpoint) -> AgentRun:
+    """Record the steps of a streamed run as they arrive; the outcome once it ends."""
+    from agents import MaxTurnsExceeded
+    from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem
+    from openai import APIConnectionError, OpenAIError
+
+    turn, names, results_seen = 1, {}, False
+    try:
         async for event in streamed.stream_events():
             if event.type != "run_item_stream_event":
                 continue
             item = event.item
+            if isinstance(item, ToolCallItem | MessageOutputItem) and results_seen:
+                turn, results_seen = turn + 1, False  # the model's next turn, after every result of the last one
             if isinstance(item, ToolCallItem):
                 raw = item.raw_item
                 names[raw.call_id] = raw.name
@@ -124,7 +138,7 @@ async def _run(task, endpoint, tools, max_steps, temperature, max_tokens, system
                 content = str(item.output)
                 ok = not content.startswith("error:")
                 note(Step("tool_result", turn, name=names.get(call_id), content=content, ok=ok, call_id=call_id))
-                turn += 1
+                results_seen = True
             elif isinstance(item, MessageOutputItem):
                 text = "".join(_field(part, "text") or "" for part in _field(item.raw_item, "content") or [])
                 note(Step("answer", turn, content=text))

@@ -15,10 +15,13 @@ numbers both ways. lm-eval has no tool calls, so this suite does not go through 
 # Lazy imports: torch, openai (inside the functions that need them).
 
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from onestop.core.errors import OnestopError
 from onestop.evaluation.heldout import stop_token_ids
@@ -126,6 +129,7 @@ def generate_replies(
     model.config.use_cache = True
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     replies = []
+    bar = progress(len(rows), "tool-call prompts")
     try:
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
@@ -151,7 +155,9 @@ def generate_replies(
                 text = tokenizer.decode(tokens[: ends[0] + 1] if ends else tokens, skip_special_tokens=False)
                 parsed = parse_tool_calls(tokenizer, text, prompt, row["tools"])
                 replies.append(Reply(parsed["content"], parsed["tool_calls"]))
+            bar.update(len(batch))
     finally:
+        bar.close()
         tokenizer.padding_side = side
         model.config.use_cache = use_cache
         model.train(was_training)
@@ -192,8 +198,17 @@ def served_replies(
             message.content or "", [_read_call(call) for call in returned], [openai_shape(c) for c in returned]
         )
 
-    with ThreadPoolExecutor(max_workers=max(1, num_concurrent)) as pool:
-        return list(pool.map(ask, rows))
+    with ThreadPoolExecutor(max_workers=max(1, num_concurrent)) as pool, progress(len(rows), "requests") as bar:
+        replies = []
+        for reply in pool.map(ask, rows):
+            replies.append(reply)
+            bar.update()
+        return replies
+
+
+def progress(total: int, unit: str) -> tqdm:
+    """A bar that redraws on a terminal and, in a log without one, prints a line about every 30 s."""
+    return tqdm(total=total, desc=unit, mininterval=0.5 if sys.stderr.isatty() else 30, file=sys.stderr)
 
 
 def _first_line(err: Exception) -> str:

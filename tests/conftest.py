@@ -141,3 +141,4 @@ def tool_deployment(tool_run, tmp_path_factory):
         cfg = compose_config("deploy", [f"run_dir={tool_run}", "model=tiny", "deploy=transformers", "port=0"])
         with serving(cfg) as deployment:
             yield deployment
+            patch.setenv("ONESTOP_HOME", str(home))  # where its state file is, whatever a test left behind

@@ -1,7 +1,6 @@
 """Packing: a packed batch has the same loss as its examples unpacked, and wastes less on padding."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -24,8 +23,9 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def examples(tokenizer, tmp_path_factory):
-    os.environ["ONESTOP_HOME"] = str(tmp_path_factory.mktemp("home"))
-    return prepare(compose(*TINY, "data.val_ratio=0").data, tokenizer).train[:10]
+    with pytest.MonkeyPatch.context() as patch:  # the prepared-data cache of this module only
+        patch.setenv("ONESTOP_HOME", str(tmp_path_factory.mktemp("home")))
+        return prepare(compose(*TINY, "data.val_ratio=0").data, tokenizer).train[:10]
 
 
 def tiny_gemma3():

@@ -13,7 +13,6 @@ Each step is printed as it happens; the transcript (task, every call, result and
 import json
 import os
 import sys
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from onestop.agents.loop import AgentRun, Endpoint, describe, run_task
 from onestop.agents.tools import Tool, load_tools
 from onestop.config.schema import DeployBackendConfig, ModelConfig
+from onestop.core.endpoints import only_listed_model
 from onestop.core.errors import OnestopError
 from onestop.core.files import write_text_atomic
 from onestop.core.rundir import RunDir
@@ -42,19 +42,6 @@ def running_deployment(name: str | None) -> tuple[str, str]:
     return running[0]["base_url"], running[0]["name"]
 
 
-def listed_model(base_url: str, api_key: str) -> str:
-    """The only model an endpoint lists at /models."""
-    request = urllib.request.Request(base_url.rstrip("/") + "/models", headers={"Authorization": f"Bearer {api_key}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            names = [m["id"] for m in json.load(reply).get("data", [])]
-    except (OSError, ValueError) as err:
-        raise OnestopError(f"agent.endpoint={base_url}: /models did not answer ({err}); is the server up?") from None
-    if len(names) != 1:
-        raise OnestopError(f"agent.model: the endpoint serves {names or 'no models'}; name one with agent.model=")
-    return names[0]
-
-
 def open_endpoint(cfg: DictConfig, stack: ExitStack) -> Endpoint:
     """The endpoint the session talks to: agent.endpoint, a run served for the session, or a deployment."""
     settings = cfg.agent
@@ -62,7 +49,14 @@ def open_endpoint(cfg: DictConfig, stack: ExitStack) -> Endpoint:
     if settings.endpoint:
         if cfg.run_dir:
             raise OnestopError("agent.endpoint and run_dir both set: use one model at a time")
-        return Endpoint(settings.endpoint, settings.model or listed_model(settings.endpoint, api_key), api_key)
+        return Endpoint(
+            settings.endpoint,
+            settings.model
+            or only_listed_model(
+                settings.endpoint, {"Authorization": f"Bearer {api_key}"}, "agent.endpoint", "agent.model"
+            ),
+            api_key,
+        )
     if cfg.run_dir:
         run = RunDir.existing(cfg.run_dir)
         model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), run.model_config())

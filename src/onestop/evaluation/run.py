@@ -16,7 +16,6 @@ directory, prints a table, and logs to W&B: into the training run's own W&B run 
 import json
 import os
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from onestop import __version__
 from onestop.config.schema import EvalConfig, EvalSuiteConfig
+from onestop.core.endpoints import only_listed_model
 from onestop.core.errors import OnestopError
 from onestop.core.files import write_json
 from onestop.core.hub import hub_reachable
@@ -89,15 +89,7 @@ def endpoint_model(cfg: DictConfig) -> str:
     """The served model's name: `endpoint_model=`, or the only model the endpoint lists."""
     if cfg.endpoint_model:
         return cfg.endpoint_model
-    request = urllib.request.Request(cfg.endpoint.rstrip("/") + "/models", headers=_auth_headers(cfg))
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            names = [m["id"] for m in json.load(reply).get("data", [])]
-    except (OSError, ValueError) as err:
-        raise OnestopError(f"endpoint={cfg.endpoint}: /models did not answer ({err}); is the server up?") from None
-    if len(names) != 1:
-        raise OnestopError(f"endpoint_model: the endpoint serves {names or 'no models'}; name one with endpoint_model=")
-    return names[0]
+    return only_listed_model(cfg.endpoint, _auth_headers(cfg), "endpoint", "endpoint_model")
 
 
 def _auth_headers(cfg: DictConfig) -> dict:

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -130,15 +131,27 @@ def tool_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tool_deployment(tool_run, tmp_path_factory):
-    """The tool model behind the real gateway and `transformers serve`, shared by the tool and agent tests."""
-    from onestop.deploy.service import serving
+    """The tool model behind the real gateway and `transformers serve`, shared by the tool and agent tests.
+
+    Its state file lives in a home of its own, set only while it starts and stops: the rest of the session
+    keeps its environment (a demo that serves a run named like this one must not find it running).
+    """
+    from onestop.deploy.service import start, stop
 
     home = tmp_path_factory.mktemp("tool-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ONESTOP_HOME", str(home))
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.delenv("ONESTOP_API_KEY", raising=False)
-        cfg = compose_config("deploy", [f"run_dir={tool_run}", "model=tiny", "deploy=transformers", "port=0"])
-        with serving(cfg) as deployment:
-            yield deployment
-            patch.setenv("ONESTOP_HOME", str(home))  # where its state file is, whatever a test left behind
+
+    @contextmanager
+    def own_home():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("ONESTOP_HOME", str(home))
+            patch.delenv("ONESTOP_API_KEY", raising=False)
+            yield
+
+    with own_home():
+        overrides = [f"run_dir={tool_run}", "model=tiny", "deploy=transformers", "port=0", "name=tool-model"]
+        deployment = start(compose_config("deploy", overrides))
+    try:
+        yield deployment
+    finally:
+        with own_home():
+            stop(deployment.name)

@@ -137,7 +137,6 @@ def start(cfg: DictConfig) -> Deployment:
             f"{name} is already served at {running['base_url']}; stop it with invoke deploy.stop name={name}"
         )
     model_dir, adapter = model_to_serve(cfg, backend)
-    format_ = tool_format((RunDir(cfg.run_dir).model_config() if cfg.run_dir else cfg.model).get("tool_format"))
     internal = free_port()
     port = cfg.port or free_port()
     log = state_dir() / f"{name}.log"
@@ -147,6 +146,7 @@ def start(cfg: DictConfig) -> Deployment:
         tool_calls = parses_tool_calls(model_dir)
     elif backend == "lmdeploy":
         template = write_chat_template(model_dir, adapter or model_dir, state_dir() / f"{name}.lmdeploy")
+        format_ = tool_format((RunDir(cfg.run_dir).model_config() if cfg.run_dir else cfg.model).get("tool_format"))
         parser = format_.lmdeploy_parser if format_ else None
         command = lmdeploy_command(model_dir, internal, cfg.deploy, name, adapter, template, parser)
         backend_model, env, tool_calls = name, {}, parser is not None

@@ -43,11 +43,15 @@ def evaluate(c, overrides=None, cfg=None):
 @task(
     name="compare",
     iterable=[cli.PATHS_ARG],
-    help={cli.PATHS_ARG: "results.json, an eval output dir, or a run dir (bare words)", "output": "PNG path"},
+    help={
+        cli.PATHS_ARG: "results.json, an eval output dir, or a run dir (bare words)",
+        "output": "PNG path",
+        "rank_by": "TASK/METRIC (or a METRIC one task has) to order the results by, best first; default: the first",
+    },
 )
-def eval_compare(c, paths=None, output=None):
-    """Side-by-side table and PNG of evaluations: invoke eval.compare DIR_A DIR_B ..."""
-    cli.run_compare(paths or [], output)
+def eval_compare(c, paths=None, output=None, rank_by=None):
+    """Side-by-side table and PNG of evaluations, best first: invoke eval.compare DIR_A DIR_B --rank-by qa/token_f1"""
+    cli.run_compare(paths or [], output, rank_by)
 
 
 @task(name="deploy", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
@@ -142,6 +146,54 @@ def bench_agents(c, overrides=None, cfg=None):
     cli.run_stage("bench.agents", overrides, cfg)
 
 
+@task(help={"json": "print the rows as JSON"})
+def models(c, json=False):
+    """The model zoo: parameters, layers, vocabulary, context, template, tool format, licence, offline?"""
+    cli.run_models(json)
+
+
+@task(
+    iterable=[cli.OVERRIDES_ARG],
+    help={
+        cli.OVERRIDES_ARG: cli.ARG_HELP[cli.OVERRIDES_ARG],
+        "json": "print the estimates as JSON",
+        "devices": "comma-separated GPUs to estimate for (e.g. a100,h100); default all common ones",
+    },
+)
+@cli.with_config_help()
+def estimate(c, overrides=None, json=False, devices=None):
+    """Peak memory and time of a training run before it starts: invoke estimate model=qwen7b method=lora"""
+    cli.run_estimate(overrides, json, devices)
+
+
+@task(
+    name="estimate",
+    help={
+        "models": "comma-separated: tiny, gemma3_270m",
+        "steps": "optimizer steps per row",
+        "output": "results folder (default runs/bench/estimate/TIME)",
+    },
+)
+def bench_estimate(c, models="tiny,gemma3_270m", steps=4, output=None):
+    """Estimated vs measured peak memory and step time over a grid of methods, lengths, checkpointing"""
+    cli.run_estimate_benchmark(models, steps, output)
+
+
+@task(
+    name="load",
+    iterable=[cli.OVERRIDES_ARG],
+    help={
+        cli.OVERRIDES_ARG: "what to deploy, as for invoke deploy: run_dir=RUN or model=NAME, deploy.* settings",
+        "requests": "chat requests in all",
+        "concurrency": "clients sending at once",
+        "output": "results folder (default runs/bench/load/TIME)",
+    },
+)
+def bench_load(c, overrides=None, requests=1000, concurrency=32, output=None):
+    """Load and abuse test of a fresh deployment: invoke bench.load run_dir=RUN (one in ten requests malformed)"""
+    cli.run_load_benchmark(overrides, requests, concurrency, output)
+
+
 evaluation = Collection("eval")
 evaluation.add_task(evaluate, default=True)
 evaluation.add_task(eval_compare)
@@ -150,6 +202,6 @@ serve.add_task(deploy, default=True)
 for subtask in (deploy_stop, deploy_status, deploy_setup):
     serve.add_task(subtask)
 data = Collection("data", data_prepare, data_qa)
-bench = Collection("bench", bench_train, bench_trainers, bench_agents)
-ns = Collection(train, demo, export, evaluation, serve, chat, agent, sweep, data, bench)
+bench = Collection("bench", bench_train, bench_trainers, bench_agents, bench_estimate, bench_load)
+ns = Collection(train, demo, export, evaluation, serve, chat, agent, sweep, data, bench, models, estimate)
 ns.add_collection(Collection("recipe", recipe_diff))

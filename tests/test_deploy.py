@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from onestop.config.compose import compose as compose_config
 from onestop.core.errors import OnestopError
 from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
 from onestop.deploy.lmdeploy import env_dir, installed, lmdeploy_command, setup_commands, write_chat_template
+from onestop.deploy.prompts import PromptMeter
 from onestop.deploy.service import serving
 from onestop.evaluation.heldout import generate_answers
 from onestop.evaluation.run import evaluate
@@ -103,8 +105,43 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(served, client)
         client.chat.completions.create(model="gpt-nope", messages=QUESTION, max_tokens=4)
     missing = httpx.post(f"{served.base_url}/chat/completions", json={"model": served.name}, timeout=30)
     assert missing.status_code == 400
+    with pytest.raises(BadRequestError, match=r"messages\[0\].content"):
+        client.chat.completions.create(model=served.name, messages=[{"role": "user", "content": {"a": 1}}])
+    with pytest.raises(BadRequestError, match="max_tokens_limit"):  # the backend would generate for days
+        client.chat.completions.create(model=served.name, messages=QUESTION, max_tokens=1_000_000_000)
+    with pytest.raises(BadRequestError, match="maximum context length is 2048 tokens"):
+        client.chat.completions.create(model=served.name, messages=[{"role": "user", "content": "hi " * 5000}])
     again = client.chat.completions.create(model=served.name, messages=QUESTION, max_tokens=4, stop=[])
     assert again.choices[0].message.content is not None
+
+
+def test_the_gateway_counts_prompt_tokens_as_the_backend_does(served, client):
+    state = json.loads(served.state_file.read_text())
+    meter = PromptMeter.load(state["tokenizer_dir"], state["context_length"])
+    reply = client.chat.completions.create(model=served.name, messages=CONVERSATION[:-1], max_tokens=1)
+    (rendered,) = meter.prompts("chat", {"messages": CONVERSATION[:-1]})
+    assert meter.count(rendered, state["context_length"]) == reply.usage.prompt_tokens
+
+
+def test_a_client_gone_mid_stream_frees_its_slot(served, client):
+    from transformers import GenerationConfig
+
+    state = json.loads(served.state_file.read_text())
+    eos = GenerationConfig.from_pretrained(state["model_dir"]).eos_token_id
+    never_stops = {str(i): -100 for i in (eos if isinstance(eos, list) else [eos])}
+    body = {"model": served.name, "messages": QUESTION, "max_tokens": 2000, "stream": True, "logit_bias": never_stops}
+    health = served.base_url.removesuffix("/v1") + "/health"
+    with httpx.stream("POST", f"{served.base_url}/chat/completions", json=body, timeout=60) as reply:
+        lines = reply.iter_lines()  # kept: a dropped iterator closes the connection
+        assert reply.status_code == 200 and next(lines).startswith("data: {")
+        assert httpx.get(health, timeout=30).json()["load"]["in_flight"] == 1
+    deadline = time.monotonic() + 120  # only stops a broken gateway from hanging the suite
+    while httpx.get(health, timeout=30).json()["load"]["in_flight"]:
+        assert time.monotonic() < deadline, "the slot of a client that left was never freed"
+        time.sleep(0.05)
+    assert httpx.get(health, timeout=30).json()["load"]["disconnected"] >= 1
+    again = client.chat.completions.create(model=served.name, messages=QUESTION, max_tokens=4)
+    assert again.choices[0].finish_reason in ("stop", "length")
 
 
 def test_evaluation_through_the_deployment_matches_in_process(served, learned_run, tmp_path):

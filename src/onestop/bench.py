@@ -6,13 +6,19 @@ invoke bench.trainers                                # the demo recipe: onestop 
 invoke bench.agents run_dir=RUN                      # agent loops compared on one served model (docs/agents.md)
 """
 
-# Lazy imports: torch, transformers, lm_eval, matplotlib, smolagents (inside the functions that need them).
+# Lazy imports: torch, transformers, lightning, lm_eval, matplotlib, smolagents (inside the functions that need them).
 
 import copy
 import gc
 import json
 import math
+import os
+import random
+import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -28,11 +34,16 @@ from onestop.core.errors import OnestopError
 from onestop.core.files import save_figure_atomic, save_pretrained_atomic, write_json, write_text_atomic
 from onestop.core.rundir import RunDir
 from onestop.data.sft import SFTDataModule
+from onestop.deploy.loadtest import run_load
+from onestop.deploy.service import health, read_state, serving
 from onestop.evaluation.heldout import heldout_loss, heldout_questions
 from onestop.evaluation.run import eval_config, evaluate, suite_config
 from onestop.methods import method_from_config
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
-from onestop.training.hardware import trainer_hardware, weights_dtype
+from onestop.models.precision import weights_dtype
+from onestop.selection.devices import GIB, this_machine
+from onestop.selection.estimate import estimate, settings_from_config
+from onestop.training.hardware import trainer_hardware
 from onestop.training.train import train
 
 
@@ -363,3 +374,200 @@ def _smolagents_answer(task: str, endpoint, tools, settings) -> tuple[str | None
     )
     answer = agent.run(task)
     return (None if answer is None else str(answer)), len(made)
+
+
+# The grid `invoke bench.estimate` measures: model -> micro-batch, then methods x sequence lengths x checkpointing.
+ESTIMATE_GRID = {"tiny": 4, "gemma3_270m": 2}
+ESTIMATE_METHODS = ("lora", "full", "freeze")
+ESTIMATE_SEQ_LENS = (128, 512)
+
+
+def bench_estimate(models: list[str], steps: int, output: str | None) -> list[dict]:
+    """Estimated vs measured peak memory and step time over the grid; each row trains in a fresh process.
+
+    Memory: the peak resident memory during the training steps above the process's own before the model
+    loads (CPU), or torch.cuda.max_memory_allocated (GPU). Rows train on generated text that fills every
+    sequence, with loss on every token: the case the estimate describes.
+    """
+    out_dir = Path(output or f"runs/bench/estimate/{time.strftime('%Y-%m-%d_%H-%M-%S')}").absolute()
+    corpus = out_dir / "corpus.jsonl"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    words = "the of and to in is was for on that with as by at from his her an were are which this be".split()
+    rng = random.Random(0)
+    write_text_atomic(
+        corpus,
+        "".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(900))}) + "\n" for _ in range(24)),
+    )
+    rows = []
+    for model in models:
+        if model not in ESTIMATE_GRID:
+            raise OnestopError(f"bench.estimate --models {model}: choose from {', '.join(ESTIMATE_GRID)}")
+        for method in ESTIMATE_METHODS:
+            for seq_len in ESTIMATE_SEQ_LENS:
+                for checkpointing in (False, True):
+                    spec = {
+                        "model": model,
+                        "method": method,
+                        "seq_len": seq_len,
+                        "batch": ESTIMATE_GRID[model],
+                        "checkpointing": checkpointing,
+                        "steps": steps,
+                        "corpus": str(corpus),
+                        "run_dir": str(out_dir / f"{model}-{method}-{seq_len}-{int(checkpointing)}"),
+                    }
+                    print(f"bench.estimate: {model} {method} seq {seq_len} checkpointing {checkpointing}", flush=True)
+                    measured = Path(spec["run_dir"]) / "row.json"
+                    if not measured.is_file():  # rerunning with the same --output measures only what is missing
+                        write_json(measured, _measure_in_child(spec))
+                    rows.append(json.loads(measured.read_text()))
+    write_json(out_dir / "bench.json", {"rows": rows})
+    _write_markdown(out_dir / "bench.md", rows)
+    _plot_estimates(out_dir / "estimate_vs_measured.png", rows)
+    _print_table(rows, "Estimated vs measured peak memory and step time")
+    worst = max(rows, key=lambda r: abs(r["mem err %"]))
+    print(
+        f"Worst memory row: {worst['model']} {worst['method']} seq {worst['seq']} "
+        f"checkpointing {worst['ckpt']}: {worst['mem err %']:+.1f}%. Results: {out_dir}",
+        flush=True,
+    )
+    return rows
+
+
+def _measure_in_child(spec: dict) -> dict:
+    child = subprocess.run(
+        [sys.executable, "-c", "from onestop.bench import measure_estimate_row; measure_estimate_row()"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+    )
+    result_lines = [line for line in child.stdout.splitlines() if line.startswith("ROW ")]
+    if child.returncode or not result_lines:
+        tail = (child.stderr or child.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise OnestopError(f"bench.estimate: the row {spec['model']}/{spec['method']} failed: {tail[0][:200]}")
+    return json.loads(result_lines[-1][4:])
+
+
+def measure_estimate_row() -> None:
+    """One grid row, in its own process (so its peak is its own): estimate, train, measure; prints `ROW {json}`."""
+    import lightning as L
+    import torch
+
+    spec = json.loads(sys.stdin.read())
+    cfg = compose(
+        "train",
+        [
+            f"model={spec['model']}",
+            f"method={spec['method']}",
+            "data=text",
+            f"data.path={spec['corpus']}",
+            "stage=pretrain",
+            f"data.max_seq_len={spec['seq_len']}",
+            f"data.batch_size={spec['batch']}",
+            f"hardware.gradient_checkpointing={str(spec['checkpointing']).lower()}",
+            f"trainer.max_steps={spec['steps']}",
+            "trainer.val_check_interval=1000",
+            "logger=none",
+            "data.val_ratio=0",
+            "hardware.memory_check=false",
+            "data.contamination.enabled=false",
+            f"hydra.run.dir={spec['run_dir']}",
+        ],
+    )
+    device = this_machine()
+    predicted = estimate(cfg, device, settings_from_config(cfg, device))
+    gpu = torch.cuda.is_available()
+
+    class StepMeter(L.Callback):
+        def __init__(self):
+            self.peak = 0
+            self.steps: list[float] = []
+            self._running = False
+
+        def _sample(self):
+            page = os.sysconf("SC_PAGE_SIZE")
+            while self._running:
+                with open("/proc/self/statm") as statm:
+                    self.peak = max(self.peak, int(statm.read().split()[1]) * page)
+                time.sleep(0.005)
+
+        def on_train_start(self, trainer, module):
+            if gpu:
+                torch.cuda.reset_peak_memory_stats()
+            self._running = True
+            threading.Thread(target=self._sample, daemon=True).start()
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self._started = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.steps.append(time.perf_counter() - self._started)
+
+        def on_train_end(self, trainer, module):
+            self._running = False
+
+    gc.collect()
+    with open("/proc/self/statm") as statm:
+        baseline = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    meter = StepMeter()
+    train(cfg, callbacks=[meter])
+    measured = torch.cuda.max_memory_allocated() if gpu else meter.peak - baseline
+    step = statistics.median(meter.steps[1:] or meter.steps)
+    estimated_total = predicted.memory.total - (device.overhead_gib * GIB if gpu else 0)
+    achieved = predicted.tokens_per_step * predicted.flops_per_token / step
+    row = {
+        "model": spec["model"],
+        "method": spec["method"],
+        "seq": spec["seq_len"],
+        "batch": spec["batch"],
+        "ckpt": spec["checkpointing"],
+        "est GiB": estimated_total / GIB,
+        "measured GiB": measured / GIB,
+        "mem err %": 100 * (estimated_total / measured - 1),
+        "est s/step": predicted.step_seconds,
+        "measured s/step": step,
+        "time err %": 100 * (predicted.step_seconds / step - 1),
+        "MFU %": 100 * achieved / (device.peak_tflops * 1e12),
+    }
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def _plot_estimates(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    panels = (("est GiB", "measured GiB", "peak memory (GiB)"), ("est s/step", "measured s/step", "step time (s)"))
+    for axis, (est, measured, unit) in zip(axes, panels, strict=True):
+        for model in sorted({r["model"] for r in rows}):
+            mine = [r for r in rows if r["model"] == model]
+            axis.scatter([r[measured] for r in mine], [r[est] for r in mine], label=model)
+        top = max(max(r[est], r[measured]) for r in rows) * 1.1
+        axis.plot([0, top], [0, top], "k--", linewidth=0.8)
+        axis.fill_between([0, top], [0, top * 0.85], [0, top * 1.15], alpha=0.1, color="green", label="±15%")
+        axis.set_xlabel(f"measured {unit}")
+        axis.set_ylabel(f"estimated {unit}")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.legend()
+    figure.tight_layout()
+    save_figure_atomic(figure, path)
+    plt.close(figure)
+
+
+def bench_load(overrides: list[str], requests: int, concurrency: int, output: str | None) -> dict:
+    """`requests` chat requests from `concurrency` clients, one in ten malformed, against a fresh deployment of
+    the composed deploy config: status counts, latency, gateway memory before and after, health afterwards."""
+    out_dir = Path(output or f"runs/bench/load/{time.strftime('%Y-%m-%d_%H-%M-%S')}").absolute()
+    cfg = compose("deploy", [*overrides, "port=0", "name=bench-load"])
+    with serving(cfg) as deployment:
+        print(f"bench.load: {requests} requests from {concurrency} clients -> {deployment.base_url}", flush=True)
+        figures = run_load(deployment.base_url, deployment.name, requests, concurrency, pid=deployment.pid)
+        figures["health_after"] = health(read_state(deployment.state_file))
+    write_json(out_dir / "load.json", figures)
+    rows = [{"status": status, "requests": count} for status, count in sorted(figures["by_status"].items())]
+    _print_table(rows, f"{requests} requests, {concurrency} clients, one in ten malformed")
+    print(json.dumps({k: v for k, v in figures.items() if k not in {"by_kind", "failures"}}, indent=2))
+    print(f"Results: {out_dir / 'load.json'}", flush=True)
+    return figures

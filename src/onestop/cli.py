@@ -8,8 +8,11 @@ parser that, inside such a task, a word shaped like a Hydra override (`key=value
 Invoke's parser untouched. This module imports nothing heavy, so `invoke --list` stays fast.
 """
 
+import atexit
+import gc
 import importlib
 import re
+import traceback
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
@@ -18,6 +21,7 @@ from invoke.parser.parser import ParseMachine
 from omegaconf import OmegaConf
 
 from onestop.config.groups import config_groups, default_options, list_group_options
+from onestop.core.environment import debugging, drop_empty_variables
 from onestop.core.errors import OnestopError
 
 OVERRIDES_ARG = "overrides"
@@ -82,13 +86,35 @@ def run_stage(stage: str, overrides: Sequence[str] | None, print_cfg: str | None
     """Compose the config for `stage` and run it; user errors end the process with one line, status 2."""
     primary, entry, preset = STAGES[stage]
     with one_line_errors(stage):
-        cfg = load(COMPOSE)(primary, [*preset, *(overrides or [])])
+        several = several_targets(overrides or []) if stage == "eval" and not print_cfg else None
+        if several:
+            load(EVAL_MANY)(*several)
+            return
+        cfg = load(COMPOSE)(primary, [*preset, *(overrides or [])], allow_missing=bool(print_cfg))
         if print_cfg:
             print(_config_text(cfg, print_cfg))
             return
         if stage == "eval":
             entry = EVAL_KINDS.get(cfg.eval.kind, entry)
         load(entry)(cfg)
+
+
+def several_targets(overrides: Sequence[str]) -> tuple[str, list[str], list[str]] | None:
+    """`model=a,b` or `run_dir=A,B` (which Hydra's compose rejects as a sweep): the key, its values and the
+    other overrides; None when the overrides name one target."""
+    found = []
+    for index, override in enumerate(overrides):
+        key, _, value = override.partition("=")
+        if key in TARGET_KEYS and "," in value and not value.startswith(("[", "'", '"')):
+            found.append((index, key, [v.strip() for v in value.split(",")]))
+    if not found:
+        return None
+    if len(found) > 1:
+        raise OnestopError(f"{' and '.join(overrides[i] for i, _, _ in found)}: list several targets under one key")
+    index, key, values = found[0]
+    if not all(values):
+        raise OnestopError(f"{overrides[index]}: an empty name between commas")
+    return key, values, [o for i, o in enumerate(overrides) if i != index]
 
 
 def run_benchmark(overrides: Sequence[str] | None, steps: int, precisions: str) -> None:
@@ -99,10 +125,36 @@ def run_benchmark(overrides: Sequence[str] | None, steps: int, precisions: str) 
         )
 
 
-def run_compare(paths: Sequence[str], output: str | None) -> None:
+def run_compare(paths: Sequence[str], output: str | None, rank_by: str | None = None) -> None:
     """`eval.compare` with user errors reported in one line."""
     with one_line_errors("eval.compare"):
-        load("onestop.evaluation.report:compare")(list(paths), output)
+        load("onestop.evaluation.report:compare")(list(paths), output, rank_by)
+
+
+def run_estimate(overrides: Sequence[str] | None, as_json: bool, devices: str | None) -> None:
+    """`estimate`: the composed training run's memory and time on this machine and common GPUs."""
+    with one_line_errors("estimate"):
+        cfg = load(COMPOSE)("train", list(overrides or []))
+        load("onestop.selection.report:run_estimate")(cfg, as_json, devices)
+
+
+def run_estimate_benchmark(models: str, steps: int, output: str | None) -> None:
+    """`bench.estimate` with user errors reported in one line."""
+    with one_line_errors("bench.estimate"):
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        load("onestop.bench:bench_estimate")(names, steps, output)
+
+
+def run_load_benchmark(overrides: Sequence[str] | None, requests: int, concurrency: int, output: str | None) -> None:
+    """`bench.load` with user errors reported in one line."""
+    with one_line_errors("bench.load"):
+        load("onestop.bench:bench_load")(list(overrides or []), requests, concurrency, output)
+
+
+def run_models(as_json: bool) -> None:
+    """`models`: every model/ option with its architecture facts."""
+    with one_line_errors("models"):
+        load("onestop.selection.report:run_models")(as_json)
 
 
 def run_sweep(overrides: Sequence[str] | None) -> None:
@@ -148,6 +200,10 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 
+# `invoke eval model=a,b,c` (or run_dir=A,B): one evaluation per target, then compared.
+EVAL_MANY = "onestop.evaluation.many:run_eval_many"
+TARGET_KEYS = ("model", "run_dir")
+
 # Eval suites whose code sits above evaluation (which never imports agents): eval.kind -> "module:function".
 EVAL_KINDS = {"agent": "onestop.agents.evaluate:run_agent_eval"}
 
@@ -158,13 +214,28 @@ def load(entry: str) -> Callable:
     return getattr(importlib.import_module(module), function)
 
 
+# Exiting, the interpreter garbage-collects the ~4,000 modules torch, transformers and Lightning bring: seconds on a
+# busy machine, after a SIGTERM's checkpoint, out of a scheduler's grace before SIGKILL. Frozen, they are skipped.
+atexit.register(gc.freeze)
+
+
 @contextmanager
 def one_line_errors(task: str):
-    """A user error (OnestopError) ends the task with one line on stderr and status 2, no traceback."""
+    """Every task runs inside this. A user error (OnestopError) ends it with one line on stderr and status 2,
+    with no traceback unless ONESTOP_DEBUG=1; Ctrl-C (outside training, which saves a checkpoint and says
+    so) with one line and status 130. Any other exception is a bug: its traceback stays, to be reported.
+
+    Environment variables set but empty are dropped first: they count as unset.
+    """
+    drop_empty_variables()
     try:
         yield
     except OnestopError as err:
+        if debugging():
+            traceback.print_exc()
         raise Exit(f"onestop {task}: error: {err}", code=2) from None
+    except KeyboardInterrupt:
+        raise Exit(f"onestop {task}: interrupted", code=130) from None
 
 
 def _config_text(cfg, which: str) -> str:

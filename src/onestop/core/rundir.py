@@ -5,7 +5,8 @@
       recipe.yaml                the config with every option written out, plus provenance
       metrics.json               losses, validation history, throughput, data report
       data_report.json           what happened to every record; data_lengths.png, their lengths
-      checkpoints/               last.ckpt, stepNNNNNNN.ckpt, sigterm.ckpt (directories under DeepSpeed)
+      run.lock                   while `invoke train` writes here: its pid and host (a second run refuses)
+      checkpoints/               last.ckpt, stepNNNNNNN.ckpt, sigterm.ckpt / sigint.ckpt (directories under DeepSpeed)
       adapter/                   adapter methods: the PEFT adapter and the tokenizer with its chat template
       model/                     full-weight methods: a plain transformers model directory
       export-merged/             `invoke export`: the adapter folded into its base (what servers load)
@@ -19,22 +20,31 @@ through it, so they agree on what a finished run holds.
 """
 
 import json
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from onestop.core.errors import OnestopError
-from onestop.core.files import write_bytes_atomic, write_json, write_text_atomic
+from onestop.core.files import reported_as_user_error, write_bytes_atomic, write_json, write_text_atomic
+from onestop.core.secrets import redact
 
 
 def job_config(cfg: DictConfig) -> dict:
-    """The resolved config of a run, without Hydra's own node: what config.yaml holds."""
-    return {
-        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-        for k, v in cfg.items()
-        if k != "hydra"
-    }
+    """The resolved config of a run, without Hydra's own node and with credentials redacted: what config.yaml
+    holds, and what loggers and recipes receive."""
+    return redact(
+        {
+            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in cfg.items()
+            if k != "hydra"
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -105,9 +115,13 @@ class RunDir:
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 
+    def stop_checkpoint(self, signal_name: str) -> Path:
+        """The checkpoint a run stopped by a signal (SIGTERM, SIGINT) saves: checkpoints/sigterm.ckpt, sigint.ckpt."""
+        return self.checkpoints_dir / f"{signal_name.lower()}.ckpt"
+
     @property
-    def sigterm_checkpoint(self) -> Path:
-        return self.checkpoints_dir / "sigterm.ckpt"
+    def lock_file(self) -> Path:
+        return self.path / "run.lock"
 
     @property
     def adapter_dir(self) -> Path:
@@ -193,6 +207,56 @@ class RunDir:
         return next((p for p in (self.recipe_file, self.config_file) if p.is_file()), None)
 
     # Writing; each file appears whole.
+    @contextmanager
+    def locked(self) -> Iterator["RunDir"]:
+        """Hold the directory for one training run: another run pointed at it meanwhile refuses, naming this one.
+
+        run.lock holds the holder's pid and host; a lock whose process is gone (kill -9, a crash) is taken
+        over. A directory made here is removed again if the run leaves nothing else in it (a config, data
+        or model error), so a failed start leaves no half-made run behind.
+        """
+        made = not self.path.exists()
+        self._take_lock()
+        try:
+            yield self
+        finally:
+            if _lock_holder(self.lock_file) == (os.getpid(), socket.gethostname()):
+                self.lock_file.unlink(missing_ok=True)
+            if made and self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
+
+    def _take_lock(self) -> None:
+        writable = "set hydra.run.dir to a directory you can write"
+        with reported_as_user_error(self.path, writable):
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".run.lock.", dir=self.path)
+        try:
+            with reported_as_user_error(self.path, writable):
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.lock_file)  # fails if the lock exists; the lock appears with its content
+                    return
+                except FileExistsError:
+                    pass
+                holder = _lock_holder(self.lock_file)
+                if holder is None:
+                    continue  # released in between
+                pid, host = holder
+                if host != socket.gethostname() or _alive(pid):
+                    raise OnestopError(
+                        f"hydra.run.dir={self.path}: another run (pid {pid} on {host}) is writing there; wait for "
+                        f"it to end or choose another hydra.run.dir (if that run is gone, delete {self.lock_file})"
+                    )
+                print(f"{self.lock_file}: taking over the lock of pid {pid}, which has ended", flush=True)
+                self.lock_file.unlink(missing_ok=True)
+            raise OnestopError(f"hydra.run.dir={self.path}: other runs keep taking its lock; choose another directory")
+        finally:
+            os.unlink(tmp)
+
     def create(self) -> "RunDir":
         self.path.mkdir(parents=True, exist_ok=True)
         return self
@@ -217,6 +281,29 @@ class RunDir:
 
     def write_objective(self, record: dict) -> None:
         write_json(self.objective_file, record)
+
+
+def _lock_holder(lock: Path) -> tuple[int, str] | None:
+    """(pid, host) written in a lock file, or None when there is none."""
+    try:
+        pid, host = lock.read_text().split()
+        return int(pid), host
+    except FileNotFoundError:
+        return None
+    except ValueError:  # not written by onestop: nobody holds it
+        return (0, socket.gethostname())
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _read_json(path: Path) -> dict | None:

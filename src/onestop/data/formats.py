@@ -55,7 +55,12 @@ def _text(record: Record, key: str, required: bool = True, hint: str = "") -> st
         if not required:
             return ""
         if key not in record.fields:
-            raise RecordError(record, f"missing field '{key}'", f"missing field '{key}'{hint}")
+            names = ", ".join(sorted(map(str, record.fields))[:8]) or "none"
+            raise RecordError(
+                record,
+                f"missing field '{key}'",
+                f"missing field '{key}'{hint}; its fields: {names} (map one with data.columns.{key}=NAME)",
+            )
         raise RecordError(record, f"empty field '{key}'", f"field '{key}' must be a non-empty string")
     if not isinstance(value, str):
         raise RecordError(record, f"field '{key}' not a string", f"field '{key}' must be a string")
@@ -213,7 +218,7 @@ def _checked_conversation(record: Record, messages: list[dict], tools) -> dict:
 
 def text(record: Record, system_prompt: str | None = None) -> dict:
     """Raw text for (continued) pretraining: one document per record."""
-    return {"text": _text(record, "text", hint=" (text records need a 'text' field; map another with data.columns)")}
+    return {"text": _text(record, "text", hint=" (text records need a 'text' field)")}
 
 
 def preference(record: Record, system_prompt: str | None = None) -> dict:

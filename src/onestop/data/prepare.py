@@ -254,9 +254,15 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
             examples[:] = shuffled[n_val:]
     train_examples = apply_weights(per_source, sources, seed, report)
     if not train_examples:
-        raise OnestopError(f"{sources[0].path}: no training records left (see the data report counts)")
+        dropped = "; ".join(f"{n} dropped: {reason}" for reason, n in sorted(report.dropped.items()))
+        raise OnestopError(
+            f"{sources[0].path}: no training records left of {report.records_read} read "
+            f"({dropped or 'none valid'}; {len(val_examples)} held out for validation, data.val_ratio)"
+        )
 
     train, _ = _tokenize_all(train_examples, tokenizer, data_cfg, report)
+    if not train:
+        raise OnestopError(every_example_dropped(sources[0].path, report, data_cfg))
     val, val_kept = _tokenize_all(val_examples, tokenizer, data_cfg, DataReport())
     val_examples = [example for example, kept in zip(val_examples, val_kept, strict=True) if kept]
     report.train_records, report.val_records = len(train), len(val)
@@ -270,6 +276,21 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
     if data_cfg.cache:
         _save(prepared, lengths)
     return prepared
+
+
+def every_example_dropped(path: str, report: DataReport, data_cfg: DictConfig) -> str:
+    """Why no training example is left after tokenizing, and the setting that changes it."""
+    limit = f"data.max_seq_len={data_cfg.max_seq_len}"
+    causes, changes = [], ["raise data.max_seq_len"]
+    if report.dropped_overlength:
+        causes.append(f"{report.dropped_overlength} longer than {limit} with data.overlength=drop")
+        changes.append("set data.overlength=truncate")
+    if report.dropped_no_answer_left:
+        causes.append(
+            f"{report.dropped_no_answer_left} with no answer token within {limit} (the prompt, tool schemas "
+            "included, fills it)"
+        )
+    return f"{path}: every training example was dropped: {', '.join(causes)}; {' or '.join(changes)}"
 
 
 def example_length(example: dict) -> int:

@@ -6,6 +6,7 @@ Every record keeps where it came from (`file:line`, `file[row]`), so a bad recor
 # Lazy imports: pyarrow, datasets (inside the functions that need them).
 
 import csv
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from onestop.core.hub import hub_reachable
 
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".md")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# JSON Lines hold one record per line; a longer line is a file of another kind (one giant JSON document, a
+# binary file), refused when reached rather than read whole into memory.
+MAX_LINE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -40,31 +44,69 @@ def read_records(path: str | Path, split: str = "train", subset: str | None = No
         raise OnestopError(f"{path}: no such data file")
     if path.suffix == ".parquet":
         return _read_parquet(path)
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise OnestopError(f"{path}: the file is empty; expected records")
-    if path.suffix in {".txt", ".md"}:
-        return [Record({"text": text}, str(path))]
-    if path.suffix == ".csv":
-        return _read_csv(path, text)
-    if path.suffix == ".json" or text.lstrip().startswith("["):
+    if path.suffix in {".txt", ".md", ".csv", ".json"} or _first_byte(path) == b"[":
+        text = _decode(path.read_bytes(), path)
+        if not text.strip():
+            raise OnestopError(f"{path}: the file is empty; expected records")
+        if path.suffix in {".txt", ".md"}:
+            return [Record({"text": text}, str(path))]
+        if path.suffix == ".csv":
+            return _read_csv(path, text)
         return _read_json_list(path, text)
-    return _read_jsonl(path, text)
+    return _read_jsonl(path)
 
 
-def _read_jsonl(path: Path, text: str) -> list[Record]:
+def _first_byte(path: Path) -> bytes:
+    """The first byte that is not white space (nor a UTF-8 byte-order mark): `[` opens a JSON list."""
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 16):
+            stripped = block.lstrip(b" \t\r\n\xef\xbb\xbf")
+            if stripped:
+                return stripped[:1]
+    return b""
+
+
+def _decode(data: bytes, path: Path, first_line: int = 1) -> str:
+    """UTF-8 text (a byte-order mark dropped); bytes that are not UTF-8 are named by line and column."""
+    try:
+        return data.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data.count(b"\n", 0, err.start)
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise OnestopError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); save the file as UTF-8"
+        ) from None
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    """One record per line, read line by line: a line over MAX_LINE_BYTES (not JSON Lines) fails when reached,
+    without the file ever being held whole."""
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            fields = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise OnestopError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(fields, dict):
-            raise OnestopError(f"{where}: expected a JSON object per line, got {type(fields).__name__}")
-        records.append(Record(fields, where))
+    with open(path, "rb") as handle:
+        for number in itertools.count(1):
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise OnestopError(
+                    f"{path}:{number}: a line longer than {MAX_LINE_BYTES >> 20} MiB; "
+                    "expected one JSON record per line (JSON Lines)"
+                )
+            line = _decode(raw, path, number).rstrip("\r\n")
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                fields = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise OnestopError(
+                    f"{where}: malformed JSON ({err.msg.removesuffix(' at')} at column {err.colno})"
+                ) from None
+            if not isinstance(fields, dict):
+                raise OnestopError(f"{where}: expected a JSON object per line, got {type(fields).__name__}")
+            records.append(Record(fields, where))
+    if not records:
+        raise OnestopError(f"{path}: the file is empty; expected records")
     return records
 
 
@@ -72,7 +114,9 @@ def _read_json_list(path: Path, text: str) -> list[Record]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as err:
-        raise OnestopError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+        raise OnestopError(
+            f"{path}:{err.lineno}: malformed JSON ({err.msg.removesuffix(' at')} at column {err.colno})"
+        ) from None
     if not isinstance(items, list):
         raise OnestopError(f"{path}: expected a JSON list of records, got {type(items).__name__}")
     records = []
@@ -86,14 +130,17 @@ def _read_json_list(path: Path, text: str) -> list[Record]:
 
 def _read_csv(path: Path, text: str) -> list[Record]:
     reader = csv.DictReader(text.splitlines())
-    if not reader.fieldnames:
-        raise OnestopError(f"{path}:1: expected a header row naming the columns")
     records = []
-    for row in reader:
-        where = f"{path}:{reader.line_num}"
-        if None in row:
-            raise OnestopError(f"{where}: more cells than the {len(reader.fieldnames)} header columns")
-        records.append(Record({key: _maybe_json(value) for key, value in row.items()}, where))
+    try:
+        if not reader.fieldnames:
+            raise OnestopError(f"{path}:1: expected a header row naming the columns")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row:
+                raise OnestopError(f"{where}: more cells than the {len(reader.fieldnames)} header columns")
+            records.append(Record({key: _maybe_json(value) for key, value in row.items()}, where))
+    except csv.Error as err:  # a cell over the csv module's size limit, a stray NUL byte
+        raise OnestopError(f"{path}:{reader.line_num}: not readable as CSV ({err})") from None
     return records
 
 
@@ -113,7 +160,8 @@ def _read_parquet(path: Path) -> list[Record]:
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as err:  # pyarrow raises several unrelated types for a damaged file
-        raise OnestopError(f"{path}: not a readable Parquet file ({err})") from None
+        reason = " ".join(str(err).split())[:160]
+        raise OnestopError(f"{path}: not a readable Parquet file ({reason})") from None
     if not rows:
         raise OnestopError(f"{path}: the file is empty; expected records")
     return [Record(fields, f"{path}[row {index}]") for index, fields in enumerate(rows)]

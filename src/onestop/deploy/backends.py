@@ -1,5 +1,7 @@
 """The backend server behind a deployment: the `transformers serve` command line, its port and its hub folder."""
 
+# Lazy imports: transformers (inside transformers_request_fields).
+
 import os
 import socket
 import sys
@@ -22,6 +24,16 @@ def transformers_command(model_dir: Path, port: int, deploy: DictConfig) -> list
     command += ["--device", deploy.device, "--dtype", deploy.dtype, "--model-timeout", "-1"]
     command.append("--continuous-batching" if deploy.continuous_batching else "--no-continuous-batching")
     return command
+
+
+def transformers_request_fields() -> dict[str, frozenset]:
+    """The top-level fields `transformers serve` accepts, by kind (chat, completion): it answers any other
+    with 422, which the gateway turns into a 400 naming the field before forwarding."""
+    from transformers.cli.serving.chat_completion import ChatCompletionHandler
+    from transformers.cli.serving.completion import CompletionHandler
+
+    handlers = {"chat": ChatCompletionHandler, "completion": CompletionHandler}
+    return {kind: frozenset(handler._valid_params_class.__mutable_keys__) for kind, handler in handlers.items()}
 
 
 def hf_home() -> Path:

@@ -129,6 +129,7 @@ def parses_tool_calls(model_dir: Path) -> bool:
 
 def start(cfg: DictConfig) -> Deployment:
     backend = choose_backend(cfg.deploy.backend)
+    limits = gateway_limits(cfg, backend)  # a bad limit fails before any model is merged or loaded
     name = served_name(cfg)
     state_file = state_dir() / f"{name}.json"
     running = read_state(state_file)
@@ -164,6 +165,9 @@ def start(cfg: DictConfig) -> Deployment:
         "model_dir": str(model_dir),
         "adapter": str(adapter) if adapter else None,
         "tool_calls": tool_calls,
+        "tokenizer_dir": str(adapter or model_dir),
+        "context_length": context_length(model_dir, backend, cfg.deploy),
+        "limits": limits,
         "host": cfg.host,
         "port": port,
         "base_url": f"http://{cfg.host}:{port}/v1",
@@ -191,6 +195,39 @@ def start(cfg: DictConfig) -> Deployment:
         state_file.unlink(missing_ok=True)
         raise
     return Deployment(name, state["base_url"], state_file, process.pid)
+
+
+def gateway_limits(cfg: DictConfig, backend: str) -> dict:
+    """The gateway's limits from the deploy config; unset concurrency is sized for the backend."""
+    limits = {
+        "max_request_bytes": cfg.max_request_bytes,
+        "max_tokens_limit": cfg.max_tokens_limit,
+        "max_concurrent_requests": cfg.max_concurrent_requests or {"lmdeploy": 64}.get(backend, 8),
+        "max_queued_requests": cfg.max_queued_requests,
+        "request_timeout_s": cfg.request_timeout_s,
+    }
+    for key, value in limits.items():
+        if key == "max_queued_requests" and value < 0:
+            raise OnestopError(f"{key}={value}: must be 0 (no queue) or more")
+        if key != "max_queued_requests" and value <= 0:
+            raise OnestopError(f"{key}={value}: must be positive")
+    return limits
+
+
+def context_length(model_dir: Path, backend: str, deploy: DictConfig) -> int | None:
+    """The most tokens a request may fill, prompt and answer together: LMDeploy's session_len, else the
+    model's positions (config.json; a multimodal model's text_config); None when the model does not say."""
+    if backend == "lmdeploy":
+        return deploy.session_len
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    for node in (config, config.get("text_config") or {}):
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            if isinstance(node.get(key), int):
+                return node[key]
+    return None
 
 
 def wait_until_healthy(base: str, process: subprocess.Popen, timeout: float, log: Path) -> None:

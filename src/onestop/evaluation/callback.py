@@ -29,7 +29,7 @@ class PeriodicEvaluation(Callback):
         """The `periodic_eval` node's fields, then what the training run knows: its model, tokenizer, seed, dir."""
         self.every_n_steps = every_n_steps
         self.suite = suite_config(suite, path=path, limit=limit, log_samples=False)
-        if self.suite.kind in {"mcq", "qa", "ppl"} and not self.suite.path:
+        if self.suite.kind in {"mcq", "qa", "ppl", "classify"} and not self.suite.path:
             raise OnestopError(f"periodic_eval.path: suite {suite} needs a file")
         self.config = OmegaConf.create(
             {"eval": self.suite, "model": model_cfg, "seed": seed, "output_dir": str(run_dir), "endpoint": None}

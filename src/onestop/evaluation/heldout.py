@@ -37,9 +37,15 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 @torch.no_grad()
 def generate_answers(
-    model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 8
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+    stop: list[int] | None = None,
 ) -> list[str]:
-    """Greedy answers to chat prompts (message lists ending with the user's turn)."""
+    """Greedy answers to chat prompts (message lists ending with the user's turn), ending at a token of `stop`
+    (default: the EOS tokens, `stop_token_ids`)."""
     was_training, use_cache = model.training, model.config.use_cache
     model.eval()
     model.config.use_cache = True
@@ -56,7 +62,7 @@ def generate_answers(
                 **encoded,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                eos_token_id=stop_token_ids(model, tokenizer),
+                eos_token_id=stop or stop_token_ids(model, tokenizer),
                 pad_token_id=tokenizer.pad_token_id,
             )
             new_tokens = output[:, encoded["input_ids"].shape[1] :]

@@ -4,6 +4,8 @@
     invoke eval run_dir=runs/train/DIR eval=qa eval.path=my_questions.jsonl
     invoke eval endpoint=http://127.0.0.1:8000/v1 endpoint_model=NAME eval=qa eval.path=my_questions.jsonl
     invoke eval run_dir=runs/train/DIR eval=tools          tool calls scored without lm-eval (tool_calls.py)
+    invoke eval model=qwen eval=classify eval.path=FILE    labels, scored per class without lm-eval (classify.py)
+    invoke eval model=tiny,gemma3_270m eval=classify ...   several models, compared (many.py)
 
 (eval=agent runs tasks through the agent loop, a stage above this one: onestop.agents.evaluate.)
 
@@ -30,7 +32,9 @@ from onestop.core.hub import hub_reachable
 from onestop.core.paths import CONF_DIR
 from onestop.core.rundir import RunDir, job_config
 from onestop.core.wandb_mode import wandb_mode
-from onestop.evaluation.report import print_metrics
+from onestop.evaluation.classify import UNPARSED, chat_prompt, read_labelled, reply_label, resolve_labels, score_labels
+from onestop.evaluation.heldout import generate_answers
+from onestop.evaluation.report import plot_confusion, print_metrics
 from onestop.evaluation.suites import PUBLIC_SUITES, local_task
 from onestop.evaluation.tool_calls import (
     generate_replies,
@@ -41,6 +45,8 @@ from onestop.evaluation.tool_calls import (
     with_system_prompt,
 )
 from onestop.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from onestop.selection.devices import GIB
+from onestop.selection.estimate import serving_memory
 
 
 @dataclass
@@ -222,6 +228,8 @@ def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> E
         )
     if suite.kind == "tools":
         return evaluate_tool_calls(cfg, lm, tokenizer, quiet)
+    if suite.kind == "classify":
+        return evaluate_classification(cfg, lm, tokenizer, quiet)
     import lm_eval
     from lm_eval import simple_evaluate
 
@@ -265,7 +273,9 @@ def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> E
     result = EvalResult(Path(cfg.output_dir).absolute(), metrics, samples)
     if not quiet:
         versions = {"lm_eval": lm_eval.__version__, **(raw.get("versions") or {})}
-        write_results(result, cfg, target, time.perf_counter() - started, raw.get("n-samples"), versions)
+        model = getattr(lm, "model", None)  # the chat-completions client's `model` is the served name
+        model = model if hasattr(model, "parameters") else None
+        write_results(result, cfg, target, time.perf_counter() - started, raw.get("n-samples"), versions, model)
     return result
 
 
@@ -279,6 +289,7 @@ def evaluate_tool_calls(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = 
     rows = with_system_prompt(every_row[: suite.limit] if suite.limit else every_row, suite.system_prompt)
     target = describe_target(cfg) if lm is None else Target("in-memory", {"model": cfg.model.name})
     started = time.perf_counter()
+    model = None
     if target.kind == "endpoint":
         replies = served_replies(
             rows,
@@ -310,7 +321,74 @@ def evaluate_tool_calls(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = 
     )
     if not quiet:
         counts = {suite.name: {"original": len(every_row), "effective": len(rows)}}
-        write_results(result, cfg, target, time.perf_counter() - started, counts, {"onestop": __version__})
+        write_results(result, cfg, target, time.perf_counter() - started, counts, {"onestop": __version__}, model)
+    return result
+
+
+def evaluate_classification(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> EvalResult:
+    """The `classify` suite (classify.py): rows and labels checked before any model loads, greedy replies
+    generated in-process (or by `lm`'s model, mid-training) or asked of the endpoint, each read as a label;
+    metrics per suite and per label (task SUITE/LABEL), and confusion.png beside results.json."""
+    suite = cfg.eval
+    if not suite.path:
+        raise OnestopError(f"eval={suite.name}: set eval.path=FILE")
+    if suite.num_fewshot:
+        raise OnestopError(
+            f"eval.num_fewshot={suite.num_fewshot}: eval={suite.name} asks without examples; "
+            "describe the labels in eval.label_prompt or eval.system_prompt instead"
+        )
+    path = Path(suite.path).expanduser()
+    labels, every_row = resolve_labels(read_labelled(path), list(suite.labels), path)
+    rows = every_row[: suite.limit] if suite.limit else every_row
+    prompts = [chat_prompt(row["text"], labels, suite) for row in rows]
+    target = describe_target(cfg) if lm is None else Target("in-memory", {"model": cfg.model.name})
+    started = time.perf_counter()
+    model = None
+    if target.kind == "endpoint":
+        asked = [{"line": row["line"], "messages": m, "tools": []} for row, m in zip(rows, prompts, strict=True)]
+        replies = served_replies(
+            asked,
+            base_url=cfg.endpoint,
+            model=target.identity["endpoint_model"],
+            api_key=os.environ.get(cfg.api_key_env) or "-",
+            max_new_tokens=suite.max_new_tokens,
+            num_concurrent=cfg.num_concurrent,
+        )
+        failed = sum(reply.error is not None for reply in replies)
+        if failed:
+            print(f"{failed} of {len(rows)} rows: the endpoint answered with an error, read as {UNPARSED}", flush=True)
+        texts = [reply.content.strip() for reply in replies]
+    else:
+        tokenizer = tokenizer or load_target_tokenizer(cfg, target)
+        model = lm.model if lm is not None else load_target_model(cfg, target)
+        stop = stop_ids(model, tokenizer, end_of_turn(tokenizer))
+        texts = generate_answers(
+            model, tokenizer, prompts, max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size, stop=stop
+        )
+    questions = [messages[-1]["content"] for messages in prompts]  # a reply that repeats it is read past it
+    predicted = [reply_label(text, labels, question) for text, question in zip(texts, questions, strict=True)]
+    scores = score_labels([row["label"] for row in rows], predicted, labels)
+    metrics = {suite.name: scores.overall} | {f"{suite.name}/{label}": v for label, v in scores.per_class.items()}
+    samples = [
+        {
+            "line": row["line"],
+            "text": row["text"],
+            "expected": row["label"],
+            "reply": text,
+            "predicted": label,
+            "correct": label == row["label"],
+        }
+        for row, text, label in zip(rows, texts, predicted, strict=True)
+    ]
+    result = EvalResult(Path(cfg.output_dir).absolute(), metrics, {suite.name: samples} if suite.log_samples else {})
+    if not quiet:
+        png = result.output_dir / "confusion.png"
+        plot_confusion(png, labels, scores.columns, scores.confusion, f"{suite.name} on {describe(target)}")
+        counts = {suite.name: {"original": len(every_row), "effective": len(rows)}}
+        confusion = {"expected": labels, "predicted": scores.columns, "counts": scores.confusion}
+        seconds = time.perf_counter() - started
+        write_results(result, cfg, target, seconds, counts, {"onestop": __version__}, model, {"confusion": confusion})
+        print(f"Confusion matrix: {png}", flush=True)
     return result
 
 
@@ -357,6 +435,8 @@ def write_results(
     seconds: float,
     n_samples: dict | None = None,
     versions: dict | None = None,
+    model=None,
+    extra: dict | None = None,
 ) -> None:
     """results.json in the output directory, the table on the terminal, and the scores in W&B.
 
@@ -367,21 +447,46 @@ def write_results(
         seconds: How long the evaluation took.
         n_samples: {task: {"original": rows in the file, "effective": rows scored}}.
         versions: Versions of what scored it (lm-eval and its tasks, or onestop).
+        model: The torch model that answered, when it ran in-process (its parameters are counted).
+        extra: More top-level entries of results.json (the classify suite's confusion matrix).
     """
     payload = {
         "suite": cfg.eval.name,
         "target": target.identity | {"kind": target.kind},
+        "model_facts": model_facts(cfg, target, model),
         "metrics": result.metrics,
         "n_samples": n_samples,
         "versions": versions or {},
         "seconds": seconds,
         "config": job_config(cfg),
         "samples": result.samples,
-    }
+    } | (extra or {})
     write_json(result.output_dir / "results.json", json.loads(json.dumps(payload, default=str)))
     print_metrics(f"{cfg.eval.name} on {describe(target)}", result.metrics)
     log_to_wandb(cfg, target, result)
     print(f"Results: {result.output_dir / 'results.json'}", flush=True)
+
+
+def model_facts(cfg: DictConfig, target: Target, model=None) -> dict:
+    """What candidates are ranked by besides their scores (eval.compare shows them): the model option, where
+    its weights came from, its parameter count when it ran in-process (None when served), and the memory
+    it is estimated to need to serve the suite's batch at the model's full context."""
+    identity = target.identity
+    if target.kind == "endpoint":
+        option, path = identity["endpoint_model"], identity["endpoint"]
+    elif target.kind == "run":
+        option, path = identity["model"], identity["run_dir"]
+    else:  # the option chosen with model=, which names the file in conf/model/ (model.name usually matches)
+        option = OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None) or identity["model"]
+        path = identity.get("model_path")
+    parameters = sum(p.numel() for p in model.parameters()) if model is not None else None
+    memory = None
+    if target.kind != "endpoint":
+        try:
+            memory = serving_memory(cfg.model, cfg.eval.batch_size, cfg.model.max_seq_len) / GIB
+        except OnestopError:  # an architecture with no config to read: ranked without the estimate
+            pass
+    return {"option": option, "path": path, "parameters": parameters, "serving_gib": memory}
 
 
 def describe(target: Target) -> str:

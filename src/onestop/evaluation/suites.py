@@ -66,7 +66,8 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
     raise SuiteFileError(f"eval.path={path}: expected a .jsonl, .json or .csv file")
 
 
-def _field(record: dict, names: tuple[str, ...], where: str) -> str:
+def text_field(record: dict, names: tuple[str, ...], where: str) -> str:
+    """The first non-empty text among the fields `names`; a row without one fails naming `where`."""
     for name in names:
         value = record.get(name)
         if isinstance(value, str) and value.strip():
@@ -81,10 +82,10 @@ def read_qa(path: Path) -> list[dict]:
         where = f"{path}:{number}"
         if not isinstance(record, dict):
             raise SuiteFileError(f"{where}: expected an object with a prompt and a reference answer")
-        prompt = _field(record, PROMPT_FIELDS, where)
+        prompt = text_field(record, PROMPT_FIELDS, where)
         if record.get("input"):
             prompt = f"{prompt}\n\n{record['input']}"
-        rows.append({"prompt": prompt, "reference": _field(record, REFERENCE_FIELDS, where)})
+        rows.append({"prompt": prompt, "reference": text_field(record, REFERENCE_FIELDS, where)})
     return rows
 
 
@@ -156,7 +157,7 @@ def read_texts(path: Path) -> list[dict]:
         paragraphs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n")]
         rows = [{"text": p} for p in paragraphs if p]
     else:
-        rows = [{"text": _field(r, ("text",), f"{path}:{n}")} for n, r in read_rows(path)]
+        rows = [{"text": text_field(r, ("text",), f"{path}:{n}")} for n, r in read_rows(path)]
     if not rows:
         raise SuiteFileError(f"{path}:1: no text to measure")
     return rows

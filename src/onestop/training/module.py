@@ -6,6 +6,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
+from onestop.core.errors import OnestopError
 from onestop.data.packing import real_token_mask
 from onestop.losses import token_loss_sum
 from onestop.training.sharding import clean_name, is_sharded
@@ -90,8 +91,12 @@ class CausalLMModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def trainable_keys(self) -> set[str]:
+        """Names in a checkpoint's state_dict of the weights this run trains."""
+        return {f"model.{clean_name(name)}" for name, p in self.model.named_parameters() if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {f"model.{clean_name(name)}" for name, p in self.model.named_parameters() if p.requires_grad}
+        trainable = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["onestop_counters"] = {
             "tokens_seen": self.tokens_seen,
@@ -101,6 +106,18 @@ class CausalLMModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Loading is not strict (the frozen base is not in checkpoints), so a checkpoint of another model or
+        # method would load nothing, silently, and fail later on its optimizer state with a traceback.
+        # DeepSpeed checkpoints hold their weights elsewhere; FSDP names them per shard.
+        state = checkpoint.get("state_dict")
+        if state is not None and not is_sharded(self.trainer):
+            expected = self.trainable_keys()
+            missing = sorted(expected - state.keys())
+            if missing:
+                raise OnestopError(
+                    f"config key 'resume': the checkpoint lacks {len(missing)} of the {len(expected)} weights this "
+                    f"model and method train (e.g. {missing[0]}): it was saved by another model or method"
+                )
         counters = checkpoint.get("onestop_counters", {})
         self.tokens_seen = counters.get("tokens_seen", 0)
         self.train_seconds = counters.get("train_seconds", 0.0)

@@ -1,8 +1,10 @@
 """The training stage: seed -> data -> model -> method -> trainer -> fit -> export -> metrics."""
 
+import contextlib
 import copy
 import pickle
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from onestop.methods import method_from_config
 from onestop.methods.prompt import is_prompt_learning
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
 from onestop.models.loading import quantization_config
+from onestop.models.precision import weights_dtype
 from onestop.models.scratch import fresh_model
 from onestop.recipes import data_fingerprints, hardware_facts, provenance, provenance_warnings, recipe_text
 from onestop.training.dpo import DPOModule
@@ -29,12 +32,19 @@ from onestop.training.hardware import (
     prepare_model_for_hardware,
     shards_weights,
     trainer_hardware,
-    weights_dtype,
 )
 from onestop.training.loggers import build_logger, finish_failed_run, wandb_sync_hint
 from onestop.training.module import CausalLMModule
+from onestop.training.preflight import memory_preflight
 from onestop.training.progress import progress_bar
-from onestop.training.resume import AtomicCheckpointIO, SaveOnSigterm, TrainingPosition, resume_path
+from onestop.training.resume import (
+    AtomicCheckpointIO,
+    SaveOnSignal,
+    StoppedBySignal,
+    TrainingPosition,
+    first_process,
+    resume_path,
+)
 from onestop.training.sharding import full_parameters, parameters_per_rank, weights_sharded
 from onestop.training.weights import export_trained
 
@@ -52,12 +62,22 @@ class TrainResult:
         return self.run.path
 
 
-def train(cfg: DictConfig) -> TrainResult:
-    """Fine-tune `cfg.model` on `cfg.data` with `cfg.method`; every artefact lands in `cfg.paths.run_dir`."""
+def train(cfg: DictConfig, callbacks: Sequence = ()) -> TrainResult:
+    """Fine-tune `cfg.model` on `cfg.data` with `cfg.method`; every artefact lands in `cfg.paths.run_dir`.
+
+    `callbacks`: further Lightning callbacks (benchmarks measuring the steps, a page watching progress).
+    While it runs, the run directory is locked: a second run pointed at it refuses (`RunDir.locked`).
+    """
+    run = RunDir(cfg.paths.run_dir)
+    # One process locks for the run: the ranks Lightning or a launcher starts share the directory with it.
+    with run.locked() if first_process() else contextlib.nullcontext():
+        return _train(cfg, run, callbacks)
+
+
+def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     hardware = trainer_hardware(cfg.hardware)
     quantization_config(cfg.method.get("quantization"))  # a 4-bit request on a CPU fails here, before any work
-    run = RunDir(cfg.paths.run_dir)
     run_dir = run.path
     resume_from = resume_path(cfg.resume, run)  # before any work: `resume=auto` with nothing to resume stops here
     if cfg.periodic_eval.every_n_steps and shards_weights(cfg.hardware):
@@ -75,6 +95,10 @@ def train(cfg: DictConfig) -> TrainResult:
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed, stage=cfg.stage)
     datamodule.setup()
     print_report(datamodule.prepared)
+    longest = None if cfg.data.packing or datamodule.prepared is None else datamodule.report.max_len
+    preflight_note = memory_preflight(cfg, longest or None)
+    if preflight_note:
+        print(preflight_note, flush=True)
 
     fingerprints = data_fingerprints(datamodule.report.fingerprint, cfg.data, tokenizer, cfg.seed)
     for line in provenance_warnings(cfg.get("provenance"), fingerprints):
@@ -128,8 +152,7 @@ def train(cfg: DictConfig) -> TrainResult:
         mode="max",
         save_last=True,
     )
-    sigterm = SaveOnSigterm(run.sigterm_checkpoint)
-    callbacks = [TrainingPosition(datamodule), sigterm, checkpoint, progress_bar()]
+    callbacks = [TrainingPosition(datamodule), SaveOnSignal(run), checkpoint, progress_bar(), *callbacks]
     periodic = None
     if cfg.periodic_eval.every_n_steps:
         # The node names its callback (an evaluation suite runner), so training never imports evaluation.
@@ -149,21 +172,19 @@ def train(cfg: DictConfig) -> TrainResult:
     )
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except BaseException as error:
         finish_failed_run(logger)
+        if isinstance(error, StoppedBySignal):
+            raise OnestopError(
+                f"{error}; continue with: invoke train ... resume=auto hydra.run.dir={run_dir}"
+            ) from None
         if resume_from and trainer.global_step == 0 and unreadable_checkpoint(error):
             raise OnestopError(
-                f"config key 'resume': {resume_from} is not a readable checkpoint "
-                f"({str(error).splitlines()[0][:120]}); use resume=auto or another .ckpt"
+                f"config key 'resume': {resume_from} is not a readable checkpoint of this model and method "
+                f"({' '.join(str(error).split())[:160]}); use resume=auto or another .ckpt"
             ) from error
         raise
-    if sigterm.saved:
-        finish_failed_run(logger)
-        raise OnestopError(
-            f"stopped by SIGTERM after step {trainer.global_step}; checkpoint {sigterm.saved}; "
-            f"continue with: invoke train ... resume=auto hydra.run.dir={run_dir}"
-        )
     last_validated = module.val_history[-1]["step"] if module.val_history else None
     if datamodule.val_set and last_validated != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -213,10 +234,13 @@ def train(cfg: DictConfig) -> TrainResult:
 
 
 def unreadable_checkpoint(error: BaseException) -> bool:
-    """Whether loading a checkpoint failed because the file is not one (garbage, or cut short)."""
+    """Whether loading a checkpoint failed because the file is not one (garbage, cut short) or is another
+    model's (its weights do not fit this one)."""
     if isinstance(error, (pickle.UnpicklingError, EOFError)):
         return True
-    return isinstance(error, RuntimeError) and "PytorchStreamReader" in str(error)
+    return isinstance(error, RuntimeError) and any(
+        text in str(error) for text in ("PytorchStreamReader", "Error(s) in loading state_dict")
+    )
 
 
 def replicas_in_sync(trainer, model) -> bool | None:

@@ -1,4 +1,5 @@
-"""Chat templates onestop ships for models whose tokenizer has none (base models)."""
+"""Chat templates onestop ships: for models whose tokenizer has none (base models), and one per zoo family's
+format, written after the family's published template so that every conversation renders prefix by prefix."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ _DIR = Path(__file__).parent
 
 
 def bundled_template(name: str) -> str:
-    """Text of a bundled Jinja chat template: `gemma` or `chatml`."""
+    """Text of a bundled Jinja chat template, e.g. `chatml`, `gemma`, `llama3` (one per `*.jinja` here)."""
     path = _DIR / f"{name}.jinja"
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in _DIR.glob("*.jinja")))

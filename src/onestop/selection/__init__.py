@@ -1,0 +1,1 @@
+"""Choosing a model and settings before anything loads: architecture facts, memory and time estimates."""

@@ -1,0 +1,346 @@
+"""Peak memory per device and time of a training run, estimated from its composed config before any weight loads.
+
+    invoke estimate model=qwen7b method=lora data.max_seq_len=2048 data.batch_size=4
+
+The estimate sums what a training step holds at its peak, the start of the backward pass:
+
+- weights: the base in its load dtype (bf16 under bf16 precision, 4-bit NF4 for QLoRA), sharded by
+  FSDP/ZeRO-3;
+- adapter weights, gradients and AdamW's two moments for the trainable parameters (sharded by ZeRO-2/3 and
+  FSDP; ZeRO also keeps fp32 master weights; DDP keeps a second copy of the gradients in its buckets);
+- activations autograd keeps, measured on the meta device (probe.py), with or without checkpointing;
+- the output head's logits and cross-entropy for every labelled token, which for a 150-260k vocabulary
+  often outweigh the whole decoder;
+- the framework's own overhead (CUDA context, or torch and Lightning on a CPU).
+
+Time: FLOPs per token (2 per parameter forward; backward 2 for trainable and 1 for frozen layers; attention
+products; one more decoder forward with checkpointing) over the device's peak times a measured efficiency.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from omegaconf import DictConfig
+
+from onestop.core.errors import OnestopError
+from onestop.models.precision import weights_dtype
+from onestop.models.zoo import architecture_config, native_config, parameter_counts
+from onestop.selection.devices import COMMON_GPUS, GIB, Device
+from onestop.selection.probe import ModelShape, probe
+
+# Bytes per logit element at the peak of the loss: the head's output, its fp32 copy (cross-entropy runs in
+# fp32), the saved log-softmax and the two gradients flowing back; half-precision compute keeps the first in
+# 2 bytes. Checked against measured peaks by bench.estimate.
+LOGIT_BYTES = {"half": 14, "float32": 12}
+# NF4 weights with double quantization: 4 bits plus ~0.127 bits of constants per weight.
+NF4_BYTES_PER_PARAM = 4.127 / 8
+SHARDED_STRATEGIES = ("fsdp", "deepspeed_stage_3")
+
+
+class WillNotFit(OnestopError):
+    """The run's estimated peak memory exceeds the device's, or no micro-batch reaches the global batch."""
+
+
+@dataclass
+class MemoryBreakdown:
+    weights: float
+    adapter: float
+    gradients: float
+    optimizer: float
+    activations: float
+    logits: float
+    overhead: float
+
+    @property
+    def total(self) -> float:
+        return sum(asdict(self).values())
+
+    def gib(self) -> dict[str, float]:
+        return {**{k: v / GIB for k, v in asdict(self).items()}, "total": self.total / GIB}
+
+
+@dataclass
+class Settings:
+    """The knobs of a run that decide its memory: read from the config, changed to find a fit."""
+
+    micro_batch: int
+    seq_len: int
+    accumulation: int
+    devices: int
+    strategy: str
+    checkpointing: bool
+    qlora: bool
+    precision: str
+
+    def overrides(self) -> list[str]:
+        return [
+            f"data.batch_size={self.micro_batch}",
+            f"trainer.accumulate_grad_batches={self.accumulation}",
+            f"hardware.gradient_checkpointing={str(self.checkpointing).lower()}",
+        ]
+
+
+@dataclass
+class Estimate:
+    device: Device
+    settings: Settings
+    shape: ModelShape
+    memory: MemoryBreakdown
+    activations_checkpointed: float
+    """Activation bytes with gradient checkpointing (shown beside the figure without it)."""
+    tokens_per_step: int
+    flops_per_token: float
+    step_seconds: float
+    run_steps: int | None
+    fix: str | None = None
+    """The smallest change that makes a run that does not fit, fit."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.total <= self.device.memory_gib * GIB
+
+    @property
+    def run_seconds(self) -> float | None:
+        return self.step_seconds * self.run_steps if self.run_steps else None
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.device.to_dict(),
+            "settings": asdict(self.settings),
+            "fits": self.fits,
+            "fix": self.fix,
+            "memory_gib": self.memory.gib(),
+            "activations_checkpointed_gib": self.activations_checkpointed / GIB,
+            "params": {
+                "total": self.shape.params_total,
+                "embedding": self.shape.params_embedding,
+                "trainable": self.shape.params_trainable,
+            },
+            "tokens_per_step": self.tokens_per_step,
+            "flops_per_token": self.flops_per_token,
+            "step_seconds": self.step_seconds,
+            "run_steps": self.run_steps,
+            "run_seconds": self.run_seconds,
+            "notes": self.notes,
+        }
+
+
+def settings_from_config(cfg: DictConfig, device: Device, seq_len: int | None = None) -> Settings:
+    """The run's settings on `device`: its precision where the config says auto, its device count; `seq_len`
+    is the longest batch the data makes (default: data.max_seq_len, the longest any batch can be)."""
+    hardware = cfg.hardware
+    precision = str(hardware.precision)
+    if precision == "auto":
+        precision = device.precision
+    devices = hardware.devices
+    devices = devices if isinstance(devices, int) and devices > 0 else 1
+    return Settings(
+        micro_batch=int(cfg.data.batch_size),
+        seq_len=int(seq_len or cfg.data.max_seq_len),
+        accumulation=int(cfg.trainer.accumulate_grad_batches),
+        devices=devices * int(hardware.num_nodes),
+        strategy=str(hardware.strategy),
+        checkpointing=bool(hardware.gradient_checkpointing or cfg.method.get("gradient_checkpointing", False)),
+        qlora=bool(cfg.method.get("quantization")),
+        precision=precision,
+    )
+
+
+def model_shape(cfg: DictConfig, settings: Settings) -> ModelShape:
+    """The meta-device probe of the run's model and method at its sequence length."""
+    architecture, _ = architecture_config(cfg.model)
+    load_dtype = weights_dtype(settings.precision, settings.strategy)
+    if settings.qlora:
+        load_dtype = "bfloat16"  # the 4-bit base computes in bf16; its NF4 storage is counted in estimate()
+    autocast = {"bf16": "bfloat16", "16": "float16"}.get(settings.precision.split("-")[0])
+    return probe(architecture, cfg.method, load_dtype, autocast, settings.seq_len)
+
+
+def estimate(cfg: DictConfig, device: Device, settings: Settings | None = None, run_steps: int | None = None):
+    """The Estimate of the run `cfg` on `device` (with `settings` changed from the config's, when given)."""
+    settings = settings or settings_from_config(cfg, device)
+    shape = model_shape(cfg, settings)
+    memory, checkpointed = memory_breakdown(shape, settings, device)
+    flops = flops_per_token(shape, settings)
+    tokens = settings.micro_batch * settings.seq_len
+    achieved = device.peak_tflops * 1e12 * device.efficiency or math.nan
+    notes = [] if device.efficiency_measured else [f"efficiency {device.efficiency:.0%} assumed, not yet measured"]
+    return Estimate(
+        device=device,
+        settings=settings,
+        shape=shape,
+        memory=memory,
+        activations_checkpointed=checkpointed,
+        tokens_per_step=tokens * settings.accumulation * settings.devices,
+        flops_per_token=flops,
+        step_seconds=settings.accumulation * (tokens * flops / achieved + device.step_overhead_s),
+        run_steps=run_steps,
+        notes=notes,
+    )
+
+
+def memory_breakdown(shape: ModelShape, settings: Settings, device: Device) -> tuple[MemoryBreakdown, float]:
+    """Peak bytes per device by kind, and the activation bytes with checkpointing for comparison."""
+    world = settings.devices
+    shards_weights = settings.strategy.startswith(SHARDED_STRATEGIES)
+    shards_states = shards_weights or settings.strategy.startswith("deepspeed_stage_2")
+
+    frozen = shape.frozen_bytes
+    if settings.qlora:
+        bf16_linear = shape.frozen_linear_params * 2
+        frozen = frozen - bf16_linear + shape.frozen_linear_params * NF4_BYTES_PER_PARAM
+    weights = frozen + (0 if shape.adapter else shape.trainable_bytes)
+    adapter = shape.trainable_bytes if shape.adapter else 0
+    gradients = shape.trainable_bytes
+    optimizer = 2 * shape.trainable_bytes  # AdamW: first and second moment, in the parameter's dtype
+    if settings.strategy.startswith("deepspeed"):
+        # ZeRO keeps fp32 master weights and fp32 moments beside half-precision trainable parameters.
+        optimizer = shape.params_trainable * 12
+    if settings.strategy == "ddp" and world > 1:
+        gradients *= 2  # DDP's gradient buckets are a second copy
+    if shards_weights and world > 1:
+        weights /= world
+        adapter /= world
+        # Each rank gathers one layer's full weights at a time.
+        weights += (shape.frozen_bytes + shape.trainable_bytes) / max(shape.layers, 1)
+    if shards_states and world > 1:
+        gradients /= world
+        optimizer /= world
+
+    tokens = settings.micro_batch * settings.seq_len
+    plain = shape.saved_per_token * tokens
+    checkpointed = shape.checkpointed_per_token * tokens
+    half = settings.precision.startswith(("bf16", "16"))
+    logits = tokens * shape.vocab_size * LOGIT_BYTES["half" if half else "float32"]
+    return (
+        MemoryBreakdown(
+            weights=weights,
+            adapter=adapter,
+            gradients=gradients,
+            optimizer=optimizer,
+            activations=checkpointed if settings.checkpointing else plain,
+            logits=logits,
+            overhead=device.overhead_gib * GIB,
+        ),
+        checkpointed,
+    )
+
+
+def flops_per_token(shape: ModelShape, settings: Settings) -> float:
+    """Training FLOPs per token: forward 2 per matmul parameter; backward 4 per trainable matmul parameter
+    (input and weight gradients) and 2 per frozen one (input gradient only); the attention score and value
+    products (causal: half the sequence on average) forward and twice that backward; with checkpointing
+    the decoder runs forward twice."""
+    frozen_matmul = shape.matmul_params - shape.trainable_matmul_params
+    forward = 2 * shape.matmul_params
+    backward = 4 * shape.trainable_matmul_params + 2 * frozen_matmul
+    attention = 2 * shape.layers * settings.seq_len * shape.attention_width  # 2 products x 2 FLOPs x s/2
+    recompute = forward + attention if settings.checkpointing else 0
+    return forward + backward + 3 * attention + recompute
+
+
+def find_fix(cfg: DictConfig, device: Device, current: Settings, run_steps: int | None = None) -> str | None:
+    """The first change, cheapest first, that makes the run fit on `device`: checkpointing, a smaller
+    micro-batch with more accumulation (same global batch), QLoRA for a LoRA run on a GPU, sharding across
+    more GPUs. None when nothing tried fits."""
+    candidates: list[tuple[str, Settings]] = []
+    if not current.checkpointing:
+        candidates.append(("hardware.gradient_checkpointing=true", replace(current, checkpointing=True)))
+    micro = current.micro_batch
+    while micro > 1:
+        micro //= 2
+        accumulation = math.ceil(current.micro_batch * current.accumulation / micro)
+        smaller = replace(current, micro_batch=micro, accumulation=accumulation, checkpointing=True)
+        candidates.append((f"data.batch_size={micro} trainer.accumulate_grad_batches={accumulation}", smaller))
+    one = replace(current, micro_batch=1, accumulation=current.micro_batch * current.accumulation, checkpointing=True)
+    if device.kind == "gpu" and cfg.method.get("name") == "lora" and not current.qlora:
+        candidates.append(("method=qlora data.batch_size=1", replace(one, qlora=True)))
+    if device.kind == "gpu":
+        for gpus in (2, 4, 8):
+            candidates.append(
+                (f"hardware=fsdp with {gpus} GPUs, data.batch_size=1", replace(one, devices=gpus, strategy="fsdp"))
+            )
+    for change, settings in candidates:
+        try:
+            if estimate(cfg, device, settings, run_steps).fits:
+                if "checkpointing" not in change and settings.checkpointing and not current.checkpointing:
+                    change += " hardware.gradient_checkpointing=true"
+                return change
+        except OnestopError:
+            continue
+    return None
+
+
+def estimate_devices(cfg: DictConfig, devices: list[Device], run_steps: int | None = None) -> list[Estimate]:
+    """The run's estimate on each device, with the fix for those it does not fit."""
+    estimates = []
+    for device in devices:
+        result = estimate(cfg, device, run_steps=run_steps)
+        if not result.fits:
+            result.fix = find_fix(cfg, device, result.settings, run_steps)
+        estimates.append(result)
+    return estimates
+
+
+def largest_micro_batch(cfg: DictConfig, device: Device, global_batch: int, seq_len: int | None = None):
+    """The Settings with the largest micro-batch dividing `global_batch` (per device) that fits, and the
+    accumulation that reaches it; None when even one sequence does not fit."""
+    base = settings_from_config(cfg, device, seq_len)
+    per_device = global_batch // base.devices
+    if per_device < 1 or per_device * base.devices != global_batch:
+        raise WillNotFit(
+            f"config key 'data.global_batch_size': {global_batch} is not a multiple of the {base.devices} devices"
+        )
+    for micro in sorted((m for m in range(1, per_device + 1) if per_device % m == 0), reverse=True):
+        settings = replace(base, micro_batch=micro, accumulation=per_device // micro)
+        if estimate(cfg, device, settings).fits:
+            return settings
+    return None
+
+
+def common_devices() -> list[Device]:
+    return list(COMMON_GPUS)
+
+
+def check_fits(cfg: DictConfig, device: Device, seq_len: int | None = None) -> Estimate:
+    """The run's estimate on `device`; raises OnestopError, in one line with the fix, when it will not fit."""
+    result = estimate(cfg, device, settings_from_config(cfg, device, seq_len))
+    if result.fits:
+        return result
+    fix = find_fix(cfg, device, result.settings)
+    parts = sorted(result.memory.gib().items(), key=lambda kv: -kv[1])
+    largest = ", ".join(f"{k} {v:.1f}" for k, v in parts if k != "total" and v >= 0.05)[:160]
+    raise WillNotFit(
+        f"this run will not fit {device.name}: about {result.memory.total / GIB:.1f} GiB at its peak ({largest}) "
+        f"for {device.memory_gib:.1f} GiB available; "
+        + (f"try {fix}" if fix else "try a smaller model or more devices")
+        + "; `invoke estimate` with the same overrides shows the breakdown, hardware.memory_check=false skips "
+        "this check"
+    )
+
+
+def choose_micro_batch(cfg: DictConfig, device: Device, seq_len: int | None = None) -> Settings:
+    """For data.global_batch_size: the largest micro-batch that fits `device`, written into the config
+    (data.batch_size, trainer.accumulate_grad_batches)."""
+    global_batch = int(cfg.data.global_batch_size)
+    chosen = largest_micro_batch(cfg, device, global_batch, seq_len)
+    if chosen is None:
+        check_fits(cfg, device, seq_len)  # raises with the breakdown and the fix
+        raise WillNotFit(f"config key 'data.global_batch_size': not even one sequence fits {device.name}")
+    cfg.data.batch_size = chosen.micro_batch
+    cfg.trainer.accumulate_grad_batches = chosen.accumulation
+    return chosen
+
+
+def serving_memory(model_cfg: DictConfig, batch: int, seq_len: int, dtype_bytes: int = 2) -> float:
+    """Bytes a model needs to answer `batch` sequences of `seq_len` tokens: its weights in bf16 and the KV
+    cache (keys and values of every layer for every token), plus a GPU's usual overhead."""
+    architecture, _ = architecture_config(model_cfg)
+    config = native_config(architecture)
+    counts = parameter_counts(architecture)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    kv_cache = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes * batch * seq_len
+    return counts["total"] * dtype_bytes + kv_cache + COMMON_GPUS[0].overhead_gib * GIB

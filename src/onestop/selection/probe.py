@@ -1,0 +1,237 @@
+"""What a model and method cost, read off the meta device: parameters by kind, and the activations autograd
+keeps, per token of a sequence, with and without gradient checkpointing.
+
+The model is built from its config on the meta device (no weights exist, nothing is read from disk), the
+method is applied to it exactly as training applies it, and one forward pass runs on fake tensors (shapes
+and dtypes, no data) under the same autocast training uses. Every tensor autograd saves for the backward
+pass is counted once, so the figure follows the real architecture (GQA, head dims, norms, the adapter's
+dropout copies) instead of a textbook formula.
+"""
+
+# Lazy imports: torch, transformers, peft (inside the functions that need them).
+
+import json
+import warnings
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from unittest import mock
+
+from omegaconf import DictConfig, OmegaConf
+
+from onestop.methods import METHOD_IDENTITY, apply_lora, method_from_config
+from onestop.models.zoo import native_config, native_lora_targets
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Sizes of one model with one method applied; activation figures are bytes per token of a sequence."""
+
+    params_total: int
+    params_embedding: int
+    params_head: int
+    """Parameters of the output head; 0 when it shares the input embedding's weights."""
+    params_trainable: int
+    trainable_bytes: int
+    """Bytes of the trainable parameters in their own dtype (adapters stay fp32 on a bf16 base)."""
+    frozen_bytes: int
+    frozen_linear_params: int
+    """Frozen parameters inside the decoder's linear layers: what 4-bit loading (QLoRA) shrinks."""
+    matmul_params: int
+    """Parameters used in matrix multiplies per token (every linear layer and the output head)."""
+    trainable_matmul_params: int
+    layers: int
+    hidden_size: int
+    vocab_size: int
+    attention_width: int
+    """Query heads x head dim: the width of the attention score and value products."""
+    saved_per_token: float
+    """Activation bytes autograd keeps per token without checkpointing (decoder and embeddings)."""
+    layer_saved_per_token: float
+    """Of which one decoder layer's: what a checkpointed layer recomputes and holds during its backward."""
+    layer_input_per_token: float
+    """Bytes per token of one layer's input (the residual stream): what checkpointing keeps per layer."""
+    adapter: bool = False
+    """The method trains an adapter beside the frozen base (its weights are extra) rather than the base's own."""
+
+    @property
+    def checkpointed_per_token(self) -> float:
+        """Activation bytes per token with every decoder layer checkpointed: each layer's input, the layers
+        outside the decoder stack, and one layer recomputed at a time during the backward pass."""
+        outside = self.saved_per_token - self.layers * self.layer_saved_per_token
+        return self.layers * self.layer_input_per_token + max(outside, 0) + self.layer_saved_per_token
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe(architecture: dict, method: DictConfig, weights_dtype: str, autocast_dtype: str | None, seq_len: int):
+    """The ModelShape of `architecture` (a config.json dict) trained with `method` at `seq_len`."""
+    key = json.dumps(
+        [architecture, OmegaConf.to_container(method, resolve=True), weights_dtype, autocast_dtype, seq_len],
+        sort_keys=True,
+        default=str,
+    )
+    return _probe(key)
+
+
+@lru_cache(maxsize=64)
+def _probe(key: str) -> ModelShape:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    architecture, method, weights_dtype, autocast_dtype, seq_len = json.loads(key)
+    config = native_config(architecture)
+    config.use_cache = False
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notices peft and transformers raise about each other
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=getattr(torch, weights_dtype), attn_implementation="sdpa"
+        )
+        head = model.get_output_embeddings()
+        embedding = model.get_input_embeddings()
+        tied = head is not None and head.weight is embedding.weight
+        method = OmegaConf.create(method)
+        if "target_modules" in method:  # fused projections of remote-code families are split in the native model
+            method.target_modules = native_lora_targets(architecture, list(method.target_modules))
+        model = apply_method(model, method)
+    model.train()
+
+    counts = _parameter_counts(model, embedding.weight, None if tied else head.weight)
+    saved, per_layer, layer_input = _saved_activations(model, seq_len, autocast_dtype)
+    return ModelShape(
+        **counts,
+        layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        vocab_size=config.vocab_size,
+        attention_width=config.num_attention_heads
+        * (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads),
+        saved_per_token=saved / seq_len,
+        layer_saved_per_token=per_layer / seq_len,
+        layer_input_per_token=layer_input / seq_len,
+        adapter=bool(method.get("adapter")),
+    )
+
+
+def apply_method(model, method: DictConfig):
+    """The method applied to a meta-device model as training applies it; QLoRA's LoRA half (its 4-bit
+    half is counted by the estimate: bitsandbytes cannot quantize a model that has no weights)."""
+    if method.get("quantization"):
+        lora = {k: v for k, v in method.items() if k in {"r", "alpha", "dropout", "target_modules", "use_dora"}}
+        return apply_lora(model, **lora, use_rslora=method.get("use_rslora", False))
+    node = OmegaConf.create({k: v for k, v in method.items() if k not in ("quantization",)})
+    missing = [k for k in METHOD_IDENTITY if k not in node]
+    if missing:
+        raise ValueError(f"method node lacks {missing}")
+    return method_from_config(node)(model)
+
+
+def _parameter_counts(model, embedding_weight, head_weight) -> dict:
+    import torch
+
+    seen: set[int] = set()
+    total = trainable = trainable_bytes = frozen_bytes = 0
+    for parameter in model.parameters():
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        size = parameter.numel() * parameter.element_size()
+        total += parameter.numel()
+        if parameter.requires_grad:
+            trainable += parameter.numel()
+            trainable_bytes += size
+        else:
+            frozen_bytes += size
+    matmul = trainable_matmul = frozen_linear = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not head_weight:
+            matmul += module.weight.numel()
+            if module.weight.requires_grad:
+                trainable_matmul += module.weight.numel()
+            else:
+                frozen_linear += module.weight.numel()
+    head_params = head_weight.numel() if head_weight is not None else 0
+    return {
+        "params_total": total,
+        "params_embedding": embedding_weight.numel(),
+        "params_head": head_params,
+        "params_trainable": trainable,
+        "trainable_bytes": trainable_bytes,
+        "frozen_bytes": frozen_bytes,
+        "frozen_linear_params": frozen_linear,
+        "matmul_params": matmul + (head_params or embedding_weight.numel()),
+        "trainable_matmul_params": trainable_matmul,
+    }
+
+
+def _saved_activations(model, seq_len: int, autocast_dtype: str | None) -> tuple[int, int, int]:
+    """Bytes autograd saves in one forward pass of one sequence through the decoder: in total, inside the
+    largest decoder layer, and of one layer's input."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        _to_fake(model)
+        parameters = {p.untyped_storage()._cdata for p in model.parameters()}
+        saved: dict[int, int] = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            if storage._cdata not in parameters:
+                saved[storage._cdata] = max(saved.get(storage._cdata, 0), storage.nbytes())
+            return tensor
+
+        layer_bytes: list[int] = []
+        layer_inputs: list[int] = []
+
+        def before_layer(module, args, kwargs):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            layer_inputs.append(hidden.numel() * hidden.element_size())
+            layer_bytes.append(-sum(saved.values()))
+
+        def after_layer(module, args, kwargs, output):
+            layer_bytes[-1] += sum(saved.values())
+
+        layers = _decoder_layers(base)
+        hooks = [layer.register_forward_pre_hook(before_layer, with_kwargs=True) for layer in layers]
+        hooks += [layer.register_forward_hook(after_layer, with_kwargs=True) for layer in layers]
+        input_ids = torch.zeros((1, seq_len), dtype=torch.long)
+        with ExitStack() as stack:
+            # Packed-sequence detection reads position values, which fake tensors do not have.
+            stack.enter_context(
+                mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None)
+            )
+            if autocast_dtype:
+                stack.enter_context(torch.autocast("cpu", dtype=getattr(torch, autocast_dtype)))
+            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor))
+            base.get_decoder()(input_ids=input_ids)
+        for hook in hooks:
+            hook.remove()
+    return sum(saved.values()), max(layer_bytes, default=0), max(layer_inputs, default=0)
+
+
+def _decoder_layers(base):
+    import torch
+
+    lists = [m for m in base.modules() if isinstance(m, torch.nn.ModuleList)]
+    return max(lists, key=len) if lists else []
+
+
+def _to_fake(model) -> None:
+    """Swap every meta parameter and buffer for a fake CPU tensor of the same shape, dtype and sharing."""
+    import torch
+
+    fakes: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, parameter in list(module._parameters.items()):
+            if parameter is not None:
+                if id(parameter) not in fakes:
+                    empty = torch.empty(parameter.shape, dtype=parameter.dtype, device="cpu")
+                    fakes[id(parameter)] = torch.nn.Parameter(empty, requires_grad=parameter.requires_grad)
+                module._parameters[name] = fakes[id(parameter)]
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None:
+                module._buffers[name] = torch.empty(buffer.shape, dtype=buffer.dtype, device="cpu")

@@ -22,6 +22,7 @@ from conftest import ASSETS, TINY_DATA, run_invoke
 from invoke.exceptions import Exit
 
 from onestop import cli
+from onestop.core.paths import PROJECT_ROOT
 
 CASES = yaml.safe_load((Path(__file__).parent / "bad_inputs" / "cases.yaml").read_text())
 TINY_MODEL = ["model=tiny", "hardware=cpu", "logger=none"]
@@ -250,3 +251,8 @@ def test_a_huge_line_is_refused_without_reading_the_file_whole(huge_line):
     message, peak_kib = done.stdout.strip().splitlines()
     assert message == f"{huge_line}:1: a line longer than 64 MiB; expected one JSON record per line (JSON Lines)"
     assert int(peak_kib) * 1024 < HUGE_LINE_BYTES / 2, f"peak memory {int(peak_kib) >> 10} MiB"
+
+
+def test_the_docs_list_every_bad_input():
+    listed = (PROJECT_ROOT / "docs" / "reliability.md").read_text()
+    assert [case["name"] for case in CASES if f"| {case['name'].split(',')[0]}" not in listed] == []

@@ -45,6 +45,8 @@ SHAPE = ModelShape(
     saved_per_token=1000.0,
     layer_saved_per_token=200.0,
     layer_input_per_token=128.0,
+    backward_frozen_matmul_params=900_000,
+    backward_layers=4,
     adapter=True,
 )
 SETTINGS = Settings(
@@ -100,9 +102,13 @@ def test_flops_per_token_by_hand():
     attention = 2 * 4 * 100 * 64
     lora = flops_per_token(SHAPE, SETTINGS)
     assert lora == 2 * 1_000_000 + 4 * 100_000 + 2 * 900_000 + 3 * attention
-    full = replace(SHAPE, trainable_matmul_params=1_000_000)
+    full = replace(SHAPE, trainable_matmul_params=1_000_000, backward_frozen_matmul_params=0)
     assert flops_per_token(full, SETTINGS) == 6 * 1_000_000 + 3 * attention
-    assert flops_per_token(full, replace(SETTINGS, checkpointing=True)) == 8 * 1_000_000 + 4 * attention
+    # Checkpointing runs the decoder forward again (its matmuls, not the head's 100k, and its attention).
+    assert flops_per_token(full, replace(SETTINGS, checkpointing=True)) == 6 * 1_000_000 + 1_800_000 + 4 * attention
+    # Freeze tuning of the last of 4 layers: the backward pass never goes below it.
+    freeze = replace(SHAPE, trainable_matmul_params=200_000, backward_frozen_matmul_params=100_000, backward_layers=1)
+    assert flops_per_token(freeze, SETTINGS) == 2 * 1_000_000 + 4 * 200_000 + 2 * 100_000 + attention + attention / 2
 
 
 @pytest.mark.parametrize("method", ["lora", "full", "freeze"])

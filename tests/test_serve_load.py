@@ -6,6 +6,7 @@ until the test lets them go: what they assert is ordering and slot accounting, n
 """
 
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from onestop.deploy.backends import free_port
 from onestop.deploy.gateway import RequestError, build_app, fit_context, parse_body, validate
 from onestop.deploy.loadtest import malformed_requests, run_load
 from onestop.deploy.prompts import PromptMeter
-from onestop.deploy.service import gateway_limits
+from onestop.deploy.service import gateway_limits, start
 
 LIMITS = {
     "max_request_bytes": 4 << 20,
@@ -317,3 +318,15 @@ def test_under_load_good_requests_succeed_and_bad_ones_get_4xx_naming_the_field(
     assert report["rss_mb"]["after"] - report["rss_mb"]["before"] < 512, report["rss_mb"]
     health = httpx.get(tool_deployment.base_url.removesuffix("/v1") + "/health", timeout=30).json()
     assert health["status"] == "ok" and health["load"]["in_flight"] == 0
+
+
+def test_a_port_already_in_use_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONESTOP_HOME", str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = compose_config("deploy", ["model=tiny", "deploy=transformers", f"port={port}", "name=busy"])
+        with pytest.raises(OnestopError, match=rf"config key 'port': 127.0.0.1:{port} cannot be bound"):
+            start(cfg)
+    assert not (tmp_path / "deploy" / "busy.json").exists()

@@ -398,7 +398,7 @@ def bench_estimate(models: list[str], steps: int, output: str | None) -> list[di
         corpus,
         "".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(900))}) + "\n" for _ in range(24)),
     )
-    rows = []
+    rows, machine = [], this_machine()
     for model in models:
         if model not in ESTIMATE_GRID:
             raise OnestopError(f"bench.estimate --models {model}: choose from {', '.join(ESTIMATE_GRID)}")
@@ -419,7 +419,7 @@ def bench_estimate(models: list[str], steps: int, output: str | None) -> list[di
                     measured = Path(spec["run_dir"]) / "row.json"
                     if not measured.is_file():  # rerunning with the same --output measures only what is missing
                         write_json(measured, _measure_in_child(spec))
-                    rows.append(json.loads(measured.read_text()))
+                    rows.append(_with_time_estimate(json.loads(measured.read_text()), spec, machine))
     write_json(out_dir / "bench.json", {"rows": rows})
     _write_markdown(out_dir / "bench.md", rows)
     _plot_estimates(out_dir / "estimate_vs_measured.png", rows)
@@ -431,6 +431,19 @@ def bench_estimate(models: list[str], steps: int, output: str | None) -> list[di
         flush=True,
     )
     return rows
+
+
+def _with_time_estimate(row: dict, spec: dict, device) -> dict:
+    """The row's step time estimated by the present code and the device's present peak, efficiency and
+    per-step overhead: rows measured before a calibration are shown against the calibrated estimate."""
+    predicted = estimate(_grid_config(spec), device)
+    flops = predicted.tokens_per_step * predicted.flops_per_token
+    return row | {
+        "est s/step": predicted.step_seconds,
+        "time err %": 100 * (predicted.step_seconds / row["measured s/step"] - 1),
+        "MFU %": 100 * flops / row["measured s/step"] / (device.peak_tflops * 1e12),
+        "flops/step": flops,
+    }
 
 
 def _measure_in_child(spec: dict) -> dict:
@@ -447,13 +460,9 @@ def _measure_in_child(spec: dict) -> dict:
     return json.loads(result_lines[-1][4:])
 
 
-def measure_estimate_row() -> None:
-    """One grid row, in its own process (so its peak is its own): estimate, train, measure; prints `ROW {json}`."""
-    import lightning as L
-    import torch
-
-    spec = json.loads(sys.stdin.read())
-    cfg = compose(
+def _grid_config(spec: dict):
+    """The training config of one grid row: generated text filling every sequence, loss on every token."""
+    return compose(
         "train",
         [
             f"model={spec['model']}",
@@ -473,6 +482,15 @@ def measure_estimate_row() -> None:
             f"hydra.run.dir={spec['run_dir']}",
         ],
     )
+
+
+def measure_estimate_row() -> None:
+    """One grid row, in its own process (so its peak is its own): estimate, train, measure; prints `ROW {json}`."""
+    import lightning as L
+    import torch
+
+    spec = json.loads(sys.stdin.read())
+    cfg = _grid_config(spec)
     device = this_machine()
     predicted = estimate(cfg, device, settings_from_config(cfg, device))
     gpu = torch.cuda.is_available()
@@ -527,6 +545,7 @@ def measure_estimate_row() -> None:
         "measured s/step": step,
         "time err %": 100 * (predicted.step_seconds / step - 1),
         "MFU %": 100 * achieved / (device.peak_tflops * 1e12),
+        "flops/step": predicted.tokens_per_step * predicted.flops_per_token,
     }
     print("ROW " + json.dumps(row), flush=True)
 

@@ -242,6 +242,9 @@ class RunDir:
                     return
                 except FileExistsError:
                     pass
+                except OSError:  # a file system without hard links (some network and FUSE mounts)
+                    if _create_exclusively(self.lock_file, Path(tmp).read_text()):
+                        return
                 holder = _lock_holder(self.lock_file)
                 if holder is None:
                     continue  # released in between
@@ -281,6 +284,17 @@ class RunDir:
 
     def write_objective(self, record: dict) -> None:
         write_json(self.objective_file, record)
+
+
+def _create_exclusively(path: Path, text: str) -> bool:
+    """Write `text` to `path` unless it exists; whether it was written."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return True
 
 
 def _lock_holder(lock: Path) -> tuple[int, str] | None:

@@ -140,7 +140,8 @@ def _read_csv(path: Path, text: str) -> list[Record]:
                 raise OnestopError(f"{where}: more cells than the {len(reader.fieldnames)} header columns")
             records.append(Record({key: _maybe_json(value) for key, value in row.items()}, where))
     except csv.Error as err:  # a cell over the csv module's size limit, a stray NUL byte
-        raise OnestopError(f"{path}:{reader.line_num}: not readable as CSV ({err})") from None
+        # line_num counts the lines read whole: the bad one is the next.
+        raise OnestopError(f"{path}:{reader.line_num + 1}: not readable as CSV ({err})") from None
     return records
 
 

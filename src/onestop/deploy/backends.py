@@ -9,12 +9,26 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from onestop.core.errors import OnestopError
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail in one line, before any model is merged or loaded, when `host:port` is taken."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OnestopError(
+                f"config key 'port': {host}:{port} cannot be bound ({err.strerror}); another server is using it? "
+                "stop it, or choose another port (port=0 picks a free one)"
+            ) from None
 
 
 def transformers_command(model_dir: Path, port: int, deploy: DictConfig) -> list[str]:

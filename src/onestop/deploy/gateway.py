@@ -17,6 +17,7 @@ transformers serve finishes a non-streamed one regardless (max_tokens_limit boun
 
 # Lazy imports: httpx, fastapi, uvicorn (inside the functions that need them).
 
+import hmac
 import json
 import os
 import signal
@@ -372,7 +373,9 @@ def build_app(state: dict):
         return JSONResponse(payload, status_code=status, headers=headers)
 
     def authorised(request: Request) -> bool:
-        return api_key is None or request.headers.get("authorization") == f"Bearer {api_key}"
+        # Constant-time: how long a wrong key takes to refuse must not tell how much of it was right.
+        given = request.headers.get("authorization", "").encode()
+        return api_key is None or hmac.compare_digest(given, f"Bearer {api_key}".encode())
 
     @app.get("/health")
     async def health():

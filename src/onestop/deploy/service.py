@@ -32,7 +32,7 @@ from onestop.core.errors import OnestopError
 from onestop.core.files import staged_directory, write_json
 from onestop.core.paths import cache_dir
 from onestop.core.rundir import RunDir
-from onestop.deploy.backends import free_port, hf_home, transformers_command
+from onestop.deploy.backends import check_port_free, free_port, hf_home, transformers_command
 from onestop.deploy.export import export_run, stop_ids_with_end_of_turn
 from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
 from onestop.models import load_tokenizer, resolve_model_path
@@ -137,6 +137,8 @@ def start(cfg: DictConfig) -> Deployment:
         raise OnestopError(
             f"{name} is already served at {running['base_url']}; stop it with invoke deploy.stop name={name}"
         )
+    if cfg.port:
+        check_port_free(cfg.host, cfg.port)
     model_dir, adapter = model_to_serve(cfg, backend)
     internal = free_port()
     port = cfg.port or free_port()

@@ -65,9 +65,9 @@ COMMON_GPUS = (
 
 # Measured by `invoke bench.estimate` on a 2-core CPU (docs/benchmarks.md): achieved training FLOP/s over
 # the matmul peak measured below, median of its rows.
-CPU_EFFICIENCY = 0.30
+CPU_EFFICIENCY = 0.24
 CPU_OVERHEAD_GIB = 0.125
-CPU_STEP_OVERHEAD_S = 0.05
+CPU_STEP_OVERHEAD_S = 0.03
 
 
 def device_by_name(name: str) -> Device | None:

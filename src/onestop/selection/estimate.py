@@ -229,15 +229,21 @@ def memory_breakdown(shape: ModelShape, settings: Settings, device: Device) -> t
 
 def flops_per_token(shape: ModelShape, settings: Settings) -> float:
     """Training FLOPs per token: forward 2 per matmul parameter; backward 4 per trainable matmul parameter
-    (input and weight gradients) and 2 per frozen one (input gradient only); the attention score and value
-    products (causal: half the sequence on average) forward and twice that backward; with checkpointing
-    the decoder runs forward twice."""
-    frozen_matmul = shape.matmul_params - shape.trainable_matmul_params
+    (input and weight gradients) and 2 per frozen one it passes through (input gradient only; none below
+    the lowest layer that trains); the attention score and value products (causal: half the sequence on
+    average) forward and twice that backward; with checkpointing the layers the backward passes through
+    run forward twice."""
     forward = 2 * shape.matmul_params
-    backward = 4 * shape.trainable_matmul_params + 2 * frozen_matmul
-    attention = 2 * shape.layers * settings.seq_len * shape.attention_width  # 2 products x 2 FLOPs x s/2
-    recompute = forward + attention if settings.checkpointing else 0
-    return forward + backward + 3 * attention + recompute
+    backward = 4 * shape.trainable_matmul_params + 2 * shape.backward_frozen_matmul_params
+    per_layer_attention = 2 * settings.seq_len * shape.attention_width  # 2 products x 2 FLOPs x s/2
+    attention = per_layer_attention * shape.layers
+    backward_attention = 2 * per_layer_attention * shape.backward_layers
+    recompute = 0.0
+    if settings.checkpointing and shape.layers:
+        share = shape.backward_layers / shape.layers
+        decoder_forward = forward - 2 * (shape.params_head or shape.params_embedding)
+        recompute = share * (decoder_forward + attention)
+    return forward + backward + attention + backward_attention + recompute
 
 
 def find_fix(cfg: DictConfig, device: Device, current: Settings, run_steps: int | None = None) -> str | None:

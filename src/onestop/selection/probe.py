@@ -53,6 +53,11 @@ class ModelShape:
     """Of which one decoder layer's: what a checkpointed layer recomputes and holds during its backward."""
     layer_input_per_token: float
     """Bytes per token of one layer's input (the residual stream): what checkpointing keeps per layer."""
+    backward_frozen_matmul_params: int = 0
+    """Frozen matmul parameters the backward pass goes through (for their input gradients): those at or above
+    the lowest layer that trains, and the output head."""
+    backward_layers: int = 0
+    """Decoder layers the backward pass goes through."""
     adapter: bool = False
     """The method trains an adapter beside the frozen base (its weights are extra) rather than the base's own."""
 
@@ -92,14 +97,13 @@ def _probe(key: str) -> ModelShape:
         )
         head = model.get_output_embeddings()
         embedding = model.get_input_embeddings()
-        tied = head is not None and head.weight is embedding.weight
         method = OmegaConf.create(method)
         if "target_modules" in method:  # fused projections of remote-code families are split in the native model
             method.target_modules = native_lora_targets(architecture, list(method.target_modules))
         model = apply_method(model, method)
     model.train()
 
-    counts = _parameter_counts(model, embedding.weight, None if tied else head.weight)
+    counts = _parameter_counts(model, embedding.weight, head.weight)
     saved, per_layer, layer_input = _saved_activations(model, seq_len, autocast_dtype)
     return ModelShape(
         **counts,
@@ -129,6 +133,7 @@ def apply_method(model, method: DictConfig):
 
 
 def _parameter_counts(model, embedding_weight, head_weight) -> dict:
+    """Parameters by kind; `head_weight` is the output head's weight, tied to the embedding or not."""
     import torch
 
     seen: set[int] = set()
@@ -144,25 +149,31 @@ def _parameter_counts(model, embedding_weight, head_weight) -> dict:
             trainable_bytes += size
         else:
             frozen_bytes += size
-    matmul = trainable_matmul = frozen_linear = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.weight is not head_weight:
-            matmul += module.weight.numel()
-            if module.weight.requires_grad:
-                trainable_matmul += module.weight.numel()
-            else:
-                frozen_linear += module.weight.numel()
-    head_params = head_weight.numel() if head_weight is not None else 0
+
+    def linears(module):
+        return [m.weight for m in module.modules() if isinstance(m, torch.nn.Linear) and m.weight is not head_weight]
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = _decoder_layers(base)
+    # The backward pass stops below the lowest layer that trains (freeze tuning): layers under it need none.
+    trains = [any(p.requires_grad for p in layer.parameters()) for layer in layers]
+    lowest = 0 if embedding_weight.requires_grad else next((i for i, t in enumerate(trains) if t), len(layers))
+    weights = linears(model)
+    head_params = head_weight.numel()
+    frozen_in_backward = sum(w.numel() for layer in layers[lowest:] for w in linears(layer) if not w.requires_grad)
     return {
         "params_total": total,
         "params_embedding": embedding_weight.numel(),
-        "params_head": head_params,
+        "params_head": 0 if head_weight is embedding_weight else head_params,
         "params_trainable": trainable,
         "trainable_bytes": trainable_bytes,
         "frozen_bytes": frozen_bytes,
-        "frozen_linear_params": frozen_linear,
-        "matmul_params": matmul + (head_params or embedding_weight.numel()),
-        "trainable_matmul_params": trainable_matmul,
+        "frozen_linear_params": sum(w.numel() for w in weights if not w.requires_grad),
+        "matmul_params": sum(w.numel() for w in weights) + head_params,
+        "trainable_matmul_params": sum(w.numel() for w in weights if w.requires_grad)
+        + (head_params if head_weight.requires_grad else 0),
+        "backward_frozen_matmul_params": frozen_in_backward + (0 if head_weight.requires_grad else head_params),
+        "backward_layers": len(layers) - lowest,
     }
 
 

@@ -155,6 +155,7 @@ def test_estimates_on_the_common_gpus_and_the_fix_fits():
     assert math.isclose(h200.tokens_per_step, 4 * 2048)
 
 
+@pytest.mark.slow
 def test_a_run_that_will_not_fit_stops_before_loading(tmp_path):
     run_dir = tmp_path / "run"
     result = run_invoke(
@@ -173,6 +174,7 @@ def test_a_run_that_will_not_fit_stops_before_loading(tmp_path):
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_global_batch_picks_the_largest_micro_batch_that_fits(tmp_path):
     cfg = compose(*TINY, "data.max_seq_len=256")
     device = replace(CPU, bf16=False)
@@ -201,6 +203,7 @@ def test_global_batch_picks_the_largest_micro_batch_that_fits(tmp_path):
     assert written["data"]["batch_size"] == 2 and written["trainer"]["accumulate_grad_batches"] == 4
 
 
+@pytest.mark.slow
 def test_estimate_and_models_commands_print_json():
     result = run_invoke("estimate", *TINY_AUTO, "method=lora", "--json", "--devices", "t4,h100")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -172,6 +172,7 @@ def wait_for(process: subprocess.Popen, path: Path, timeout: float = 300) -> Non
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_stops_without_validating_or_exporting(tmp_path):
     run_dir = tmp_path / "run"
     # Far more steps than it will run; every step validated would show in metrics.csv as a val/loss row.

@@ -13,8 +13,9 @@ The estimate sums what a training step holds at its peak, the start of the backw
   often outweigh the whole decoder;
 - the framework's own overhead (CUDA context, or torch and Lightning on a CPU).
 
-Time: FLOPs per token (2 per parameter forward; backward 2 for trainable and 1 for frozen layers; attention
-products; one more decoder forward with checkpointing) over the device's peak times a measured efficiency.
+Time: FLOPs per token (2 per parameter forward; backward 4 for trainable and 2 for frozen matmul parameters
+it passes through; attention products; one more forward of those layers with checkpointing) over the
+device's peak times a measured efficiency, plus a per-step overhead.
 """
 
 import math
@@ -316,14 +317,18 @@ def check_fits(cfg: DictConfig, device: Device, seq_len: int | None = None) -> E
         return result
     fix = find_fix(cfg, device, result.settings)
     parts = sorted(result.memory.gib().items(), key=lambda kv: -kv[1])
-    largest = ", ".join(f"{k} {v:.1f}" for k, v in parts if k != "total" and v >= 0.05)[:160]
+    largest = ", ".join(f"{k} {_gib(v)}" for k, v in parts if k != "total" and v >= 0.005)[:160]
     raise WillNotFit(
-        f"this run will not fit {device.name}: about {result.memory.total / GIB:.1f} GiB at its peak ({largest}) "
-        f"for {device.memory_gib:.1f} GiB available; "
+        f"this run will not fit {device.name}: about {_gib(result.memory.total / GIB)} GiB at its peak ({largest}) "
+        f"for {_gib(device.memory_gib)} GiB available; "
         + (f"try {fix}" if fix else "try a smaller model or more devices")
         + "; `invoke estimate` with the same overrides shows the breakdown, hardware.memory_check=false skips "
         "this check"
     )
+
+
+def _gib(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
 
 def choose_micro_batch(cfg: DictConfig, device: Device, seq_len: int | None = None) -> Settings:

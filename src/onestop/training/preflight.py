@@ -29,7 +29,7 @@ def memory_preflight(cfg: DictConfig, longest: int | None) -> str | None:
             return (
                 f"data.global_batch_size={cfg.data.global_batch_size}: micro-batch {chosen.micro_batch} x "
                 f"accumulation {chosen.accumulation} x {chosen.devices} device(s), the largest that fits "
-                f"{device.name} ({device.memory_gib:.1f} GiB)"
+                f"{device.name} ({device.memory_gib:.2f} GiB)"
             )
         check_fits(cfg, device, longest)
     except WillNotFit:

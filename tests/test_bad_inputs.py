@@ -216,6 +216,7 @@ def problem_with(case: dict, outcome: Outcome, folder: Path) -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_every_bad_input_is_refused_with_its_message(tmp_path, capsys, huge_line):
     failures, seconds = [], {}
     for index, case in enumerate(CASES):

@@ -291,17 +291,7 @@ def evaluate_tool_calls(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = 
     started = time.perf_counter()
     model = None
     if target.kind == "endpoint":
-        replies = served_replies(
-            rows,
-            base_url=cfg.endpoint,
-            model=target.identity["endpoint_model"],
-            api_key=os.environ.get(cfg.api_key_env) or "-",
-            max_new_tokens=suite.max_new_tokens,
-            num_concurrent=cfg.num_concurrent,
-        )
-        failed = sum(reply.error is not None for reply in replies)
-        if failed:
-            print(f"{failed} of {len(rows)} rows: the endpoint answered with an error, scored as no call", flush=True)
+        replies = endpoint_replies(cfg, target, suite, rows, "scored as no call")
     else:
         tokenizer = tokenizer or load_target_tokenizer(cfg, target)
         if getattr(tokenizer, "response_template", None) is None:
@@ -346,17 +336,7 @@ def evaluate_classification(cfg: DictConfig, lm=None, tokenizer=None, quiet: boo
     model = None
     if target.kind == "endpoint":
         asked = [{"line": row["line"], "messages": m, "tools": []} for row, m in zip(rows, prompts, strict=True)]
-        replies = served_replies(
-            asked,
-            base_url=cfg.endpoint,
-            model=target.identity["endpoint_model"],
-            api_key=os.environ.get(cfg.api_key_env) or "-",
-            max_new_tokens=suite.max_new_tokens,
-            num_concurrent=cfg.num_concurrent,
-        )
-        failed = sum(reply.error is not None for reply in replies)
-        if failed:
-            print(f"{failed} of {len(rows)} rows: the endpoint answered with an error, read as {UNPARSED}", flush=True)
+        replies = endpoint_replies(cfg, target, suite, asked, f"read as {UNPARSED}")
         texts = [reply.content.strip() for reply in replies]
     else:
         tokenizer = tokenizer or load_target_tokenizer(cfg, target)
@@ -465,6 +445,23 @@ def write_results(
     print_metrics(f"{cfg.eval.name} on {describe(target)}", result.metrics)
     log_to_wandb(cfg, target, result)
     print(f"Results: {result.output_dir / 'results.json'}", flush=True)
+
+
+def endpoint_replies(cfg: DictConfig, target: Target, suite, asked: list[dict], on_error: str) -> list:
+    """The endpoint's replies to `asked` (rows with `messages` and `tools`), saying how many were errors and
+    how they are scored (`on_error`)."""
+    replies = served_replies(
+        asked,
+        base_url=cfg.endpoint,
+        model=target.identity["endpoint_model"],
+        api_key=os.environ.get(cfg.api_key_env) or "-",
+        max_new_tokens=suite.max_new_tokens,
+        num_concurrent=cfg.num_concurrent,
+    )
+    failed = sum(reply.error is not None for reply in replies)
+    if failed:
+        print(f"{failed} of {len(asked)} rows: the endpoint answered with an error, {on_error}", flush=True)
+    return replies
 
 
 def model_facts(cfg: DictConfig, target: Target, model=None) -> dict:

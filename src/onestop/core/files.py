@@ -50,16 +50,8 @@ def reported_as_user_error(path: Path, what: str = "") -> Iterator[None]:
         raise found from error
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make the names in `directory` (a rename into it) durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's contents, or a directory's names (a rename into it), durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -70,7 +62,7 @@ def fsync_file(path: Path) -> None:
 def replace_durably(tmp: Path, target: Path) -> None:
     """Rename the flushed file or directory `tmp` onto `target` and make the rename durable."""
     os.replace(tmp, target)
-    fsync_directory(target.parent)
+    fsync_path(target.parent)
 
 
 @contextmanager
@@ -114,15 +106,15 @@ def save_figure_atomic(figure, path: Path, dpi: int = 120) -> None:
     with temporary_beside(path, suffix=".png") as (fd, tmp):
         os.close(fd)
         figure.savefig(tmp, format="png", dpi=dpi)
-        fsync_file(tmp)
+        fsync_path(tmp)
         replace_durably(tmp, path)
 
 
 def _fsync_tree(root: Path) -> None:
     for directory, _, files in os.walk(root):
         for name in files:
-            fsync_file(Path(directory) / name)
-        fsync_directory(Path(directory))
+            fsync_path(Path(directory) / name)
+        fsync_path(Path(directory))
 
 
 @contextmanager
@@ -146,7 +138,7 @@ def staged_directory(target: Path, replace: bool = True):
             if target.exists():
                 shutil.rmtree(target)
             staging.rename(target)
-            fsync_directory(target.parent)
+            fsync_path(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

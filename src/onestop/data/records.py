@@ -99,9 +99,7 @@ def _read_jsonl(path: Path) -> list[Record]:
             try:
                 fields = json.loads(line)
             except json.JSONDecodeError as err:
-                raise OnestopError(
-                    f"{where}: malformed JSON ({err.msg.removesuffix(' at')} at column {err.colno})"
-                ) from None
+                raise malformed_json(where, err) from None
             if not isinstance(fields, dict):
                 raise OnestopError(f"{where}: expected a JSON object per line, got {type(fields).__name__}")
             records.append(Record(fields, where))
@@ -110,13 +108,16 @@ def _read_jsonl(path: Path) -> list[Record]:
     return records
 
 
+def malformed_json(where: str, err: json.JSONDecodeError) -> OnestopError:
+    """The one-line error for JSON that does not parse, at `where` (FILE:LINE)."""
+    return OnestopError(f"{where}: malformed JSON ({err.msg.removesuffix(' at')} at column {err.colno})")
+
+
 def _read_json_list(path: Path, text: str) -> list[Record]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as err:
-        raise OnestopError(
-            f"{path}:{err.lineno}: malformed JSON ({err.msg.removesuffix(' at')} at column {err.colno})"
-        ) from None
+        raise malformed_json(f"{path}:{err.lineno}", err) from None
     if not isinstance(items, list):
         raise OnestopError(f"{path}: expected a JSON list of records, got {type(items).__name__}")
     records = []

@@ -16,6 +16,7 @@ from pathlib import Path
 from torch.utils.data import IterableDataset
 
 from onestop.core.errors import OnestopError
+from onestop.data.records import malformed_json
 
 
 class TextBlockStream(IterableDataset):
@@ -48,7 +49,7 @@ class TextBlockStream(IterableDataset):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise OnestopError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+            raise malformed_json(where, err) from None
         text = record.get(self.text_field) if isinstance(record, dict) else None
         if not isinstance(text, str):
             raise OnestopError(f"{where}: missing text field '{self.text_field}' (map another with data.columns.text)")

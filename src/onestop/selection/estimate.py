@@ -306,10 +306,6 @@ def largest_micro_batch(cfg: DictConfig, device: Device, global_batch: int, seq_
     return None
 
 
-def common_devices() -> list[Device]:
-    return list(COMMON_GPUS)
-
-
 def check_fits(cfg: DictConfig, device: Device, seq_len: int | None = None) -> Estimate:
     """The run's estimate on `device`; raises OnestopError, in one line with the fix, when it will not fit."""
     result = estimate(cfg, device, settings_from_config(cfg, device, seq_len))

@@ -14,6 +14,7 @@ from onestop.data.prepare import DataReport, prepare, sources_of
 from onestop.data.records import is_hub_dataset_id
 from onestop.data.sampler import ResumableSampler
 from onestop.data.streaming import TextBlockStream
+from onestop.data.windows import StepWindowLoader
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -51,7 +52,7 @@ class SFTDataModule(L.LightningDataModule):
             raise OnestopError(f"stage=pretrain: needs raw text (data=text); {got}")
         self.prepared, self.report = prepared, prepared.report
         self.train_set, self.val_set = prepared.train, prepared.val
-        if self.cfg.packing:
+        if self.cfg.packing is True:  # the training stage resolves `auto` first (onestop.data.packing.resolve_packing)
             if self.stage == "dpo":
                 raise OnestopError("data.packing: preference pairs are not packed; set data.packing=false")
 
@@ -111,7 +112,7 @@ class SFTDataModule(L.LightningDataModule):
         if self.stream is not None:
             if self.resume_at is not None:
                 self.stream.skip_blocks = self.resume_at[1] * self.cfg.batch_size
-            return DataLoader(self.stream, batch_size=self.cfg.batch_size, collate_fn=self.collate)
+            return self._loader(self.stream)
 
         trainer = self.trainer
         self.sampler = ResumableSampler(
@@ -122,14 +123,29 @@ class SFTDataModule(L.LightningDataModule):
             world_size=trainer.world_size if trainer else 1,
             resume_at=self.resume_at,
         )
-        return DataLoader(
+        return self._loader(
             self.train_set,
-            batch_size=self.cfg.batch_size,
             sampler=self.sampler,
-            collate_fn=self.collate,
             num_workers=self.cfg.num_workers,
             generator=self._own_generator(),
         )
+
+    def _loader(self, dataset, **options) -> DataLoader:
+        """The training loader: for token-level losses, one whose batches know their optimizer step's token count
+        (onestop.data.windows); preference pairs are scored per pair, so their loader is a plain one."""
+        options.update(batch_size=self.cfg.batch_size, collate_fn=self.collate)
+        if self.stage == "dpo":
+            return DataLoader(dataset, **options)
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
+        return StepWindowLoader(dataset, accumulate=accumulate, batches_done=self._batches_done, **options)
+
+    def _batches_done(self) -> int:
+        """Batches of the epoch about to be iterated that a resumed run has already trained on."""
+        if self.resume_at is None:
+            return 0
+        epoch, batches_done = self.resume_at
+        current = self.trainer.current_epoch if self.trainer else epoch
+        return batches_done if epoch == current else 0
 
     def _own_generator(self) -> torch.Generator:
         """Loaders draw worker seeds from this, not from the global RNG that dropout uses, so when a loader is

@@ -8,6 +8,7 @@ import torch
 
 from onestop.core.errors import OnestopError
 from onestop.data.packing import real_token_mask
+from onestop.data.windows import STEP_TOKENS
 from onestop.losses import token_loss_sum
 from onestop.training.sharding import clean_name, is_sharded
 
@@ -45,13 +46,29 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss_sum, tokens = token_loss_sum(self.model, batch)
-        loss = loss_sum / max(tokens, 1)
-        self.last_train_loss = float(loss.detach())
+        mean_loss = loss_sum.detach() / max(tokens, 1)
+        self.last_train_loss = float(mean_loss)
         self.train_losses.append(self.last_train_loss)
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
-        self.log("loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        self.log("train/loss", mean_loss, on_step=True, on_epoch=False)
+        self.log("loss", mean_loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return loss
+        return loss_sum * self.step_loss_scale(batch, tokens)
+
+    def step_loss_scale(self, batch: dict[str, torch.Tensor], tokens: int) -> torch.Tensor | float:
+        """What turns this micro-batch's summed loss into its share of the step's mean over every labelled token.
+
+        The frameworks divide what training_step returns by the accumulation steps (Lightning, and DeepSpeed
+        once more) and average gradients over ranks; this undoes both and divides by the tokens of the whole
+        step on every rank (onestop.data.windows). A batch without the count (a custom loader) keeps its own mean.
+        """
+        if STEP_TOKENS not in batch:
+            return 1.0 / max(tokens, 1)
+        trainer = self.trainer
+        step_tokens = trainer.strategy.reduce(batch[STEP_TOKENS].clone(), reduce_op="sum")
+        divided_by = trainer.accumulate_grad_batches * (
+            trainer.accumulate_grad_batches if trainer.strategy.handles_gradient_accumulation else 1
+        )
+        return divided_by * trainer.world_size / step_tokens.clamp(min=1)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.train_seconds += time.perf_counter() - self._step_started

@@ -74,7 +74,7 @@ train(compose("train", [*sys.argv[2:], f"hydra.run.dir={run_dir}"]), callbacks=[
 def first_step_gradients(tmp_path: Path, name: str, overrides: list[str]) -> dict[str, torch.Tensor]:
     script = tmp_path / "record_gradients.py"
     script.write_text(RECORD_FIRST_STEP_GRADIENTS)
-    run_dir = tmp_path / name.replace(" ", "_")
+    run_dir = tmp_path / "".join(c if c.isalnum() else "_" for c in name)
     hardware = [o for o in overrides if o.startswith("hardware=")]
     base = [o for o in ONE_STEP if not (hardware and o.startswith("hardware="))]
     result = subprocess.run(

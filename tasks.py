@@ -125,11 +125,14 @@ def data_qa(c, overrides=None, cfg=None):
         cli.OVERRIDES_ARG: cli.ARG_HELP[cli.OVERRIDES_ARG],
         "steps": "optimizer steps per run",
         "precisions": "comma-separated Lightning precisions to compare",
+        "variants": "semicolon-separated sets of overrides to compare, e.g. 'data.packing=false;data.packing=true'",
+        "alpaca-like": "train on N generated records with Alpaca's spread of lengths (0: the config's data)",
+        "output": "results folder (default runs/bench/train/TIME)",
     },
 )
-def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed"):
-    """Benchmark training throughput: invoke bench.train model=gemma3_270m data.batch_size=8"""
-    cli.run_benchmark(overrides, steps, precisions)
+def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed", variants="", alpaca_like=0, output=None):
+    """Benchmark training throughput and memory: invoke bench.train model=gemma3_270m data.batch_size=8"""
+    cli.run_benchmark(overrides, steps, precisions, variants, alpaca_like, output)
 
 
 @task(name="trainers", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
@@ -194,6 +197,131 @@ def bench_load(c, overrides=None, requests=1000, concurrency=32, output=None):
     cli.run_load_benchmark(overrides, requests, concurrency, output)
 
 
+@task(
+    name="serve",
+    iterable=[cli.OVERRIDES_ARG],
+    help={
+        cli.OVERRIDES_ARG: "what to serve, as for invoke deploy: model=NAME (default tiny) or run_dir=RUN, deploy.*",
+        "concurrency": "comma-separated numbers of clients sending at once",
+        "requests": "streamed requests per concurrency (at least the concurrency) and sequential prompts",
+        "max_tokens": "tokens each answer may have (greedy)",
+        "output": "results folder (default runs/bench/serve/TIME)",
+    },
+)
+def bench_serve(c, overrides=None, concurrency="1,8,32", requests=32, max_tokens=32, output=None):
+    """Deployment vs its backend vs sequential generate: tok/s, TTFT p50/p99: invoke bench.serve model=gemma3_270m"""
+    cli.run_serve_benchmark(overrides, concurrency, requests, max_tokens, output)
+
+
+@task(
+    name="startup",
+    help={
+        "runs": "fresh processes per command (the median is reported)",
+        "models": "comma-separated models whose first training step is timed",
+        "output": "results folder (default runs/bench/startup/TIME)",
+    },
+)
+def bench_startup(c, runs=5, models="tiny,gemma3_270m", output=None):
+    """Time of invoke --list, --cfg job and a first training step, median of fresh runs: invoke bench.startup"""
+    cli.run_startup_benchmark(runs, models, output)
+
+
+@task(
+    name="data",
+    help={
+        "sizes": "comma-separated numbers of generated alpaca rows",
+        "model": "model option whose tokenizer prepares the data",
+        "output": "results folder (default runs/bench/data/TIME)",
+    },
+)
+def bench_data(c, sizes="10000,100000,1000000", model="gemma3_270m", output=None):
+    """data.prepare time and peak memory as rows grow: invoke bench.data --sizes 10000,100000"""
+    cli.run_data_benchmark(sizes, model, output)
+
+
+@task(
+    name="ui",
+    iterable=["runs"],
+    help={
+        "host": "address to bind; anything but loopback needs a token",
+        "port": "port to serve on",
+        "runs": "a folder of runs to show (repeatable; default runs/)",
+        "token": "token requests must carry (default $ONESTOP_UI_TOKEN)",
+    },
+)
+def ui_serve(c, host="127.0.0.1", port=8765, runs=None, token=None):
+    """Web UI: runs, a run's curves, compare, new run, data preview: invoke ui [--runs DIR] (prints its URL)"""
+    cli.run_ui(host, port, runs, token)
+
+
+@task(name="screenshots", help={"output": "folder for the ui-*.png files"})
+def ui_screenshots(c, output="docs/images"):
+    """A screenshot of each UI page, from a tiny run trained for it (needs /usr/bin/chromium): invoke ui.screenshots"""
+    cli.run_ui_screenshots(output)
+
+
+@task(name="runs", iterable=["runs"], help={"runs": "a folder of runs (repeatable; default runs/)", "json": "as JSON"})
+def list_runs(c, runs=None, json=False):
+    """Every run: model, method, data, status, steps, losses, eval scores, wall time: invoke runs [--json]"""
+    cli.run_runs(runs, json)
+
+
+@task(
+    name="gpu",
+    help={
+        "smoke": "the same code path at the smallest size, on CPU (the tiny architecture; CUDA-only parts skipped)",
+        "output": "results folder (default runs/bench/gpu/TIME); gpu.json and gpu.md also go to $OUT when set",
+        "budget": "seconds for all parts together (default 480; 4x with --smoke); a part gets at most what is left",
+        "parts": "comma-separated parts to run (setup always runs): lora_fast,hf_lora,lora,full_fast,full,qlora,"
+        "fsdp,deepspeed_zero2,lmdeploy,pytest_gpu",
+        "batch": "sequences per step (default 2 x 2048 tokens; 2 x 128 with --smoke)",
+        "steps": "optimizer steps per training part (default 16, the first 4 not timed)",
+    },
+)
+def bench_gpu(c, smoke=False, output=None, budget=None, parts=None, batch=None, steps=None):
+    """Every GPU path in one run (tokens/s, MFU, peak memory, HF Trainer ratio, QLoRA, FSDP, DeepSpeed, LMDeploy,
+    pytest -m gpu): invoke bench.gpu [--smoke]"""
+    cli.run_gpu_benchmark(smoke, output, budget, parts, batch, steps)
+
+
+@task(
+    name="report",
+    iterable=[cli.PATHS_ARG],
+    help={cli.PATHS_ARG: "the gpu.json of a GPU run (or its folder)", "docs": "default docs/benchmarks.md"},
+)
+def bench_gpu_report(c, paths=None, docs=None):
+    """Put a GPU run's figures into docs/benchmarks.md's bench.gpu table: invoke bench.gpu.report runs/bench/gpu/TIME"""
+    cli.run_gpu_report(paths[0] if len(paths or []) == 1 else "", docs)  # none or several: a one-line error
+
+
+@task(
+    name="wheels",
+    help={
+        "dest": "folder to fill (default .gpu-wheels/, ignored by git)",
+        "python": "the GPU machine's Python version",
+        "cuda": "torch's CUDA version there, without the dot (bitsandbytes keeps only that build)",
+    },
+)
+def bench_gpu_wheels(c, dest=None, python="3.12", cuda="130"):
+    """Download the wheels a GPU machine without internet needs for invoke bench.gpu: invoke bench.gpu.wheels"""
+    cli.run_gpu_wheels(dest, python, cuda)
+
+
+@task(
+    name="eval",
+    help={
+        "models": "comma-separated model options",
+        "rows": "held-out questions per evaluation (0: all 81)",
+        "workers": "comma-separated eval.workers to time",
+        "concurrency": "comma-separated eval.concurrency to time against a tiny deployment (empty: skip)",
+        "output": "results folder (default runs/bench/eval/TIME)",
+    },
+)
+def bench_eval(c, models="tiny,gemma3_270m", rows=0, workers="1,2", concurrency="1,4,8", output=None):
+    """Evaluation speed: stop-aware generation vs lm-eval's, eval.workers, eval.concurrency: invoke bench.eval"""
+    cli.run_eval_benchmark(models, rows, workers, concurrency, output)
+
+
 evaluation = Collection("eval")
 evaluation.add_task(evaluate, default=True)
 evaluation.add_task(eval_compare)
@@ -202,6 +330,18 @@ serve.add_task(deploy, default=True)
 for subtask in (deploy_stop, deploy_status, deploy_setup):
     serve.add_task(subtask)
 data = Collection("data", data_prepare, data_qa)
-bench = Collection("bench", bench_train, bench_trainers, bench_agents, bench_estimate, bench_load)
+bench = Collection("bench", bench_train, bench_trainers, bench_agents, bench_estimate, bench_load, bench_eval)
+for subtask in (bench_serve, bench_startup, bench_data):
+    bench.add_task(subtask)
+gpu = Collection("gpu")
+gpu.add_task(bench_gpu, default=True)
+gpu.add_task(bench_gpu_report)
+gpu.add_task(bench_gpu_wheels)
+bench.add_collection(gpu)
 ns = Collection(train, demo, export, evaluation, serve, chat, agent, sweep, data, bench, models, estimate)
 ns.add_collection(Collection("recipe", recipe_diff))
+ui = Collection("ui")
+ui.add_task(ui_serve, default=True)
+ui.add_task(ui_screenshots)
+ns.add_collection(ui)
+ns.add_task(list_runs)

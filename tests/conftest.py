@@ -11,6 +11,8 @@ import pytest
 from onestop.config.compose import compose as compose_config
 from onestop.core.paths import PROJECT_ROOT
 
+pytest_plugins = ["ui_browser"]  # the web UI's browser, app and trained-run fixtures (tests/ui_browser.py)
+
 ASSETS = Path(__file__).parent / "assets"
 TINY_DATA = ASSETS / "alpaca_small.jsonl"
 # What every tiny end-to-end run shares: the real config, shrunk to the tiny model, CPU, a few steps.
@@ -149,6 +151,7 @@ def tool_deployment(tool_run, tmp_path_factory):
 
     with own_home():
         overrides = [f"run_dir={tool_run}", "model=tiny", "deploy=transformers", "port=0", "name=tool-model"]
+        overrides += ["deploy.log_conversations=true"]  # home/deploy/tool-model.conversations.jsonl
         deployment = start(compose_config("deploy", overrides))
     try:
         yield deployment

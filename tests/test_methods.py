@@ -107,14 +107,6 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path):
             torch.testing.assert_close(got, expected, msg=name)
 
 
-@pytest.mark.slow
-def test_compiled_decoder_trains(tmp_path):
-    cfg = compose(*TINY, "logger=none", "trainer.max_steps=2", "hardware.compile=true", run_dir=tmp_path / "run")
-    result = train(cfg)
-    assert result.metrics["steps"] == 2 and result.metrics["train_loss"] > 0
-    assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
-
-
 @pytest.mark.parametrize(
     ("hardware", "message"),
     [

@@ -213,16 +213,19 @@ def test_answer_only_head_matches_the_models_own_loss(method):
     torch.testing.assert_close(loss_sum / tokens, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_bench_train_reports_throughput_per_precision():
-    result = run_invoke("bench.train", *TINY, "--steps", "2", "--precisions", "32-true,bf16-mixed")
+def test_bench_train_reports_throughput_and_memory_per_variant(tmp_path):
+    options = ["--steps", "2", "--precisions", "32-true", "--output", str(tmp_path)]
+    result = run_invoke("bench.train", *TINY, *options, "--variants", "data.packing=false;data.packing=true")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Training throughput, 2 steps" in result.stdout
-    rows = [line.split("│")[1:-1] for line in result.stdout.splitlines() if line.startswith("│ tiny")]
-    assert [[cell.strip() for cell in row[:5]] for row in rows] == [
-        ["tiny", "lora", "32-true", "4", "2"],
-        ["tiny", "lora", "bf16-mixed", "4", "2"],
+    rows = json.loads((tmp_path / "train.json").read_text())["rows"]
+    assert [(r["model"], r["precision"], r["variant"], r["steps"]) for r in rows] == [
+        ("tiny", "32-true", "data.packing=false", 2),
+        ("tiny", "32-true", "data.packing=true", 2),
     ]
-    assert all(float(row[5]) > 0 for row in rows), rows
+    assert all(r["tok/s"] > 0 and r["peak GiB"] > 0 and r["first loss"] > 0 for r in rows), rows
+    padded, packed = rows
+    assert packed["padding %"] < padded["padding %"]
 
 
 @pytest.mark.slow

@@ -117,11 +117,23 @@ def several_targets(overrides: Sequence[str]) -> tuple[str, list[str], list[str]
     return key, values, [o for i, o in enumerate(overrides) if i != index]
 
 
-def run_benchmark(overrides: Sequence[str] | None, steps: int, precisions: str) -> None:
+def run_benchmark(
+    overrides: Sequence[str] | None,
+    steps: int,
+    precisions: str,
+    variants: str = "",
+    alpaca_like: int = 0,
+    output: str | None = None,
+) -> None:
     """Run `bench.train` with user errors reported like any stage's."""
     with one_line_errors("bench.train"):
-        load("onestop.bench:bench_train")(
-            list(overrides or []), steps, [p.strip() for p in precisions.split(",") if p.strip()]
+        load("onestop.bench.throughput:bench_train")(
+            list(overrides or []),
+            int(steps),
+            [p.strip() for p in precisions.split(",") if p.strip()],
+            [v.strip() for v in str(variants).split(";")],
+            int(alpaca_like),
+            output,
         )
 
 
@@ -151,6 +163,72 @@ def run_load_benchmark(overrides: Sequence[str] | None, requests: int, concurren
         load("onestop.bench:bench_load")(list(overrides or []), requests, concurrency, output)
 
 
+def run_eval_benchmark(models: str, rows: int, workers: str, concurrency: str, output: str | None) -> None:
+    """`bench.eval` with user errors reported in one line."""
+    with one_line_errors("bench.eval"):
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        runs = (_numbers(workers, "workers"), _numbers(concurrency, "concurrency"))
+        load("onestop.bench.eval:bench_eval")(names, int(rows) or None, *runs, output)
+
+
+def _numbers(text: str, option: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise OnestopError(f"--{option} {text}: expected comma-separated whole numbers, e.g. 1,2") from None
+
+
+def run_serve_benchmark(
+    overrides: Sequence[str] | None, concurrency: str, requests: int, max_tokens: int, output: str | None
+) -> None:
+    """`bench.serve` with user errors reported in one line."""
+    with one_line_errors("bench.serve"):
+        levels = _integers(concurrency, "--concurrency")
+        load("onestop.bench.serve:bench_serve")(list(overrides or []), levels, int(requests), int(max_tokens), output)
+
+
+def run_startup_benchmark(runs: int, models: str, output: str | None) -> None:
+    """`bench.startup` with user errors reported in one line."""
+    with one_line_errors("bench.startup"):
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        load("onestop.bench.startup:bench_startup")(int(runs), names, output)
+
+
+def run_data_benchmark(sizes: str, model: str, output: str | None) -> None:
+    """`bench.data` with user errors reported in one line."""
+    with one_line_errors("bench.data"):
+        load("onestop.bench.data:bench_data")(_integers(sizes, "--sizes"), model, output)
+
+
+def _integers(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise OnestopError(f"{option} {text}: expected comma-separated whole numbers, e.g. 1,8,32") from None
+
+
+def run_gpu_benchmark(
+    smoke: bool, output: str | None, budget: float | None, parts: str | None, batch: int | None, steps: int | None
+) -> None:
+    """`bench.gpu` with user errors reported in one line."""
+    with one_line_errors("bench.gpu"):
+        names = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
+        budget, batch, steps = (float(budget) if budget else None), (int(batch) if batch else None), int(steps or 0)
+        load("onestop.bench.gpu:bench_gpu")(smoke, output, budget, names, batch, steps or None)
+
+
+def run_gpu_report(path: str, docs: str | None) -> None:
+    """`bench.gpu.report FILE`: a GPU run's figures into docs/benchmarks.md."""
+    with one_line_errors("bench.gpu.report"):
+        load("onestop.bench.gpu:report_into_docs")(path, docs)
+
+
+def run_gpu_wheels(dest: str | None, python: str, cuda: str) -> None:
+    """`bench.gpu.wheels`: the wheels a GPU machine without internet needs."""
+    with one_line_errors("bench.gpu.wheels"):
+        load("onestop.bench.wheels:download_wheels")(dest, python, cuda)
+
+
 def run_models(as_json: bool) -> None:
     """`models`: every model/ option with its architecture facts."""
     with one_line_errors("models"):
@@ -161,6 +239,24 @@ def run_sweep(overrides: Sequence[str] | None) -> None:
     """`sweep` with user errors reported in one line."""
     with one_line_errors("sweep"):
         load("onestop.sweep.runner:run_sweep")(list(overrides or []))
+
+
+def run_ui(host: str, port: int, runs: Sequence[str] | None, token: str | None) -> None:
+    """`ui`: the web UI over the runs under `runs` (default ./runs), until Ctrl-C."""
+    with one_line_errors("ui"):
+        load("onestop.ui.server:serve")(host, int(port), list(runs or []), token)
+
+
+def run_ui_screenshots(output: str) -> None:
+    """`ui.screenshots`: a PNG of each page, from a tiny run trained for the purpose."""
+    with one_line_errors("ui.screenshots"):
+        load("onestop.ui.screenshots:take_screenshots")(output)
+
+
+def run_runs(runs: Sequence[str] | None, as_json: bool) -> None:
+    """`runs`: every run under the run folders, as a table or JSON."""
+    with one_line_errors("runs"):
+        load("onestop.evaluation.runs:print_runs")(list(runs or []), as_json)
 
 
 def run_recipe_diff(paths: Sequence[str]) -> None:

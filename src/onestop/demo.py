@@ -7,8 +7,6 @@ Before and after are measured by the eval stage (lm-evaluation-harness on the he
 same as `invoke eval run_dir=RUN eval=demo`), plus the loss on the held-out answers.
 """
 
-# Lazy imports: lm_eval (inside the functions that need them).
-
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -17,6 +15,7 @@ from onestop.core.errors import OnestopError
 from onestop.core.rundir import RunDir
 from onestop.data.sft import SFTDataModule
 from onestop.deploy.service import ask_served
+from onestop.evaluation.generation import end_of_turn, in_process_lm
 from onestop.evaluation.heldout import heldout_loss, heldout_questions
 from onestop.evaluation.run import eval_config, evaluate, suite_config
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
@@ -31,8 +30,6 @@ HEADLINE = ("exact_match", "token_f1", "contains", "rougeL", "chrf")
 
 def run_demo(cfg: DictConfig) -> dict:
     """Evaluate the base model, train with `cfg`, evaluate the run, print both side by side."""
-    from lm_eval.models.huggingface import HFLM
-
     run = RunDir(cfg.paths.run_dir)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
@@ -50,7 +47,7 @@ def run_demo(cfg: DictConfig) -> dict:
     base = load_causal_lm(cfg.model, weights_dtype(trainer_hardware(cfg.hardware)["precision"]), model_path)
     before_loss = heldout_loss(base, datamodule.val_dataloader())
     before_cfg = eval_config(suite, output_dir=str(run.eval_dir / "base"), **common)
-    before = evaluate(before_cfg, lm=HFLM(pretrained=base, tokenizer=tokenizer, batch_size=suite.batch_size))
+    before = evaluate(before_cfg, lm=in_process_lm(base, tokenizer, suite.batch_size, end_of_turn(tokenizer)))
     del base
 
     result = train(cfg)

@@ -3,8 +3,13 @@
 Labels equal to IGNORE_INDEX (prompts, padding, the first token of each packed example) carry no loss.
 """
 
+# Lazy imports: liger_kernel, cut_cross_entropy (optional GPU kernels, inside the functions that need them).
+
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from onestop.data.packing import model_inputs
 from onestop.data.tokenize import IGNORE_INDEX
@@ -16,26 +21,147 @@ from onestop.methods.prompt import is_prompt_learning
 PLAIN_HEAD_MODEL_TYPES = {"qwen2", "qwen3", "llama", "mistral", "gemma3_text", "glm", "phi3"}
 
 
-def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over the labelled tokens of a batch, and how many there were."""
+# A head loss: (hidden states of the labelled positions [N, H], the output head, their targets [N]) -> the
+# summed cross-entropy, computed without ever holding the [N, vocabulary] logits whole.
+HeadLoss = Callable[[torch.Tensor, torch.nn.Module, torch.Tensor], torch.Tensor]
+
+
+def token_loss_sum(
+    model, batch: dict[str, torch.Tensor], head_loss: HeadLoss | None = None
+) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the labelled tokens of a batch, and how many there were.
+
+    `head_loss` (ChunkedHeadLoss, LigerHeadLoss, CutCrossEntropyHeadLoss) computes the output head and the loss
+    together; it applies to models where `has_plain_head` holds.
+    """
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config
     if is_prompt_learning(model):
         # The adapter prepends virtual tokens inside forward(); the last positions are the real ones.
         logits = model(**model_inputs(batch)).logits
         logits = logits[:, -batch["input_ids"].size(1) : -1]
         logits, flat_targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
-    elif config.model_type in PLAIN_HEAD_MODEL_TYPES and not getattr(config, "final_logit_softcapping", None):
-        hidden = base.get_decoder()(**model_inputs(batch))
-        logits = base.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep])
+    elif has_plain_head(model):
+        hidden = base.get_decoder()(**model_inputs(batch)).last_hidden_state[:, :-1][keep]
         flat_targets = targets[keep]
+        if head_loss is not None:
+            return head_loss(hidden, base.get_output_embeddings(), flat_targets), int(keep.sum())
+        logits = base.get_output_embeddings()(hidden)
     else:
         logits = model(**model_inputs(batch)).logits[:, :-1]
         logits, flat_targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
     loss = F.cross_entropy(logits.float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss, int(keep.sum())
+
+
+def has_plain_head(model) -> bool:
+    """Whether the model's logits are exactly `lm_head(last_hidden_state)`, with no virtual tokens in front."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    return (
+        not is_prompt_learning(model)
+        and config.model_type in PLAIN_HEAD_MODEL_TYPES
+        and not getattr(config, "final_logit_softcapping", None)
+    )
+
+
+class ChunkedHeadLoss:
+    """The head and cross-entropy `chunk_size` positions at a time; the same loss and gradients as all at once.
+
+    A plain linear head gets its gradients in the forward pass, chunk by chunk (the logits are needed once,
+    as in the unchunked backward, so no step gets slower); any other head (an adapter on it, a sharded
+    weight) is recomputed chunk by chunk in the backward pass instead (torch.utils.checkpoint).
+    """
+
+    def __init__(self, chunk_size: int):
+        self.chunk_size = chunk_size
+
+    def __call__(self, hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
+        weight = getattr(head, "weight", None)
+        plain = type(head) is torch.nn.Linear and head.bias is None
+        if plain and weight.shape == (head.out_features, head.in_features):
+            if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+                return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, self.chunk_size)
+            return sum(_chunk_loss(h, weight, t) for h, t in _chunks(hidden, targets, self.chunk_size))
+        return sum(
+            checkpoint(_module_chunk_loss, h, head, t, use_reentrant=False)
+            for h, t in _chunks(hidden, targets, self.chunk_size)
+        )
+
+
+def _chunks(hidden: torch.Tensor, targets: torch.Tensor, size: int):
+    if hidden.size(0) == 0:  # a batch with no labelled token still returns a loss that backpropagates
+        yield hidden, targets
+    for start in range(0, hidden.size(0), size):
+        yield hidden[start : start + size], targets[start : start + size]
+
+
+def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+
+
+def _module_chunk_loss(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """sum(cross_entropy(hidden @ weight.T, targets)), the gradients computed in the forward pass per chunk.
+
+    Only the [chunk, vocabulary] logits of one chunk exist at a time; what the backward pass keeps is the
+    gradient of the hidden states ([N, H]) and, when the head trains, of its weight.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size):
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.size(0), chunk_size):
+            h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+            logits = F.linear(h, weight).float()  # under autocast the matmul runs in bf16, as unchunked
+            log_norm = torch.logsumexp(logits, dim=-1)
+            total += (log_norm - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            # d(loss)/d(logits) = softmax - one_hot(target), written into the logits' own memory.
+            grad_logits = logits.sub_(log_norm[:, None]).exp_()
+            grad_logits[torch.arange(t.size(0), device=t.device), t] -= 1
+            grad_logits = grad_logits.to(torch.promote_types(h.dtype, weight.dtype))
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk_size] = grad_logits @ weight.to(grad_logits.dtype)
+            if grad_weight is not None:
+                grad_weight += grad_logits.t() @ h.to(grad_logits.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (
+            None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
+            None if grad_weight is None else (grad_weight * grad_total).to(ctx.weight_dtype),
+            None,
+            None,
+        )
+
+
+class LigerHeadLoss:
+    """Liger's fused linear cross-entropy (a Triton kernel, CUDA): the logits in blocks, never whole."""
+
+    def __call__(self, hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        return LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets)
+
+
+class CutCrossEntropyHeadLoss:
+    """cut-cross-entropy's kernel (CUDA): the logits never leave on-chip memory. Its default filter skips
+    gradient entries below bf16 resolution, so gradients match the plain path to bf16 precision, not bit for bit."""
+
+    def __call__(self, hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
+        from cut_cross_entropy import linear_cross_entropy
+
+        return linear_cross_entropy(hidden, head.weight, targets, reduction="sum")
 
 
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

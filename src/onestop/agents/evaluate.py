@@ -74,7 +74,7 @@ def run_agent_eval(cfg: DictConfig) -> EvalResult:
                 print(f"  {'right' if is_right(task, run) else 'wrong'}: {task['task']} -> {run.answer}", flush=True)
             return run
 
-        with ThreadPoolExecutor(max_workers=max(1, cfg.num_concurrent)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, cfg.eval.concurrency)) as pool:
             runs = list(pool.map(attempt, tasks))
     metrics, samples = score_runs(tasks, runs)
     result = EvalResult(

@@ -1,12 +1,11 @@
 """Benchmarks. Speed and quality targets live here and in docs/benchmarks.md, never in unit tests.
 
-invoke bench.train                                   # gemma3_270m LoRA on the demo data, fp32 vs bf16
-invoke bench.train model=qwen hardware=gpu --steps 20 --precisions bf16-mixed
+invoke bench.train                                   # gemma3_270m LoRA on the demo data, fp32 vs bf16 (throughput.py)
 invoke bench.trainers                                # the demo recipe: onestop vs transformers Trainer
 invoke bench.agents run_dir=RUN                      # agent loops compared on one served model (docs/agents.md)
 """
 
-# Lazy imports: torch, transformers, lightning, lm_eval, matplotlib, smolagents (inside the functions that need them).
+# Lazy imports: torch, transformers, peft, lightning, matplotlib, smolagents (inside the functions that need them).
 
 import copy
 import gc
@@ -17,7 +16,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -36,6 +34,7 @@ from onestop.core.rundir import RunDir
 from onestop.data.sft import SFTDataModule
 from onestop.deploy.loadtest import run_load
 from onestop.deploy.service import health, read_state, serving
+from onestop.evaluation.generation import end_of_turn, in_process_lm
 from onestop.evaluation.heldout import heldout_loss, heldout_questions
 from onestop.evaluation.run import eval_config, evaluate, suite_config
 from onestop.methods import method_from_config
@@ -45,44 +44,6 @@ from onestop.selection.devices import GIB, this_machine
 from onestop.selection.estimate import estimate, settings_from_config
 from onestop.training.hardware import trainer_hardware
 from onestop.training.train import train
-
-
-def bench_train(overrides: list[str], steps: int, precisions: list[str]) -> list[dict]:
-    """Train `steps` optimizer steps once per precision; report tokens/s and seconds per step."""
-    import torch
-
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="onestop-bench-") as scratch:
-        for precision in precisions:
-            cfg = compose(
-                "train",
-                [
-                    *overrides,
-                    f"hardware.precision={precision}",
-                    f"trainer.max_steps={steps}",
-                    "logger=none",
-                    "data.val_path=null",
-                    "data.val_ratio=0",
-                    f"hydra.run.dir={Path(scratch) / precision}",
-                ],
-            )
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            metrics = train(cfg).metrics
-            rows.append(
-                {
-                    "model": cfg.model.name,
-                    "method": cfg.method.name,
-                    "precision": precision,
-                    "batch": cfg.data.batch_size,
-                    "steps": metrics["steps"],
-                    "tok/s": metrics["tokens_per_s"],
-                    "s/step": metrics["train_seconds"] / max(metrics["steps"], 1),
-                    "GPU GiB": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-                }
-            )
-    _print_table(rows, f"Training throughput, {steps} steps")
-    return rows
 
 
 def _cell(value) -> str:
@@ -98,8 +59,10 @@ def compare_trainers(cfg) -> list[dict]:
     seed; both adapters are scored by the same eval suite on the held-out questions. What differs is the
     training loop, so a gap in quality or speed is onestop's to explain.
     """
-    if cfg.stage != "sft" or cfg.data.packing or cfg.data.streaming:
+    if cfg.stage != "sft" or cfg.data.packing is True or cfg.data.streaming:
         raise OnestopError("bench.trainers compares supervised fine-tuning (stage=sft, no packing or streaming)")
+    cfg = copy.deepcopy(cfg)
+    cfg.data.packing = False  # the Trainer's loop pads each batch; onestop's pads too, so only the loops differ
     out_dir = Path(cfg.paths.run_dir).absolute()
     rows, curves = [], {}
     for name, routine in (("onestop", _train_with_onestop), ("transformers Trainer", _train_with_hf_trainer)):
@@ -228,21 +191,15 @@ def _train_with_hf_trainer(cfg):
 def _score_adapter(cfg, suite, adapter: Path, output_dir: Path) -> dict:
     """Score a saved adapter on its base with the eval stage, exactly as `invoke eval run_dir=` would."""
     import torch
-    from lm_eval.models.huggingface import HFLM
+    from peft import PeftModel
     from transformers import AutoTokenizer
 
     gc.collect()
     device = "cuda" if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu" else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(adapter)
-    lm = HFLM(
-        pretrained=str(resolve_model_path(cfg.model)),
-        peft=str(adapter),
-        tokenizer=tokenizer,
-        device=device,
-        dtype="bfloat16" if device == "cuda" else "float32",
-        batch_size=suite.batch_size,
-        trust_remote_code=bool(cfg.model.trust_remote_code),
-    )
+    base = load_causal_lm(cfg.model, "bfloat16" if device == "cuda" else "float32")
+    model = PeftModel.from_pretrained(base, str(adapter)).to(device)
+    lm = in_process_lm(model, tokenizer, suite.batch_size, end_of_turn(tokenizer))
     common = {"model": cfg.model, "hardware": cfg.hardware, "logger": cfg.logger, "seed": cfg.seed}
     result = evaluate(eval_config(suite, output_dir=str(output_dir), **common), lm=lm, tokenizer=tokenizer)
     scores = result.flat()

@@ -134,6 +134,7 @@ CHOICES = {
     "data.on_error": ("raise", "skip"),
     "data.overlength": ("truncate", "drop"),
     "model.source": ("hub", "embedded"),
+    "model.attn_implementation": ("eager", "sdpa", "flash_attention_2", "flex_attention"),
     "stage": ("sft", "pretrain", "dpo"),
     "format": ("merged", "adapter"),
     "sweep.direction": ("minimize", "maximize"),
@@ -156,10 +157,32 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"config key 'data.contamination.ngram': expected a positive integer, got {ngram}")
     if "optim" in cfg and cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr': expected a positive learning rate, got {cfg.optim.lr}")
-    if "method" in cfg and "data" in cfg and cfg.data.packing and "num_virtual_tokens" in cfg.method:
+    if "data" in cfg and not (isinstance(cfg.data.packing, bool) or cfg.data.packing == "auto"):
+        raise ConfigError(f"config key 'data.packing': expected true, false or auto, got {cfg.data.packing!r}")
+    if "method" in cfg and "data" in cfg and cfg.data.packing is True and "num_virtual_tokens" in cfg.method:
         raise ConfigError(
             f"config key 'data.packing': the virtual tokens of method={cfg.method.name} cannot be packed with other "
             "examples; set data.packing=false"
+        )
+    if OmegaConf.select(cfg, "train.loss_chunk_size", default=0) < 0:
+        raise ConfigError(
+            f"config key 'train.loss_chunk_size': expected 0 (whole head at once) or a positive number of "
+            f"positions, got {cfg.train.loss_chunk_size}"
+        )
+    head_switch = (
+        "loss_chunk_size"
+        if OmegaConf.select(cfg, "train.loss_chunk_size", default=0)
+        else ("cut_cross_entropy" if OmegaConf.select(cfg, "train.cut_cross_entropy", default=False) else None)
+    )
+    if head_switch and cfg.get("stage") == "dpo":
+        raise ConfigError(
+            f"config key 'train.{head_switch}': stage=dpo scores whole sequences with the whole head; "
+            f"set train.{head_switch}={'0' if head_switch == 'loss_chunk_size' else 'false'}"
+        )
+    if OmegaConf.select(cfg, "train.liger_kernels", default=False) and cfg.train.cut_cross_entropy:
+        raise ConfigError(
+            "config key 'train.cut_cross_entropy': train.liger_kernels already fuses the output head and the loss; "
+            "set one of them"
         )
     quantized = "method" in cfg and OmegaConf.select(cfg.method, "quantization.load_in_4bit", default=False)
     if quantized and OmegaConf.select(cfg, "hardware.accelerator") == "cpu":

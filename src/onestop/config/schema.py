@@ -44,6 +44,9 @@ class ModelConfig:
     """Architecture changes for from_scratch, e.g. {num_hidden_layers: 4, hidden_size: 256}."""
     train_tokenizer: int | None = None
     """Train a new tokenizer of this vocabulary size on the corpus (from_scratch only)."""
+    attn_implementation: str | None = None
+    """Attention kernel: None lets transformers choose (sdpa), or eager, sdpa, flash_attention_2 (CUDA, needs
+    flash-attn installed; packed sequences run as variable-length batches)."""
 
 
 @dataclass
@@ -87,8 +90,11 @@ class DataConfig:
     cache: bool = True
     """Reuse prepared data from the cache while sources, data config and tokenizer are unchanged."""
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
-    packing: bool = False
-    """Pack several examples into each sequence; attention and positions never cross examples."""
+    packing: Any = "auto"
+    """Pack several examples into each sequence; attention and positions never cross examples. `auto` packs
+    where that is exact: stage sft or pretrain, no virtual tokens (method=ptuning), no streaming, and a model
+    whose attention reads packed position ids (onestop.data.packing.PACKED_POSITION_MODEL_TYPES); `true`
+    where it is not exact stops with one line."""
     streaming: bool = False
     """Text data only: stream files larger than memory, tokenizing on the fly."""
     batch_size: int = 4
@@ -197,13 +203,28 @@ class HardwareConfig:
     """Lightning precision (`32-true`, `bf16-mixed`, ...); `auto`: bf16-mixed on a bf16 GPU or bf16 CPU, else fp32."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: about a third slower, far less activation memory."""
-    compile: bool = False
-    """torch.compile the decoder (needs a C++ compiler on CPU; pays off on long GPU runs)."""
     memory_check: bool = True
     """Before the model loads, estimate the run's peak memory and stop, with the change that fits, if it will not
     fit the device (invoke estimate shows the breakdown)."""
     memory_limit_gib: float | None = None
     """Memory a run may use per device; default the GPU's free memory, or the RAM available now on a CPU."""
+
+
+@dataclass
+class FastPathsConfig:
+    loss_chunk_size: int = 0
+    """Compute the output head and cross-entropy this many labelled positions at a time, gradients included, so
+    the [tokens, vocabulary] logits never exist whole (Gemma's 262k vocabulary: GiBs at batch 8 x 512); the
+    same loss and gradients. 0 computes the whole head at once."""
+    liger_kernels: bool = False
+    """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, and the fused linear cross-entropy for the loss) for the
+    families Liger supports; CUDA only, pip install -e ".[liger]"."""
+    cut_cross_entropy: bool = False
+    """The loss through cut-cross-entropy's fused kernel (logits never leave on-chip memory); CUDA only,
+    pip install -e ".[cce]"."""
+    compile: bool = False
+    """torch.compile the decoder (needs a C++ compiler on CPU; the first steps compile, later ones run faster on
+    a GPU)."""
 
 
 @dataclass
@@ -333,6 +354,11 @@ class EvalSuiteConfig:
     """Bootstrap resamples for the standard errors of corpus metrics (BLEU, chrF); 0 skips them."""
     log_samples: bool = True
     """Keep every prompt, answer and score in results.json."""
+    workers: int = 1
+    """In-process suites: processes that each load the model and answer a share of the rows (one GPU each, or a
+    share of the CPU cores); the scores are those of one process."""
+    concurrency: int = 1
+    """Endpoint suites: requests in flight at once."""
     tools: list[str] = field(default_factory=list)
     """agent: options of the tools/ group offered to every task, in this order (e.g. [calculator, docs_search])."""
     docs: str | None = None
@@ -391,6 +417,7 @@ class TrainConfig:
     """sft (supervised fine-tuning), pretrain (raw text, loss on every token) or dpo (preference pairs)."""
     dpo: DPOConfig = field(default_factory=DPOConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    train: FastPathsConfig = field(default_factory=FastPathsConfig)
     resume: str | None = None
     """`auto`: continue from the newest checkpoint in hydra.run.dir; or a .ckpt path."""
     periodic_eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
@@ -415,8 +442,6 @@ class EvalConfig:
     """Model name the endpoint serves (see its /v1/models)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the endpoint's key (the key itself is never written anywhere)."""
-    num_concurrent: int = 1
-    """Requests in flight to the endpoint."""
     output_dir: str = "${hydra:run.dir}"
     """Where results.json and the table go; default runs/eval/TIME, or RUN_DIR/eval/TIME with run_dir=."""
 
@@ -506,6 +531,16 @@ class DeployBackendConfig:
     """lmdeploy: weight format when not plain hf weights, e.g. awq."""
     env_dir: str | None = None
     """lmdeploy: its isolated environment; default $ONESTOP_HOME/envs/lmdeploy (made by invoke deploy.setup)."""
+    wheels: str | None = None
+    """lmdeploy: install it offline from this folder of wheels (invoke bench.gpu.wheels fills one), over this
+    Python's own torch and transformers, instead of a new environment from the package index."""
+    log_conversations: bool = False
+    """Append each answered chat exchange (the request's messages and the reply, tool calls included) to
+    `conversations_path` as one line of the `messages` format: invoke train data=messages data.path=FILE.
+    Credentials are redacted; an exchange whose reply calls tools is written with the request that carries
+    its results."""
+    conversations_path: str | None = None
+    """Where `log_conversations` writes; default $ONESTOP_HOME/deploy/NAME.conversations.jsonl."""
 
 
 @dataclass

@@ -6,6 +6,7 @@
       metrics.json               losses, validation history, throughput, data report
       data_report.json           what happened to every record; data_lengths.png, their lengths
       run.lock                   while `invoke train` writes here: its pid and host (a second run refuses)
+      train.log                  a run started from `invoke ui`: its command, then its output
       checkpoints/               last.ckpt, stepNNNNNNN.ckpt, sigterm.ckpt / sigint.ckpt (directories under DeepSpeed)
       adapter/                   adapter methods: the PEFT adapter and the tokenizer with its chat template
       model/                     full-weight methods: a plain transformers model directory
@@ -124,6 +125,11 @@ class RunDir:
         return self.path / "run.lock"
 
     @property
+    def log_file(self) -> Path:
+        """train.log: the output of a run started from `invoke ui`, its `invoke train` command on the first line."""
+        return self.path / "train.log"
+
+    @property
     def adapter_dir(self) -> Path:
         return self.path / "adapter"
 
@@ -192,6 +198,15 @@ class RunDir:
             return []
         found = [p for p in self.checkpoints_dir.glob("*.ckpt") if not p.name.startswith(".")]
         return sorted(found, key=lambda p: p.stat().st_mtime_ns)
+
+    def writer(self) -> tuple[int, str] | None:
+        """(pid, host) of the live run writing here now, or None; a lock left by a process that has ended
+        counts as none (on another host a lock always counts: its process cannot be checked from here)."""
+        holder = _lock_holder(self.lock_file)
+        if holder is None:
+            return None
+        pid, host = holder
+        return holder if host != socket.gethostname() or _alive(pid) else None
 
     def wandb_run_id(self) -> str | None:
         """The W&B run id training logged to: the suffix of wandb/*run-DATE-ID/."""

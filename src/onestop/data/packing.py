@@ -10,8 +10,44 @@ packed batch is therefore the loss of the same examples unpacked, with far less 
 import random
 
 import torch
+from omegaconf import DictConfig
 
+from onestop.core.errors import OnestopError
 from onestop.data.tokenize import IGNORE_INDEX
+
+# Architectures whose attention mask comes from transformers' masking utilities, which read packed position
+# ids when no attention mask is given (FlashAttention-2 turns the same ids into variable-length sequences).
+# Checkpoints running their own code (trust_remote_code) build their own masks and would attend across the
+# examples of a row. A test checks that each family's modeling code still uses those utilities.
+PACKED_POSITION_MODEL_TYPES = frozenset(
+    {"qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "llama", "mistral", "mixtral", "gemma", "gemma2", "gemma3",
+     "gemma3_text", "glm", "glm4", "phi3", "olmo2"}
+)  # fmt: skip
+
+
+def resolve_packing(cfg: DictConfig, model_type: str) -> bool:
+    """Whether a training run packs: `data.packing` as set, or for `auto`, wherever packing is exact.
+
+    Exact means the loss and gradients equal those of the same examples unpacked: supervised or pretraining
+    stages (preference pairs are scored per pair), no virtual tokens (they would sit in front of the first
+    example of a row only), not streamed (the stream cuts its own blocks), and an architecture that masks by
+    packed position ids. `true` where it is not exact stops with one line.
+    """
+    requested = cfg.data.packing
+    if requested is False:
+        return False
+    reasons = []
+    if cfg.stage == "dpo":
+        reasons.append("stage=dpo scores each preference pair as a whole")
+    if "num_virtual_tokens" in cfg.method:
+        reasons.append(f"the virtual tokens of method={cfg.method.name} would precede only a row's first example")
+    if cfg.data.streaming:
+        reasons.append("data.streaming already fills every row from its text")
+    if cfg.model.trust_remote_code or model_type not in PACKED_POSITION_MODEL_TYPES:
+        reasons.append(f"model={cfg.model.name} ({model_type}) builds its own attention mask, blind to packed rows")
+    if requested is True and reasons:
+        raise OnestopError(f"config key 'data.packing': cannot pack exactly: {reasons[0]}; set data.packing=auto")
+    return not reasons
 
 
 def pack_examples(examples: list[dict], max_seq_len: int, seed: int) -> list[dict]:

@@ -139,7 +139,7 @@ def _expand(path: str, key: str) -> list[str]:
 
 def load_examples(sources: list[Source], data_cfg: DictConfig, report: DataReport) -> list[list[dict]]:
     """Normalised examples of every source (one list per source); bad records raise or are counted."""
-    skip = data_cfg.on_error == "skip"
+    skip, system_prompt = data_cfg.on_error == "skip", data_cfg.system_prompt
     per_source = []
     for source in sources:
         to_example = converter(source.format)
@@ -147,7 +147,7 @@ def load_examples(sources: list[Source], data_cfg: DictConfig, report: DataRepor
         examples = []
         for record in records:
             try:
-                examples.append(to_example(map_columns(record, source.columns), data_cfg.system_prompt))
+                examples.append(to_example(map_columns(record, source.columns), system_prompt))
             except RecordError as err:
                 if not skip:
                     raise OnestopError(f"{err} (set data.on_error=skip to skip and count such records)") from None
@@ -162,12 +162,13 @@ def load_examples(sources: list[Source], data_cfg: DictConfig, report: DataRepor
 
 def dedup(per_source: list[list[dict]], report: DataReport) -> list[list[dict]]:
     """Drop exact duplicates across all sources (first occurrence kept)."""
-    seen: set[str] = set()
+    seen: set[bytes] = set()  # digests, not the examples' text: a second copy of the corpus otherwise
     kept = []
     for examples in per_source:
         unique = []
         for example in examples:
-            key = json.dumps(example, sort_keys=True, ensure_ascii=False)
+            text = json.dumps(example, sort_keys=True, ensure_ascii=False)
+            key = hashlib.blake2b(text.encode(), digest_size=16).digest()
             if key in seen:
                 report.duplicates += 1
                 continue
@@ -312,9 +313,11 @@ def _tokenize_all(
     """Tokenized examples, and for each input whether it was kept (over-length or answerless ones are not)."""
     kept_flags = []
     tokenized = []
+    # read once: an interpolated key (max_seq_len: ${model.max_seq_len}) is parsed again on every access
+    max_seq_len, drop_overlength = data_cfg.max_seq_len, data_cfg.overlength == "drop"
     for example in examples:
-        result = tokenize_example(tokenizer, example, data_cfg.max_seq_len)
-        if result["overlength"] and data_cfg.overlength == "drop":
+        result = tokenize_example(tokenizer, example, max_seq_len)
+        if result["overlength"] and drop_overlength:
             report.dropped_overlength += 1
             kept_flags.append(False)
             continue

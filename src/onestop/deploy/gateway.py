@@ -30,6 +30,7 @@ import anyio
 
 from onestop.deploy.admission import Admission, Busy
 from onestop.deploy.backends import transformers_request_fields
+from onestop.deploy.conversations import ConversationLog, StreamAssembler, log_safely
 from onestop.deploy.prompts import PromptMeter
 
 GENERATION_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
@@ -299,6 +300,7 @@ class EventRelay:
         self.served_name, self.single_tool_call = served_name, single_tool_call
         self.pending = b""
         self.done = self.failed = False
+        self.reply = StreamAssembler()  # what the client was sent, for the conversation log
 
     def feed(self, chunk: bytes) -> bytes:
         self.pending += chunk
@@ -345,6 +347,7 @@ class EventRelay:
                 payload["model"] = self.served_name
             if self.single_tool_call:
                 payload = first_tool_call_only(payload)
+            self.reply.feed(payload)
         return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
 
 
@@ -359,6 +362,7 @@ def build_app(state: dict):
     timeout_s = limits["request_timeout_s"]
     admission = Admission(limits["max_concurrent_requests"], limits["max_queued_requests"])
     api_key = os.environ.get("ONESTOP_DEPLOY_API_KEY") or None
+    log = ConversationLog(state["conversations_log"], api_key) if state.get("conversations_log") else None
     client = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{state['backend_port']}",
         timeout=httpx.Timeout(timeout_s + 30, connect=10.0),  # the request deadline below ends requests first
@@ -419,8 +423,8 @@ def build_app(state: dict):
         """An event stream that, however it ends (finished, timed out, client gone), closes the backend's
         stream (transformers serve then stops generating) and frees the request's slot."""
 
-        def __init__(self, events: EventRelay, reply, slot, deadline: float):
-            super().__init__(self.relay(events, reply, deadline), media_type="text/event-stream")
+        def __init__(self, events: EventRelay, reply, slot, deadline: float, request_body: dict | None):
+            super().__init__(self.relay(events, reply, deadline, request_body), media_type="text/event-stream")
             self.reply, self.slot, self.events = reply, slot, events
 
         async def __call__(self, scope, receive, send):
@@ -434,7 +438,7 @@ def build_app(state: dict):
                 self.slot.release()
 
         @staticmethod
-        async def relay(events: EventRelay, reply, deadline: float):
+        async def relay(events: EventRelay, reply, deadline: float, request_body: dict | None):
             chunks, failure = reply.aiter_bytes(), None
             while True:
                 with anyio.CancelScope(deadline=deadline) as waiting:
@@ -452,7 +456,11 @@ def build_app(state: dict):
                     return
                 if whole := events.feed(chunk):
                     yield whole
-            yield events.finish()
+            ending = events.finish()
+            if log and request_body and not events.failed:
+                # written before the client reads [DONE]: whoever got the whole answer finds it logged
+                await anyio.to_thread.run_sync(log_safely, log, request_body, events.reply.message())
+            yield ending
 
     async def generate(request: Request, kind: str):
         deadline = anyio.current_time() + timeout_s
@@ -493,13 +501,18 @@ def build_app(state: dict):
             single_tool_call = body.get("parallel_tool_calls") is False and not tool_support["tool_choice"]
             if forwarded.get("stream"):
                 streaming = True
-                return Relayed(EventRelay(served_name, single_tool_call), reply, slot, deadline)
+                relay = EventRelay(served_name, single_tool_call)
+                return Relayed(relay, reply, slot, deadline, body if kind == "chat" else None)
             try:
                 payload = reply.json()
             except ValueError:
                 return error(502, "the backend's answer was not JSON", "backend_error")
             payload["model"] = served_name
-            return JSONResponse(first_tool_call_only(payload) if single_tool_call else payload)
+            payload = first_tool_call_only(payload) if single_tool_call else payload
+            answered = (payload.get("choices") or [{}])[0].get("message")
+            if log and kind == "chat" and answered:
+                await anyio.to_thread.run_sync(log_safely, log, body, answered)
+            return JSONResponse(payload)
         except RequestError as err:
             return error(err.status, err.message, err.code)
         except TimeoutError:

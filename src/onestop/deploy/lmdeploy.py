@@ -2,7 +2,9 @@
 
 lmdeploy 0.18 pins torch<=2.12.1 and peft<=0.14, so it cannot share onestop's environment:
 `invoke deploy.setup` builds a separate virtual environment once, and onestop runs its `lmdeploy` binary
-as the backend process behind the gateway.
+as the backend process behind the gateway. Offline (`deploy.wheels=DIR`), the wheels in DIR are installed
+into the environment's own folder and its `lmdeploy` runs this Python with that folder in front of its own
+packages: the GPU machine's torch is used, and nothing is downloaded.
 """
 
 import json
@@ -35,6 +37,26 @@ def setup_commands(target: Path, python: str = sys.executable) -> list[list[str]
     ]
 
 
+def offline_setup_commands(target: Path, wheels: Path, python: str = sys.executable) -> list[list[str]]:
+    """Commands that install every wheel in `wheels` into `target`/site, with no index and no dependency
+    resolution: the folder holds what LMDeploy needs beyond this Python's packages."""
+    found = sorted(str(wheel) for wheel in Path(wheels).glob("*.whl"))
+    if not any(Path(wheel).name.startswith("lmdeploy-") for wheel in found):
+        raise OnestopError(f"deploy.wheels={wheels}: no lmdeploy-*.whl there (invoke bench.gpu.wheels downloads them)")
+    site = str(target / "site")
+    return [[python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile", "--target", site, *found]]
+
+
+def launcher_script(target: Path, python: str = sys.executable) -> str:
+    """`bin/lmdeploy` of an offline environment: this Python, with the installed wheels before its own packages."""
+    site = target / "site"
+    return (
+        "#!/bin/sh\n# written by invoke deploy.setup deploy.wheels=...: LMDeploy over this Python's packages\n"
+        f'PYTHONPATH="{site}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{python}" -c '
+        '\'import sys; from lmdeploy.cli import run; sys.argv[0] = "lmdeploy"; sys.exit(run())\' "$@"\n'
+    )
+
+
 def installed(target: Path) -> bool:
     return (target / "bin" / "lmdeploy").is_file()
 
@@ -44,10 +66,17 @@ def run_setup(cfg: DictConfig) -> Path:
     if installed(target):
         print(f"LMDeploy environment ready (reused): {target}")
         return target
-    for command in setup_commands(target):
+    wheels = cfg.deploy.get("wheels")
+    wheels = Path(wheels).expanduser().absolute() if wheels else None
+    commands = offline_setup_commands(target, wheels) if wheels else setup_commands(target)
+    for command in commands:
         print("+ " + " ".join(command), flush=True)
         if subprocess.run(command).returncode:
             raise OnestopError(f"deploy.setup: `{' '.join(command)}` failed; see the output above")
+    if wheels:
+        launcher = target / "bin" / "lmdeploy"
+        write_text_atomic(launcher, launcher_script(target))
+        launcher.chmod(0o755)
     print(f"LMDeploy environment ready: {target}")
     return target
 

@@ -1,4 +1,5 @@
-"""Many chat requests from many clients at once, some of them malformed: what a deployment answers under load.
+"""Many chat requests from many clients at once, some of them malformed: what a deployment answers under load;
+and streamed requests timed to their first token (`stream_load`, what `invoke bench.serve` measures).
 
     from onestop.deploy.loadtest import run_load
     report = run_load("http://127.0.0.1:8011/v1", "deploy-doc", requests=1000, concurrency=32, pid=GATEWAY_PID)
@@ -9,7 +10,7 @@ no error event), a malformed one must answer the exact 4xx its kind calls for, w
 whose message names the offending field. `failures` lists the first few that did not.
 """
 
-# Lazy imports: httpx (inside run_load).
+# Lazy imports: httpx (inside run_load and stream_load).
 
 import itertools
 import json
@@ -182,6 +183,94 @@ def run_load(
     return report
 
 
+def stream_load(
+    base_url: str,
+    model: str,
+    prompts: list[str],
+    concurrency: int,
+    max_tokens: int,
+    api_key: str | None = None,
+    timeout_s: float = 600.0,
+) -> dict:
+    """Every prompt as one streamed, greedy chat request, `concurrency` at a time: throughput and the time to
+    the first token.
+
+    Output tokens are the backend's own count (the final chunk's `usage`), else one per content chunk.
+
+    Returns:
+        requests, concurrency, wall_s, requests_per_s, output_tokens, output_tokens_per_s, ttft_s and
+        latency_s {p50, p99} (seconds, answered requests), failed and the first `failures`.
+    """
+    import httpx
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key or '-'}"}
+    url = base_url.rstrip("/") + "/chat/completions"
+    local, clients, lock = threading.local(), [], threading.Lock()
+
+    def client() -> httpx.Client:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=timeout_s, headers=headers)
+            with lock:
+                clients.append(local.client)
+        return local.client
+
+    def one(prompt: str) -> dict:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+        }
+        started = time.perf_counter()
+        first, chunks, usage = None, 0, None
+        try:
+            with client().stream("POST", url, json=body) as reply:
+                if reply.status_code != 200:
+                    refused = reply.read().decode(errors="replace")[:200]
+                    return {"ok": False, "detail": f"{reply.status_code}: {refused}"}
+                for line in reply.iter_lines():
+                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                        continue
+                    event = json.loads(line[5:])
+                    if "error" in event:
+                        return {"ok": False, "detail": f"error event: {line[:200]}"}
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        if (choice.get("delta") or {}).get("content"):
+                            first = first or time.perf_counter()
+                            chunks += 1
+        except (httpx.HTTPError, ValueError) as err:
+            return {"ok": False, "detail": f"{type(err).__name__}: {str(err)[:200]}"}
+        done = time.perf_counter()
+        tokens = usage["completion_tokens"] if usage and usage.get("completion_tokens") is not None else chunks
+        ttft = (first or done) - started
+        return {"ok": True, "ttft": ttft, "latency": done - started, "tokens": tokens}
+
+    started = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            results = list(pool.map(one, prompts))
+    finally:
+        for each in clients:
+            each.close()
+    wall = time.perf_counter() - started
+    answered = [r for r in results if r["ok"]]
+    tokens = sum(r["tokens"] for r in answered)
+    return {
+        "requests": len(prompts),
+        "concurrency": concurrency,
+        "wall_s": round(wall, 3),
+        "requests_per_s": len(answered) / wall,
+        "output_tokens": tokens,
+        "output_tokens_per_s": tokens / wall,
+        "ttft_s": _p50_p99([r["ttft"] for r in answered]),
+        "latency_s": _p50_p99([r["latency"] for r in answered]),
+        "failed": len(results) - len(answered),
+        "failures": [r["detail"] for r in results if not r["ok"]][:10],
+    }
+
+
 def _refused_as_expected(case: Malformed, status: int, text: str) -> tuple[bool, str]:
     try:
         error = json.loads(text)["error"]
@@ -208,6 +297,11 @@ def _answered(status: int, text: str, stream: bool) -> tuple[bool, str]:
         return False, f"the stream did not end with [DONE]: {text[-200:]}"
     errors = [e for e in events if e != "[DONE]" and "error" in json.loads(e)]
     return (False, f"error event: {errors[0][:200]}") if errors else (True, "")
+
+
+def _p50_p99(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {"p50": _quantile(ordered, 0.50), "p99": _quantile(ordered, 0.99)}
 
 
 def _quantile(sorted_values: list[float], q: float) -> float | None:

@@ -33,6 +33,7 @@ from onestop.core.files import staged_directory, write_json
 from onestop.core.paths import cache_dir
 from onestop.core.rundir import RunDir
 from onestop.deploy.backends import check_port_free, free_port, hf_home, transformers_command
+from onestop.deploy.conversations import ConversationLog
 from onestop.deploy.export import export_run, stop_ids_with_end_of_turn
 from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
 from onestop.models import load_tokenizer, resolve_model_path
@@ -170,6 +171,7 @@ def start(cfg: DictConfig) -> Deployment:
         "tokenizer_dir": str(adapter or model_dir),
         "context_length": context_length(model_dir, backend, cfg.deploy),
         "limits": limits,
+        "conversations_log": str(conversations_log(cfg, name)) if cfg.deploy.log_conversations else None,
         "host": cfg.host,
         "port": port,
         "base_url": f"http://{cfg.host}:{port}/v1",
@@ -197,6 +199,16 @@ def start(cfg: DictConfig) -> Deployment:
         state_file.unlink(missing_ok=True)
         raise
     return Deployment(name, state["base_url"], state_file, process.pid)
+
+
+def conversations_log(cfg: DictConfig, name: str) -> Path:
+    """Where a deployment logs its chat exchanges (deploy.conversations_path, else beside its state file)."""
+    chosen = cfg.deploy.conversations_path
+    path = Path(chosen).expanduser().absolute() if chosen else state_dir() / f"{name}.conversations.jsonl"
+    if path.is_dir():
+        raise OnestopError(f"deploy.conversations_path={chosen}: is a directory; expected a .jsonl file")
+    ConversationLog(path)  # an unwritable place fails here, in one line, not in the gateway
+    return path
 
 
 def gateway_limits(cfg: DictConfig, backend: str) -> dict:
@@ -363,6 +375,8 @@ def run_deploy(cfg: DictConfig) -> Deployment:
     deployment = start(cfg)
     print(f"Serving {deployment.name} at {deployment.base_url} (OpenAI API; model={deployment.name!r})")
     print(f"Try: invoke chat name={deployment.name} prompt='Hello'   Stop: invoke deploy.stop name={deployment.name}")
+    if logged := read_state(deployment.state_file).get("conversations_log"):
+        print(f"Logging conversations to {logged} (train on them: invoke train data=messages data.path={logged})")
     return deployment
 
 

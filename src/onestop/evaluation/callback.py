@@ -1,13 +1,12 @@
 """Periodic evaluation during training: a small suite every N optimizer steps, logged with the losses."""
 
-# Lazy imports: lm_eval (inside the functions that need them).
-
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from onestop.core.errors import OnestopError
+from onestop.evaluation.generation import end_of_turn, in_process_lm
 from onestop.evaluation.run import evaluate, suite_config
 
 
@@ -45,14 +44,13 @@ class PeriodicEvaluation(Callback):
         self._last_step = step
         if not trainer.is_global_zero:
             return
-        from lm_eval.models.huggingface import HFLM
-
         model = pl_module.model
         was_training, use_cache = model.training, model.config.use_cache
         model.eval()
         model.config.use_cache = True
         try:
-            lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.suite.batch_size)
+            stops = end_of_turn(self.tokenizer) if self.suite.chat_template else []
+            lm = in_process_lm(model, self.tokenizer, self.suite.batch_size, stops)
             result = evaluate(self.config, lm=lm, tokenizer=self.tokenizer, quiet=True)
         finally:
             model.config.use_cache = use_cache

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from onestop.core.files import write_text_atomic
+from onestop.evaluation.generation import generate_greedy, stop_token_ids
 from onestop.losses import token_loss_sum
 
 
@@ -28,14 +29,6 @@ def heldout_loss(model, dataloader) -> float:
     return total / max(count, 1)
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Every token that ends an answer: the generation config's EOS ids and the tokenizer's."""
-    configured = model.generation_config.eos_token_id
-    ids = set(configured if isinstance(configured, list) else [configured]) | {tokenizer.eos_token_id}
-    return sorted(i for i in ids if i is not None)
-
-
-@torch.no_grad()
 def generate_answers(
     model,
     tokenizer,
@@ -45,33 +38,17 @@ def generate_answers(
     stop: list[int] | None = None,
 ) -> list[str]:
     """Greedy answers to chat prompts (message lists ending with the user's turn), ending at a token of `stop`
-    (default: the EOS tokens, `stop_token_ids`)."""
-    was_training, use_cache = model.training, model.config.use_cache
-    model.eval()
-    model.config.use_cache = True
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    answers = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [
-                tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                for p in prompts[start : start + batch_size]
-            ]
-            encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-            output = model.generate(
-                **encoded,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stop or stop_token_ids(model, tokenizer),
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = side
-        model.config.use_cache = use_cache
-        model.train(was_training)
-    return answers
+    (default: the EOS tokens, `stop_token_ids`); batched by length (`generate_greedy`)."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    tokens = generate_greedy(
+        model,
+        tokenizer,
+        texts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stop_ids=stop or stop_token_ids(model, tokenizer),
+    )
+    return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
 
 def normalize_answer(text: str) -> str:

@@ -18,6 +18,7 @@ directory, prints a table, and logs to W&B: into the training run's own W&B run 
 import json
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from onestop import __version__
 from onestop.config.schema import EvalConfig, EvalSuiteConfig
-from onestop.core.endpoints import only_listed_model
 from onestop.core.errors import OnestopError
 from onestop.core.files import write_json
 from onestop.core.hub import hub_reachable
@@ -33,18 +33,26 @@ from onestop.core.paths import CONF_DIR
 from onestop.core.rundir import RunDir, job_config
 from onestop.core.wandb_mode import wandb_mode
 from onestop.evaluation.classify import UNPARSED, chat_prompt, read_labelled, reply_label, resolve_labels, score_labels
-from onestop.evaluation.heldout import generate_answers
+from onestop.evaluation.generation import end_of_turn, generate_greedy, in_process_lm, stop_token_ids
 from onestop.evaluation.report import plot_confusion, print_metrics
 from onestop.evaluation.suites import PUBLIC_SUITES, local_task
+from onestop.evaluation.targets import (
+    Target,
+    auth_headers,
+    describe_target,
+    load_target_model,
+    load_target_tokenizer,
+)
 from onestop.evaluation.tool_calls import (
-    generate_replies,
+    progress,
+    read_replies,
     read_tool_rows,
     score_replies,
     served_replies,
-    stop_ids,
+    tool_prompts,
     with_system_prompt,
 )
-from onestop.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from onestop.evaluation.workers import WorkerPool, pooled_lm
 from onestop.selection.devices import GIB
 from onestop.selection.estimate import serving_memory
 
@@ -65,57 +73,6 @@ class EvalResult:
         return {
             f"eval/{m}" if m.startswith(f"{suite}/") else f"eval/{suite}/{m}": value for m, value in self.flat().items()
         }
-
-
-@dataclass
-class Target:
-    """What is evaluated: exactly one of a run directory, a base model, or an endpoint."""
-
-    kind: str
-    identity: dict
-    run_config: DictConfig | None = None
-
-
-def describe_target(cfg: DictConfig) -> Target:
-    if cfg.endpoint and cfg.run_dir:
-        raise OnestopError("endpoint= and run_dir= both set: evaluate one target at a time")
-    if cfg.endpoint:
-        return Target("endpoint", {"endpoint": cfg.endpoint, "endpoint_model": endpoint_model(cfg)})
-    if cfg.run_dir:
-        run = RunDir.existing(cfg.run_dir)
-        run_config = run.config()
-        weights = run.weights()
-        identity = {"run_dir": str(run.path), "model": run_config.model.name, "model_path": run_config.model.path}
-        where = {"adapter": str(weights.path)} if weights.is_adapter else {"model_dir": str(weights.path)}
-        return Target("run", {**identity, **where}, run_config)
-    return Target("model", {"model": cfg.model.name, "model_path": cfg.model.path})
-
-
-def endpoint_model(cfg: DictConfig) -> str:
-    """The served model's name: `endpoint_model=`, or the only model the endpoint lists."""
-    if cfg.endpoint_model:
-        return cfg.endpoint_model
-    return only_listed_model(cfg.endpoint, _auth_headers(cfg), "endpoint", "endpoint_model")
-
-
-def _auth_headers(cfg: DictConfig) -> dict:
-    key = os.environ.get(cfg.api_key_env)
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def device(cfg: DictConfig) -> str:
-    """Where an in-process evaluation runs: the GPU when there is one and hardware allows it."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu" else "cpu"
-
-
-def end_of_turn(tokenizer) -> list[str]:
-    """The text the chat template closes an assistant turn with (`<end_of_turn>`, `<|im_end|>`): a stop string."""
-    probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "ANSWER"}]
-    text = tokenizer.apply_chat_template(probe, tokenize=False)
-    closing = text.split("ANSWER", 1)[1].strip()
-    return [closing] if closing else []
 
 
 def build_tasks(suite: DictConfig, mode: str, stop_strings: list[str]):
@@ -143,36 +100,21 @@ def build_tasks(suite: DictConfig, mode: str, stop_strings: list[str]):
     return list(loaded["tasks"].values()), manager
 
 
-def build_lm(cfg: DictConfig, target: Target, tokenizer):
-    """The lm-eval model: its in-process `hf` model (with the peft adapter) or its chat-completions client."""
+def build_lm(cfg: DictConfig, target: Target, tokenizer, stop_strings: list[str]):
+    """The lm-eval model: its chat-completions client, or in-process the target's model (with its peft adapter)
+    stopping at the end of each answer (`in_process_lm`)."""
     suite = cfg.eval
     if target.kind == "endpoint":
         return chat_completions_client()(
             base_url=cfg.endpoint.rstrip("/") + "/chat/completions",
             model=target.identity["endpoint_model"],
-            num_concurrent=cfg.num_concurrent,
+            num_concurrent=suite.concurrency,
             max_retries=2,
             max_gen_toks=suite.max_new_tokens,
             seed=cfg.seed,
-            header=_auth_headers(cfg) or None,
+            header=auth_headers(cfg) or None,
         )
-    from lm_eval.models.huggingface import HFLM
-
-    where = device(cfg)
-    common = {
-        "tokenizer": tokenizer,
-        "device": where,
-        "dtype": "bfloat16" if where == "cuda" else "float32",
-        "batch_size": suite.batch_size,
-        "trust_remote_code": bool((target.run_config.model if target.run_config else cfg.model).trust_remote_code),
-    }
-    if target.kind == "run":
-        identity = target.identity
-        if "adapter" in identity:
-            base = resolve_model_path(target.run_config.model)
-            return HFLM(pretrained=base, peft=identity["adapter"], **common)
-        return HFLM(pretrained=identity["model_dir"], **common)
-    return HFLM(pretrained=resolve_model_path(cfg.model), **common)
+    return in_process_lm(load_target_model(cfg, target), tokenizer, suite.batch_size, stop_strings)
 
 
 def chat_completions_client():
@@ -189,33 +131,6 @@ def chat_completions_client():
             return payload
 
     return ChatCompletions
-
-
-def load_target_tokenizer(cfg: DictConfig, target: Target):
-    """The tokenizer (chat template included) the target was trained with."""
-    from transformers import AutoTokenizer
-
-    if target.kind == "run":
-        saved = Path(target.identity.get("adapter") or target.identity["model_dir"])
-        tokenizer = AutoTokenizer.from_pretrained(saved)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-    return load_tokenizer(cfg.model)
-
-
-def load_target_model(cfg: DictConfig, target: Target):
-    """The target's weights in-process: a run's base with its adapter, a run's full model, or the base model."""
-    from peft import PeftModel
-
-    where = device(cfg)
-    dtype = "bfloat16" if where == "cuda" else "float32"
-    if target.kind != "run":
-        return load_causal_lm(cfg.model, dtype).to(where)
-    if "adapter" in target.identity:
-        base = load_causal_lm(target.run_config.model, dtype)
-        return PeftModel.from_pretrained(base, target.identity["adapter"]).to(where)
-    return load_causal_lm(target.run_config.model, dtype, path=target.identity["model_dir"]).to(where)
 
 
 def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> EvalResult:
@@ -247,36 +162,80 @@ def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> E
     if mode == "auto":
         mode = "generate" if target.kind == "endpoint" else "loglikelihood"
     tasks, manager = build_tasks(suite, mode, stop_strings)
-    if lm is None:
-        lm = build_lm(cfg, target, tokenizer)
+    workers = scale_out(cfg, target)
     # Chat endpoints take messages, so the server's own template formats them, as it does for any client.
     chat = bool(suite.chat_template or target.kind == "endpoint")
     started = time.perf_counter()
-    raw = simple_evaluate(
-        model=lm,
-        tasks=tasks,
-        task_manager=manager,
-        num_fewshot=suite.num_fewshot,
-        limit=suite.limit,
-        apply_chat_template=chat,
-        fewshot_as_multiturn=chat and bool(suite.num_fewshot),
-        log_samples=suite.log_samples,
-        system_instruction=suite.system_prompt,
-        bootstrap_iters=suite.bootstrap_iters,
-        random_seed=cfg.seed,
-        numpy_random_seed=cfg.seed,
-        torch_random_seed=cfg.seed,
-        fewshot_random_seed=cfg.seed,
-    )
+    with ExitStack() as stack:
+        model = None
+        if lm is None and workers > 1:
+            model = stack.enter_context(WorkerPool(cfg, target, workers, stop_strings))
+            lm = pooled_lm(model, tokenizer)
+        elif lm is None:
+            lm = build_lm(cfg, target, tokenizer, stop_strings)
+        raw = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            task_manager=manager,
+            num_fewshot=suite.num_fewshot,
+            limit=suite.limit,
+            apply_chat_template=chat,
+            fewshot_as_multiturn=chat and bool(suite.num_fewshot),
+            log_samples=suite.log_samples,
+            system_instruction=suite.system_prompt,
+            bootstrap_iters=suite.bootstrap_iters,
+            random_seed=cfg.seed,
+            numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+        )
     metrics = collect_metrics(raw)
     samples = {task: [compact_sample(s) for s in rows] for task, rows in (raw.get("samples") or {}).items()}
     result = EvalResult(Path(cfg.output_dir).absolute(), metrics, samples)
     if not quiet:
         versions = {"lm_eval": lm_eval.__version__, **(raw.get("versions") or {})}
-        model = getattr(lm, "model", None)  # the chat-completions client's `model` is the served name
-        model = model if hasattr(model, "parameters") else None
+        if model is None:
+            model = getattr(lm, "model", None)  # the chat-completions client's `model` is the served name
+            model = model if hasattr(model, "parameters") else None
         write_results(result, cfg, target, time.perf_counter() - started, raw.get("n-samples"), versions, model)
     return result
+
+
+def scale_out(cfg: DictConfig, target: Target) -> int:
+    """The worker processes an in-process suite runs on (`eval.workers`), after checking that the target is
+    one the key applies to (`eval.concurrency` is the endpoint's)."""
+    suite = cfg.eval
+    for key, value in (("workers", suite.workers), ("concurrency", suite.concurrency)):
+        if value < 1:
+            raise OnestopError(f"eval.{key}={value}: expected 1 or more")
+    if target.kind == "endpoint" and suite.workers > 1:
+        raise OnestopError(
+            f"eval.workers={suite.workers}: an endpoint is scaled with eval.concurrency=N (requests in flight)"
+        )
+    if target.kind != "endpoint" and suite.concurrency > 1:
+        raise OnestopError(
+            f"eval.concurrency={suite.concurrency}: requests in flight to an endpoint; in-process, use eval.workers=N"
+        )
+    return suite.workers if target.kind in {"model", "run"} else 1
+
+
+def generate_in_process(cfg: DictConfig, target: Target, lm, tokenizer, texts: list[str], on_batch=None):
+    """Greedy continuations (token ids, `generate_greedy`) of formatted prompts, and what produced them: `lm`'s
+    model (mid-training), the target's model loaded here, or eval.workers processes (a `WorkerPool`)."""
+    suite = cfg.eval
+    options = {"max_new_tokens": suite.max_new_tokens, "batch_size": suite.batch_size}
+    stops = end_of_turn(tokenizer)
+    workers = scale_out(cfg, target)
+    if lm is None and workers > 1:
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        with WorkerPool(cfg, target, workers, stops) as pool:
+            tokens = pool.run("generate_greedy", texts, lengths, texts, **options)
+        if on_batch:
+            on_batch(len(texts))
+        return tokens, pool
+    model = lm.model if lm is not None else load_target_model(cfg, target)
+    stop_ids = stop_token_ids(model, tokenizer, stops)
+    return generate_greedy(model, tokenizer, texts, stop_ids=stop_ids, on_batch=on_batch, **options), model
 
 
 def evaluate_tool_calls(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> EvalResult:
@@ -288,6 +247,7 @@ def evaluate_tool_calls(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = 
     every_row = read_tool_rows(Path(suite.path).expanduser())
     rows = with_system_prompt(every_row[: suite.limit] if suite.limit else every_row, suite.system_prompt)
     target = describe_target(cfg) if lm is None else Target("in-memory", {"model": cfg.model.name})
+    scale_out(cfg, target)  # a misplaced eval.workers / eval.concurrency fails before any model loads
     started = time.perf_counter()
     model = None
     if target.kind == "endpoint":
@@ -300,11 +260,10 @@ def evaluate_tool_calls(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = 
                 f"eval={suite.name}: {model_name}'s tokenizer cannot read tool calls back (no response template); "
                 "set model.tool_format (a run keeps the tokenizer it trained with), or score a server with endpoint="
             )
-        model = lm.model if lm is not None else load_target_model(cfg, target)
-        stop = stop_ids(model, tokenizer, end_of_turn(tokenizer))
-        replies = generate_replies(
-            model, tokenizer, rows, stop=stop, max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size
-        )
+        prompts = tool_prompts(tokenizer, rows)
+        with progress(len(rows), "tool-call prompts") as bar:
+            generated, model = generate_in_process(cfg, target, lm, tokenizer, prompts, bar.update)
+        replies = read_replies(tokenizer, rows, prompts, generated)
     metrics, samples = score_replies(rows, replies)
     result = EvalResult(
         Path(cfg.output_dir).absolute(), {suite.name: metrics}, {suite.name: samples} if suite.log_samples else {}
@@ -332,6 +291,7 @@ def evaluate_classification(cfg: DictConfig, lm=None, tokenizer=None, quiet: boo
     rows = every_row[: suite.limit] if suite.limit else every_row
     prompts = [chat_prompt(row["text"], labels, suite) for row in rows]
     target = describe_target(cfg) if lm is None else Target("in-memory", {"model": cfg.model.name})
+    scale_out(cfg, target)  # a misplaced eval.workers / eval.concurrency fails before any model loads
     started = time.perf_counter()
     model = None
     if target.kind == "endpoint":
@@ -340,11 +300,9 @@ def evaluate_classification(cfg: DictConfig, lm=None, tokenizer=None, quiet: boo
         texts = [reply.content.strip() for reply in replies]
     else:
         tokenizer = tokenizer or load_target_tokenizer(cfg, target)
-        model = lm.model if lm is not None else load_target_model(cfg, target)
-        stop = stop_ids(model, tokenizer, end_of_turn(tokenizer))
-        texts = generate_answers(
-            model, tokenizer, prompts, max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size, stop=stop
-        )
+        formatted = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        generated, model = generate_in_process(cfg, target, lm, tokenizer, formatted)
+        texts = [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in generated]
     questions = [messages[-1]["content"] for messages in prompts]  # a reply that repeats it is read past it
     predicted = [reply_label(text, labels, question) for text, question in zip(texts, questions, strict=True)]
     scores = score_labels([row["label"] for row in rows], predicted, labels)
@@ -456,7 +414,7 @@ def endpoint_replies(cfg: DictConfig, target: Target, suite, asked: list[dict], 
         model=target.identity["endpoint_model"],
         api_key=os.environ.get(cfg.api_key_env) or "-",
         max_new_tokens=suite.max_new_tokens,
-        num_concurrent=cfg.num_concurrent,
+        num_concurrent=suite.concurrency,
     )
     failed = sum(reply.error is not None for reply in replies)
     if failed:
@@ -476,7 +434,10 @@ def model_facts(cfg: DictConfig, target: Target, model=None) -> dict:
     else:  # the option chosen with model=, which names the file in conf/model/ (model.name usually matches)
         option = OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None) or identity["model"]
         path = identity.get("model_path")
-    parameters = sum(p.numel() for p in model.parameters()) if model is not None else None
+    if isinstance(model, WorkerPool):
+        parameters = model.parameter_count
+    else:
+        parameters = sum(p.numel() for p in model.parameters()) if model is not None else None
     memory = None
     if target.kind != "endpoint":
         try:

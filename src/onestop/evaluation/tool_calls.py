@@ -12,7 +12,7 @@ through an endpoint the server's `message.tool_calls` are scored, so a determini
 numbers both ways. lm-eval has no tool calls, so this suite does not go through it.
 """
 
-# Lazy imports: torch, openai (inside the functions that need them).
+# Lazy imports: openai (inside the functions that need them).
 
 import json
 import sys
@@ -24,7 +24,6 @@ from typing import Any
 from tqdm import tqdm
 
 from onestop.core.errors import OnestopError
-from onestop.evaluation.heldout import stop_token_ids
 from onestop.evaluation.metrics import mean_with_stderr
 from onestop.evaluation.suites import SuiteFileError, read_rows
 from onestop.models.tool_formats import parse_tool_calls
@@ -107,60 +106,21 @@ def with_system_prompt(rows: list[dict], system_prompt: str | None) -> list[dict
     ]
 
 
-def stop_ids(model, tokenizer, stop_strings: list[str]) -> list[int]:
-    """The EOS ids plus each end-of-turn text that is one token (`<|im_end|>`, `<end_of_turn>`)."""
-    ids = set(stop_token_ids(model, tokenizer))
-    for text in stop_strings:
-        encoded = tokenizer.encode(text, add_special_tokens=False)
-        if len(encoded) == 1:
-            ids.add(encoded[0])
-    return sorted(ids)
+def tool_prompts(tokenizer, rows: list[dict]) -> list[str]:
+    """Each row's conversation with its tools, formatted by the chat template up to the model's turn."""
+    return [
+        tokenizer.apply_chat_template(row["messages"], tools=row["tools"], tokenize=False, add_generation_prompt=True)
+        for row in rows
+    ]
 
 
-def generate_replies(
-    model, tokenizer, rows: list[dict], *, stop: list[int], max_new_tokens: int, batch_size: int
-) -> list[Reply]:
-    """Greedy replies with each row's tools in the chat template, batched with left padding, read back with
-    the tokenizer's response template (`parse_tool_calls`) from the text decoded with its special tokens."""
-    import torch
-
-    was_training, use_cache = model.training, model.config.use_cache
-    model.eval()
-    model.config.use_cache = True
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+def read_replies(tokenizer, rows: list[dict], prompts: list[str], generated: list[list[int]]) -> list[Reply]:
+    """Generated tokens (each through its stop token, as the server's reply ends) read back with the tokenizer's
+    response template (`parse_tool_calls`) from the text decoded with its special tokens."""
     replies = []
-    bar = progress(len(rows), "tool-call prompts")
-    try:
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            prompts = [
-                tokenizer.apply_chat_template(
-                    row["messages"], tools=row["tools"], tokenize=False, add_generation_prompt=True
-                )
-                for row in batch
-            ]
-            encoded = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-            with torch.no_grad():
-                output = model.generate(
-                    **encoded,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=stop,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            generated = output[:, encoded["input_ids"].shape[1] :].tolist()
-            for row, prompt, tokens in zip(batch, prompts, generated, strict=True):
-                # a row that finished early is padded after its stop token; the server's reply ends at that token
-                ends = [i for i, token in enumerate(tokens) if token in stop]
-                text = tokenizer.decode(tokens[: ends[0] + 1] if ends else tokens, skip_special_tokens=False)
-                parsed = parse_tool_calls(tokenizer, text, prompt, row["tools"])
-                replies.append(Reply(parsed["content"], parsed["tool_calls"]))
-            bar.update(len(batch))
-    finally:
-        bar.close()
-        tokenizer.padding_side = side
-        model.config.use_cache = use_cache
-        model.train(was_training)
+    for row, prompt, tokens in zip(rows, prompts, generated, strict=True):
+        parsed = parse_tool_calls(tokenizer, tokenizer.decode(tokens, skip_special_tokens=False), prompt, row["tools"])
+        replies.append(Reply(parsed["content"], parsed["tool_calls"]))
     return replies
 
 

@@ -1,6 +1,6 @@
 """Turn a `model` config node into a tokenizer and an `AutoModelForCausalLM`."""
 
-# Lazy imports: huggingface_hub, transformers, torch, bitsandbytes (inside the functions that need them).
+# Lazy imports: huggingface_hub, transformers, torch, bitsandbytes, flash_attn (inside the functions that need them).
 
 import os
 from pathlib import Path
@@ -85,6 +85,40 @@ def quantization_config(quantization: DictConfig | dict | None):
     )
 
 
+def model_type(model_cfg: DictConfig, path: str | None = None) -> str:
+    """The architecture family of the model (`qwen2`, `gemma3_text`, ...), read from its config alone."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        path or resolve_model_path(model_cfg),
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    return str(getattr(config, "model_type", ""))
+
+
+def attention_kwargs(model_cfg: DictConfig) -> dict:
+    """`attn_implementation` for from_pretrained / from_config; FlashAttention-2 checked here, in one line."""
+    choice = model_cfg.get("attn_implementation")
+    if not choice:
+        return {}
+    if choice == "flash_attention_2":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise OnestopError(
+                "config key 'model.attn_implementation': flash_attention_2 needs a CUDA GPU; on this machine use sdpa"
+            )
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            raise OnestopError(
+                "config key 'model.attn_implementation': flash_attention_2 needs flash-attn; pip install flash-attn "
+                "--no-build-isolation, or use sdpa"
+            ) from None
+    return {"attn_implementation": choice}
+
+
 def load_causal_lm(model_cfg: DictConfig, dtype: str = "float32", path: str | None = None, quantization=None):
     """The pretrained causal LM in `dtype` (`float32` or `bfloat16`), or 4-bit when `quantization` asks."""
     import torch
@@ -93,6 +127,7 @@ def load_causal_lm(model_cfg: DictConfig, dtype: str = "float32", path: str | No
     bnb = quantization_config(quantization)
     path = path or resolve_model_path(model_cfg)
     extra = {"quantization_config": bnb, "device_map": {"": torch.cuda.current_device()}} if bnb else {}
+    extra |= attention_kwargs(model_cfg)
     model = AutoModelForCausalLM.from_pretrained(
         path,
         revision=model_cfg.revision,

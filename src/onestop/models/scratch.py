@@ -5,6 +5,7 @@
 from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
+from onestop.models.loading import attention_kwargs
 
 
 def fresh_model(model_cfg: DictConfig, path: str, tokenizer, dtype: str):
@@ -27,7 +28,10 @@ def fresh_model(model_cfg: DictConfig, path: str, tokenizer, dtype: str):
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(config, name, getattr(tokenizer, name))
     model = AutoModelForCausalLM.from_config(
-        config, dtype=getattr(torch, dtype), trust_remote_code=model_cfg.trust_remote_code
+        config,
+        dtype=getattr(torch, dtype),
+        trust_remote_code=model_cfg.trust_remote_code,
+        **attention_kwargs(model_cfg),
     )
     model.config.use_cache = False
     return model

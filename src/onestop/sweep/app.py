@@ -6,8 +6,6 @@
 joblib, submitit, ray) do the rest, each job composing conf/train.yaml like `invoke train` does.
 """
 
-# Lazy imports: lm_eval (inside the functions that need them).
-
 import math
 import sys
 import time
@@ -20,6 +18,7 @@ from onestop.config.compose import _setup
 from onestop.core.errors import OnestopError
 from onestop.core.paths import CONF_DIR
 from onestop.core.rundir import RunDir
+from onestop.evaluation.generation import end_of_turn, in_process_lm
 from onestop.evaluation.run import eval_config, evaluate, suite_config
 from onestop.training.train import train
 
@@ -56,14 +55,13 @@ def objective(cfg: DictConfig, result) -> float:
         if value is None:
             raise OnestopError(f"sweep.objective={name}: the run has none (validation needs data.val_ratio > 0)")
         return float(value)
-    from lm_eval.models.huggingface import HFLM
-
     suite_name, metric = name.removeprefix("eval:").split("/", 1)
     suite = suite_config(suite_name, "sweep.objective", path=cfg.sweep.eval_path, limit=cfg.sweep.eval_limit)
     sweep_output = str(RunDir(result.run_dir).eval_dir / "sweep")
     eval_cfg = eval_config(suite, model=cfg.model, hardware=cfg.hardware, seed=cfg.seed, output_dir=sweep_output)
     model = result.model.eval()
-    scored = evaluate(eval_cfg, lm=HFLM(pretrained=model, tokenizer=result.tokenizer, batch_size=suite.batch_size))
+    stops = end_of_turn(result.tokenizer) if suite.chat_template else []
+    scored = evaluate(eval_cfg, lm=in_process_lm(model, result.tokenizer, suite.batch_size, stops))
     flat = scored.flat()
     key = metric if "/" in metric else f"{suite_name}/{metric}"
     if key not in flat:

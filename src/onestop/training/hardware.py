@@ -1,5 +1,7 @@
 """Turn the `hardware` config node into Lightning Trainer arguments, resolving `auto`."""
 
+import os
+
 import torch
 from omegaconf import DictConfig
 
@@ -41,6 +43,18 @@ def trainer_hardware(hardware: DictConfig) -> dict:
     }
 
 
+def share_cores(hardware: DictConfig) -> None:
+    """Intra-op threads for CPU processes training side by side on this machine: the cores this process may run
+    on (os.sched_getaffinity, which a container's cpuset narrows and os.cpu_count, what Lightning divides, does
+    not), shared among them. One process keeps torch's own choice (one thread per core); OMP_NUM_THREADS wins."""
+    processes = hardware.devices if isinstance(hardware.devices, int) else 1
+    if hardware.accelerator != "cpu" or processes < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // processes)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the ranks Lightning starts read it; so does its own check
+    torch.set_num_threads(threads)
+
+
 def shards_weights(hardware: DictConfig) -> bool:
     """Whether the strategy leaves each rank only part of the weights (FSDP, DeepSpeed ZeRO-3)."""
     strategy = str(hardware.strategy)
@@ -60,12 +74,9 @@ def build_strategy(hardware: DictConfig, model):
 
 
 def prepare_model_for_hardware(model, hardware: DictConfig):
-    """Gradient checkpointing and torch.compile, as the hardware node asks."""
+    """Gradient checkpointing, as the hardware node asks."""
     if hardware.gradient_checkpointing and hardware.strategy != "fsdp":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()  # adapters on a frozen base still need grads at the input
-    if hardware.compile:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.get_decoder().compile()
     return model

@@ -9,16 +9,23 @@ import torch
 from onestop.core.errors import OnestopError
 from onestop.data.packing import real_token_mask
 from onestop.data.windows import STEP_TOKENS
-from onestop.losses import token_loss_sum
+from onestop.losses import HeadLoss, token_loss_sum
 from onestop.training.sharding import clean_name, is_sharded
 
 
 class CausalLMModule(L.LightningModule):
     """Trains whatever parameters of `model` require grad; checkpoints hold only those."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: Callable, scheduler: Callable | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        head_loss: HeadLoss | None = None,
+    ):
         super().__init__()
         self.model = model
+        self.head_loss = head_loss  # the train node's fast path for the output head (onestop.training.fastpaths)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.strict_loading = False  # checkpoints omit the frozen base weights
@@ -45,7 +52,7 @@ class CausalLMModule(L.LightningModule):
         self._step_started = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss_sum, tokens = token_loss_sum(self.model, batch)
+        loss_sum, tokens = token_loss_sum(self.model, batch, self.head_loss)
         mean_loss = loss_sum.detach() / max(tokens, 1)
         self.last_train_loss = float(mean_loss)
         self.train_losses.append(self.last_train_loss)
@@ -82,7 +89,7 @@ class CausalLMModule(L.LightningModule):
         self.log("tokens", float(self.tokens_seen), prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss_sum, tokens = token_loss_sum(self.model, batch)
+        loss_sum, tokens = token_loss_sum(self.model, batch, self.head_loss)
         self._val_loss_sum += float(loss_sum)
         self._val_tokens += tokens
 

@@ -16,21 +16,24 @@ from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
 from onestop.core.rundir import RunDir, job_config
+from onestop.data.packing import resolve_packing
 from onestop.data.report import print_report
 from onestop.data.sft import SFTDataModule
 from onestop.data.vocabulary import train_tokenizer
 from onestop.methods import method_from_config
 from onestop.methods.prompt import is_prompt_learning
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
-from onestop.models.loading import quantization_config
+from onestop.models.loading import model_type, quantization_config
 from onestop.models.precision import weights_dtype
 from onestop.models.scratch import fresh_model
 from onestop.recipes import data_fingerprints, hardware_facts, provenance, provenance_warnings, recipe_text
 from onestop.training.dpo import DPOModule
+from onestop.training.fastpaths import apply_liger_kernels, check_gpu_switches, compile_decoder, head_loss
 from onestop.training.hardware import (
     build_strategy,
     prepare_model_for_hardware,
     shards_weights,
+    share_cores,
     trainer_hardware,
 )
 from onestop.training.loggers import build_logger, finish_failed_run, wandb_sync_hint
@@ -78,6 +81,8 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     hardware = trainer_hardware(cfg.hardware)
     quantization_config(cfg.method.get("quantization"))  # a 4-bit request on a CPU fails here, before any work
+    check_gpu_switches(cfg.train, cfg.hardware)
+    share_cores(cfg.hardware)
     run_dir = run.path
     resume_from = resume_path(cfg.resume, run)  # before any work: `resume=auto` with nothing to resume stops here
     if cfg.periodic_eval.every_n_steps and shards_weights(cfg.hardware):
@@ -92,6 +97,8 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
         if not cfg.model.from_scratch:
             raise OnestopError("model.train_tokenizer: a new vocabulary needs model.from_scratch=true")
         tokenizer = train_tokenizer(tokenizer, cfg.data, cfg.model.train_tokenizer)
+    cfg = copy.deepcopy(cfg)  # `auto` becomes what this run does, in its config.yaml too; the caller's stays
+    cfg.data.packing = resolve_packing(cfg, model_type(cfg.model, model_path))
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed, stage=cfg.stage)
     datamodule.setup()
     print_report(datamodule.prepared)
@@ -115,10 +122,12 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
             model_path,
             quantization=cfg.method.get("quantization"),
         )
+    model = apply_liger_kernels(model, cfg.train)
     reference = None
     if cfg.stage == "dpo" and not cfg.method.adapter:
         reference = copy.deepcopy(model).eval().requires_grad_(False)  # adapters use the base, adapter off
     model = prepare_model_for_hardware(method_from_config(cfg.method)(model), cfg.hardware)
+    model = compile_decoder(model, cfg.train)
     if cfg.data.packing and is_prompt_learning(model):
         raise OnestopError("data.packing: virtual tokens of method=ptuning cannot be packed; set data.packing=false")
     hardware["strategy"] = build_strategy(cfg.hardware, model)
@@ -131,7 +140,9 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
             model, instantiate(cfg.optim), instantiate(cfg.scheduler), beta=cfg.dpo.beta, reference=reference
         )
     else:
-        module = CausalLMModule(model, instantiate(cfg.optim), instantiate(cfg.scheduler))
+        module = CausalLMModule(
+            model, instantiate(cfg.optim), instantiate(cfg.scheduler), head_loss=head_loss(cfg.train, model)
+        )
 
     # Created only now: a config, data or model error leaves no half-made run directory behind.
     run.create()
@@ -229,6 +240,12 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
             print(hint)
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
             logger.experiment.finish()
+    if module.padding_history:
+        print(
+            f"padding: {module.padding_history[-1]['padding_fraction']:.1%} of the token slots in the last epoch "
+            f"(data.packing={str(cfg.data.packing).lower()})",
+            flush=True,
+        )
     print(f"Run directory: {run_dir}", flush=True)
     return TrainResult(run, model, tokenizer, datamodule, metrics)
 

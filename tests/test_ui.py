@@ -18,6 +18,7 @@ from ui_browser import serve_app
 
 from onestop.core.errors import OnestopError
 from onestop.core.paths import PROJECT_ROOT
+from onestop.evaluation.runs import list_runs
 from onestop.ui.app import create_app
 from onestop.ui.server import ui_token
 
@@ -192,3 +193,11 @@ def test_invoke_ui_prints_its_address_and_serves_there(ui_runs):
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)
+
+
+def test_a_run_with_a_damaged_config_is_listed_as_unreadable_with_the_reason(tmp_path):
+    damaged = tmp_path / "runs" / "damaged"
+    damaged.mkdir(parents=True)
+    (damaged / "config.yaml").write_text("model: [unclosed\n")
+    (row,) = list_runs([tmp_path / "runs"])
+    assert row.status == "unreadable" and "config.yaml" in row.error and row.path == damaged

@@ -23,7 +23,7 @@ from rich.table import Table
 from onestop.core.errors import OnestopError
 from onestop.core.rundir import RunDir
 
-STATUSES = ("running", "finished", "failed", "resumable")
+STATUSES = ("running", "finished", "failed", "resumable", "unreadable")
 
 
 @dataclass
@@ -44,6 +44,8 @@ class RunRow:
     started: datetime
     evals: dict[str, float] = field(default_factory=dict)
     """The newest score of each suite/metric, e.g. {"qa/exact_match": 0.4}."""
+    error: str | None = None
+    """Why an `unreadable` run could not be read."""
 
     def as_json(self) -> dict:
         return asdict(self) | {"path": str(self.path), "started": self.started.isoformat(timespec="seconds")}
@@ -77,6 +79,15 @@ def run_status(run: RunDir, metrics: dict | None = None) -> str:
     return "failed"
 
 
+def unreadable_row(run: RunDir, error: str) -> RunRow:
+    """The row of a run whose config.yaml cannot be read: listed, with the reason, rather than hidden."""
+    return RunRow(
+        path=run.path, model="?", method="?", data="?", stage="?", status="unreadable", steps=None, max_steps=None,
+        train_loss=None, val_loss=None, wall_seconds=None,
+        started=datetime.fromtimestamp(run.config_file.stat().st_mtime), error=error,
+    )  # fmt: skip
+
+
 def run_row(run: RunDir) -> RunRow:
     """The catalogue row of one run."""
     try:
@@ -105,14 +116,14 @@ def run_row(run: RunDir) -> RunRow:
 
 
 def list_runs(roots: list[Path]) -> list[RunRow]:
-    """Every run under `roots`, newest first; a run whose config cannot be read is left out."""
+    """Every run under `roots`, newest first; a run whose config cannot be read is listed as `unreadable`."""
     rows = []
     for root in roots:
         for run in find_run_dirs(root):
             try:
                 rows.append(run_row(run))
-            except OnestopError:
-                continue
+            except OnestopError as error:
+                rows.append(unreadable_row(run, str(error)))
     return sorted(rows, key=lambda r: r.started, reverse=True)
 
 
@@ -173,7 +184,11 @@ def print_runs(roots: list[str], as_json: bool = False) -> list[RunRow]:
             ", ".join(f"{k} {v:.3g}" for k, v in row.evals.items()),
             format_seconds(row.wall_seconds),
         )
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    for row in rows:
+        if row.error:
+            console.print(f"unreadable: {row.error}", markup=False)
     return rows
 
 

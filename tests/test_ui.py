@@ -1,6 +1,7 @@
 """The web UI (`invoke ui`) in a real Chromium: runs, a run's page, compare, a run started from the form, data
 preview; and who may ask it what (token, path escapes) over plain HTTP. Fixtures: tests/ui_browser.py."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from ui_browser import serve_app
 
 from onestop.core.errors import OnestopError
 from onestop.core.paths import PROJECT_ROOT
+from onestop.deploy.service import stop as stop_deployments
 from onestop.evaluation.runs import list_runs
 from onestop.ui.app import create_app
 from onestop.ui.server import ui_token
@@ -80,7 +82,11 @@ def test_the_form_shows_the_command_and_puts_errors_on_their_field(ui_server, pa
 
 
 @pytest.mark.slow
-def test_a_run_started_from_the_form_is_stopped_resumed_and_finishes_in_the_page(ui_server, ui_runs, page):
+def test_a_run_started_from_the_form_is_stopped_resumed_finishes_and_its_deployment_chats(
+    ui_server, ui_runs, page, tmp_path, monkeypatch
+):
+    """The whole loop of the page: a run from the form, then served from the Deploy page and chatted with."""
+    monkeypatch.setenv("ONESTOP_HOME", str(tmp_path / "home"))  # the deployment's state, apart from any other
     page.goto(ui_server.url + "/new?model=tiny&hardware=cpu&data=alpaca&logger=csv")
     page.fill('[id="f-data.path"]', str(TINY_DATA))
     page.fill('[id="f-data.batch_size"]', "4")
@@ -102,6 +108,22 @@ def test_a_run_started_from_the_form_is_stopped_resumed_and_finishes_in_the_page
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 10 and metrics["resumed_from"].endswith("sigint.ckpt")
     assert loaded(page, "#loss-chart") > 0
+
+    page.goto(ui_server.url + "/deploy")
+    page.select_option("#run", "0/train/from-form")
+    page.click("#start")
+    try:
+        page.locator('#deployments tr[data-name="from-form"] .status').wait_for(timeout=300_000)
+        page.goto(ui_server.url + "/deploy/chat?name=from-form")
+        page.fill("#prompt", "Hello!")
+        with page.expect_response(lambda r: "/deploy/chat/completions" in r.url) as answer:
+            page.click("#send")
+        assert answer.value.headers["content-type"].startswith("text/event-stream")
+        page.locator(".msg.assistant .feedback").first.wait_for(timeout=120_000)
+        assert page.locator(".msg.assistant").count() == 1
+    finally:
+        with contextlib.suppress(OnestopError):  # none came up: the failure above says why
+            stop_deployments("from-form")
 
 
 def test_data_preview_highlights_the_tokens_that_carry_loss(ui_server, page):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import ASSETS, TINY, compose
+from conftest import ASSETS, TINY, TINY_DEFAULTS, compose
 
 from onestop.core.errors import OnestopError
 from onestop.data.batching import pad_batch
@@ -75,13 +75,13 @@ def test_chunked_loss_without_gradients_matches(batch):
 
 
 def test_packing_auto_packs_where_exact_and_refuses_true_where_not():
-    sft = compose(*TINY)
+    sft = compose(*TINY_DEFAULTS)
     assert sft.data.packing == "auto"
     assert resolve_packing(sft, "qwen2") is True
     assert resolve_packing(compose(*TINY, "data.packing=false"), "qwen2") is False
-    assert resolve_packing(compose(*TINY, "method=ptuning"), "qwen2") is False
-    assert resolve_packing(compose(*TINY, "stage=dpo"), "qwen2") is False
-    assert resolve_packing(compose(*TINY, "model.trust_remote_code=true"), "qwen2") is False
+    assert resolve_packing(compose(*TINY_DEFAULTS, "method=ptuning"), "qwen2") is False
+    assert resolve_packing(compose(*TINY_DEFAULTS, "stage=dpo"), "qwen2") is False
+    assert resolve_packing(compose(*TINY_DEFAULTS, "model.trust_remote_code=true"), "qwen2") is False
     assert resolve_packing(sft, "chatglm") is False
     message = "config key 'data.packing': cannot pack exactly: model=tiny (chatglm) builds its own attention mask"
     with pytest.raises(OnestopError, match=re.escape(message)):
@@ -104,7 +104,7 @@ def test_packed_families_build_their_masks_from_position_ids(family):
 
 
 def test_a_run_packs_by_default_and_prints_its_padding(tmp_path, capsys):
-    result = train(compose(*TINY, "logger=none", "trainer.max_steps=2", run_dir=tmp_path / "run"))
+    result = train(compose(*TINY_DEFAULTS, "logger=none", "trainer.max_steps=2", run_dir=tmp_path / "run"))
     assert "position_ids" in result.datamodule.train_set[0]  # packed rows
     assert "packing: true" in (tmp_path / "run" / "config.yaml").read_text()
     fraction = result.metrics["padding"][-1]["padding_fraction"]

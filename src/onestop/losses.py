@@ -125,11 +125,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             # d(loss)/d(logits) = softmax - one_hot(target), written into the logits' own memory.
             grad_logits = logits.sub_(log_norm[:, None]).exp_()
             grad_logits[torch.arange(t.size(0), device=t.device), t] -= 1
-            grad_logits = grad_logits.to(torch.promote_types(h.dtype, weight.dtype))
+            # In the weight's dtype, as the unchunked backward multiplies (bf16 weights: bf16 matmuls); casting
+            # the [vocabulary, hidden] weight instead would copy it once per chunk.
+            grad_logits = grad_logits.to(weight.dtype)
             if grad_hidden is not None:
-                grad_hidden[start : start + chunk_size] = grad_logits @ weight.to(grad_logits.dtype)
+                grad_hidden[start : start + chunk_size] = grad_logits @ weight
             if grad_weight is not None:
-                grad_weight += grad_logits.t() @ h.to(grad_logits.dtype)
+                grad_weight += grad_logits.t() @ h.to(weight.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total

@@ -7,10 +7,7 @@ and chart are `invoke eval.compare`'s (`onestop.evaluation.report`).
 """
 
 import json
-import os
-import shlex
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -19,11 +16,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 
 from onestop.config.groups import list_group_options
 from onestop.core.errors import OnestopError
-from onestop.core.paths import PROJECT_ROOT
 from onestop.core.rundir import RunDir
 from onestop.evaluation.report import COUNTS, LOWER_IS_BETTER, compare, plot_bars
 from onestop.evaluation.runs import list_runs
-from onestop.ui.pages import inside, project_dir, render, run_path, run_ref, run_roots
+from onestop.ui.pages import inside, render, run_path, run_ref, run_roots, start_invoke
 from onestop.ui.serving import overrides
 
 router = APIRouter()
@@ -73,22 +69,7 @@ async def start_evaluation(request: Request):
 
 def launch_eval(request: Request, out: Path, words: list[str]) -> subprocess.Popen:
     """`invoke eval ...` in the project folder, its output in OUT/eval.log after a "$ COMMAND" line."""
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / EVAL_LOG
-    log.write_text("$ " + shlex.join(words) + "\n")
-    invoke = [str(Path(sys.executable).parent / "invoke")]
-    if not (project_dir(request) / "tasks.py").is_file():
-        invoke.append(f"--search-root={PROJECT_ROOT}")
-    with log.open("a") as handle:
-        process = subprocess.Popen(
-            [*invoke, *words[1:]],
-            cwd=project_dir(request),
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
+    process = start_invoke(request, words, out / EVAL_LOG)
     _jobs(request)[out] = process
     return process
 

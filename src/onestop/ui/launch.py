@@ -10,7 +10,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,13 +23,13 @@ from onestop.config.compose import compose
 from onestop.config.fields import field_docs
 from onestop.config.groups import list_group_options
 from onestop.core.errors import OnestopError
-from onestop.core.paths import PROJECT_ROOT, RECIPES_DIR
+from onestop.core.paths import RECIPES_DIR
 from onestop.core.rundir import RunDir
 from onestop.evaluation.runs import csv_losses, list_runs, run_status
 from onestop.selection.devices import GIB, this_machine
 from onestop.selection.estimate import estimate_devices
 from onestop.selection.report import duration, planned_steps
-from onestop.ui.pages import COMPOSE_LOCK, inside, project_dir, render, run_path, run_ref, run_roots
+from onestop.ui.pages import COMPOSE_LOCK, inside, render, run_path, run_ref, run_roots, start_invoke
 from onestop.ui.runs import launch_words, resume_command
 
 router = APIRouter()
@@ -162,27 +161,9 @@ def resume_run(request: Request, run: str):
 
 
 def launch(request: Request, run_dir: Path, words: list[str]) -> subprocess.Popen:
-    """Start `invoke train ...` (`words`) in the project folder, its output appended to RUN/train.log after a
-    "$ COMMAND" line; the process lives on its own session, so stopping the UI leaves it running."""
+    """Start `invoke train ...` (`words`), its output appended to RUN/train.log (onestop.ui.pages.start_invoke)."""
     run = RunDir(run_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
-    with run.log_file.open("a") as log:
-        log.write(("\n" if run.log_file.stat().st_size else "") + "$ " + shlex.join(words) + "\n")
-    where = project_dir(request)
-    invoke = [str(Path(sys.executable).parent / "invoke")]
-    if not (where / "tasks.py").is_file() and (PROJECT_ROOT / "tasks.py").is_file():
-        invoke.append(f"--search-root={PROJECT_ROOT}")
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with run.log_file.open("a") as log:
-        process = subprocess.Popen(
-            [*invoke, *words[1:]],
-            cwd=where,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            start_new_session=True,
-        )
+    process = start_invoke(request, words, run.log_file)
     _processes(request)[run.path] = process
     return process
 

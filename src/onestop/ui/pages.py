@@ -7,6 +7,10 @@
 deploy) and `commands` (the `invoke ...` lines the page's actions run, shown in a box) to the template.
 """
 
+import os
+import shlex
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from onestop.core.paths import PROJECT_ROOT
 from onestop.core.rundir import RunDir
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -95,3 +100,26 @@ def run_path(request: Request, ref: str, started: bool = False) -> Path:
 
 # Hydra composition keeps global state: requests compose one at a time.
 COMPOSE_LOCK = threading.Lock()
+
+
+def start_invoke(request: Request, words: list[str], log: Path) -> subprocess.Popen:
+    """Run `invoke ...` (`words`, starting with "invoke") in the project folder as its own process, its output
+    appended to `log` after a "$ COMMAND" line. The process has a session of its own: stopping the UI leaves
+    it running, and Ctrl-C in the UI's terminal does not reach it."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        handle.write(("\n" if handle.tell() else "") + "$ " + shlex.join(words) + "\n")
+    where = project_dir(request)
+    invoke = [str(Path(sys.executable).parent / "invoke")]
+    if not (where / "tasks.py").is_file():
+        invoke.append(f"--search-root={PROJECT_ROOT}")
+    with log.open("a") as handle:
+        return subprocess.Popen(
+            [*invoke, *words[1:]],
+            cwd=where,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )

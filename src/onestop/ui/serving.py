@@ -13,9 +13,6 @@ import os
 import pprint
 import re
 import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
@@ -24,12 +21,11 @@ from onestop.agents.tools import load_tools, run_tool_call
 from onestop.config.compose import compose
 from onestop.config.groups import list_group_options
 from onestop.core.errors import OnestopError
-from onestop.core.paths import PROJECT_ROOT
 from onestop.core.rundir import RunDir
 from onestop.deploy.feedback import FeedbackStore
 from onestop.deploy.service import deployments, health, state_dir, stop
 from onestop.evaluation.runs import list_runs
-from onestop.ui.pages import COMPOSE_LOCK, project_dir, render, run_path, run_ref, run_roots
+from onestop.ui.pages import COMPOSE_LOCK, render, run_path, run_ref, run_roots, start_invoke
 
 router = APIRouter()
 
@@ -75,21 +71,8 @@ async def start_deployment(request: Request):
     words += overrides(str(form.get("extra", "")))
     name = RunDir(path).name
     log = state_dir() / f"{name}.start.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("$ " + shlex.join(words) + "\n")
-    invoke = [str(Path(sys.executable).parent / "invoke")]
-    if not (project_dir(request) / "tasks.py").is_file():
-        invoke.append(f"--search-root={PROJECT_ROOT}")
-    with log.open("a") as handle:
-        process = subprocess.Popen(
-            [*invoke, *words[1:]],
-            cwd=project_dir(request),
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
+    log.unlink(missing_ok=True)  # this start's output only
+    process = start_invoke(request, words, log)
     _starts(request)[name] = (process, log, shlex.join(words))
     return RedirectResponse("/deploy", status_code=303)
 

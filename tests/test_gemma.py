@@ -6,10 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose, run_invoke
+from starlette.testclient import TestClient
 
 from onestop.core.paths import PROJECT_ROOT, cache_dir
 from onestop.deploy.export import end_of_turn_ids
+from onestop.evaluation.runs import list_runs
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+from onestop.ui.app import create_app
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +85,11 @@ def test_demo_smoke_run_prints_the_comparison(tmp_path):
     assert served["base_url"].startswith("http://127.0.0.1:") and served["answer"].strip()
     assert f"A ({served['base_url']}): " in result.stdout
     assert (run_dir / "adapter" / "chat_template.jinja").read_text().count("<start_of_turn>") >= 2
+
+    # What the new user then finds in `invoke ui`: the demo's run, finished, with its scores, on the Runs page.
+    (row,) = list_runs([tmp_path])
+    assert row.path == run_dir and row.status == "finished" and row.model == "gemma3_270m"
+    assert "demo/exact_match" in row.evals
+    with TestClient(create_app([tmp_path], PROJECT_ROOT, token=None)) as client:
+        page = client.get("/")
+    assert page.status_code == 200 and "gemma3_270m" in page.text and "finished" in page.text

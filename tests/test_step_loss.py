@@ -27,11 +27,15 @@ SHAPES = {
     "batch 8": ["data.batch_size=8"],
     "batch 2 x accumulate 4": ["data.batch_size=2", "trainer.accumulate_grad_batches=4"],
     "2 processes x batch 2 x accumulate 2": [
-        "hardware=ddp_cpu", "data.batch_size=2", "trainer.accumulate_grad_batches=2"
+        "hardware=ddp_cpu",
+        "data.batch_size=2",
+        "trainer.accumulate_grad_batches=2",
     ],  # fmt: skip
     # DeepSpeed divides by the accumulation steps itself, on top of Lightning
     "DeepSpeed ZeRO-2, 2 processes x batch 2 x accumulate 2": [
-        "hardware=deepspeed_zero2_cpu", "data.batch_size=2", "trainer.accumulate_grad_batches=2"
+        "hardware=deepspeed_zero2_cpu",
+        "data.batch_size=2",
+        "trainer.accumulate_grad_batches=2",
     ],  # fmt: skip
 }
 

@@ -24,6 +24,10 @@ from onestop.evaluation.runs import list_runs
 from onestop.ui.app import create_app
 from onestop.ui.server import ui_token
 
+# Every case shares one trained and evaluated tiny run and one browser: about 1.5 minutes before the first
+# case, so the module runs with the slow cases (the quick check stays under 5 minutes).
+pytestmark = pytest.mark.slow
+
 
 def loaded(page, selector: str) -> int:
     """naturalWidth of an <img> once it has loaded: 0 means a broken image."""
@@ -81,7 +85,6 @@ def test_the_form_shows_the_command_and_puts_errors_on_their_field(ui_server, pa
     page.wait_for_function("!document.getElementById('estimate').textContent.includes('…')", timeout=60_000)
 
 
-@pytest.mark.slow
 def test_a_run_started_from_the_form_is_stopped_and_resumed_and_a_finished_run_is_served_and_chats(
     ui_server, ui_runs, page, tmp_path, monkeypatch
 ):

@@ -153,6 +153,7 @@ def test_evaluation_through_the_deployment_matches_in_process(served, learned_ru
     assert remote.flat() == pytest.approx(local.flat()) and local.flat()["qa/token_f1"] > 0.3
 
 
+@pytest.mark.slow
 def test_cli_deploy_with_an_api_key_status_chat_and_stop(learned_run, home, tmp_path):
     env = {"ONESTOP_API_KEY": "s3cret", "ONESTOP_HOME": str(home)}
     started = run_invoke("deploy", f"run_dir={learned_run}", "model=tiny", "name=keyed", "port=0", env=env)

@@ -158,6 +158,7 @@ def test_same_numbers_in_process_and_as_served(learned_run, tmp_path):
         assert as_served.metrics["qa"][metric]["value"] == pytest.approx(score["value"]), metric
 
 
+@pytest.mark.slow
 def test_compare_prints_a_table_and_saves_a_png(trained_run, tmp_path):
     for name in ("a", "b"):
         evaluate_cfg(

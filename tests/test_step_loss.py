@@ -67,7 +67,8 @@ class RecordGradients(L.Callback):
 
             grads = {name: safe_get_full_grad(p) for name, p in pl_module.model.named_parameters() if p.requires_grad}
         if trainer.is_global_zero:
-            torch.save({name: g.detach().float().clone() for name, g in grads.items()}, Path(sys.argv[1]) / "gradients.pt")
+            recorded = {name: g.detach().float().clone() for name, g in grads.items()}
+            torch.save(recorded, Path(sys.argv[1]) / "gradients.pt")
 
 
 run_dir = Path(sys.argv[1])

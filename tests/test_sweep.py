@@ -28,6 +28,7 @@ def run_sweep(tmp_path, *overrides, env=None):
     return sweep_dir, result
 
 
+@pytest.mark.slow
 def test_grid_sweep_summary_plot_winner_and_wandb_group(tmp_path):
     sweep_dir, result = run_sweep(tmp_path, "logger=wandb", "method.r=4,8", "optim.lr=1e-4,3e-3")
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
@@ -100,6 +101,7 @@ def test_every_trial_is_checked_before_the_sweep_starts(overrides, fragments, tm
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_a_recipe_sweep_records_a_failed_trial_and_goes_on(tmp_path):
     # Swept from a shared recipe file with its own objective; the second trial asks for a new vocabulary
     # without from_scratch: it fails at once, the first one trains.

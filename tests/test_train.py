@@ -213,6 +213,7 @@ def test_answer_only_head_matches_the_models_own_loss(method):
     torch.testing.assert_close(loss_sum / tokens, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bench_train_reports_throughput_and_memory_per_variant(tmp_path):
     options = ["--steps", "2", "--precisions", "32-true", "--output", str(tmp_path)]
     result = run_invoke("bench.train", *TINY, *options, "--variants", "data.packing=false;data.packing=true")

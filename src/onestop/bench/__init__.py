@@ -14,19 +14,16 @@ import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from onestop.agents.loop import run_task
 from onestop.agents.session import open_endpoint
 from onestop.agents.tools import load_tools, run_tool_call
+from onestop.bench.output import markdown_table, print_table, run_row_in_child
 from onestop.config.compose import compose
 from onestop.core.errors import OnestopError
 from onestop.core.files import save_figure_atomic, save_pretrained_atomic, write_json, write_text_atomic
@@ -207,18 +204,11 @@ def _score_adapter(cfg, suite, adapter: Path, output_dir: Path) -> dict:
 
 
 def _print_table(rows: list[dict], title: str) -> None:
-    table = Table(title=title)
-    for column, value in rows[0].items():
-        table.add_column(column, justify="left" if isinstance(value, str) else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*(_cell(value) for value in row.values()))
-    Console(width=max(Console().width, 120)).print(table)
+    print_table(rows, title, _cell)
 
 
 def _write_markdown(path: Path, rows: list[dict]) -> None:
-    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    body = "".join("| " + " | ".join(_cell(value) for value in row.values()) + " |\n" for row in rows)
-    write_text_atomic(path, header + body)
+    write_text_atomic(path, markdown_table(rows, _cell))
 
 
 def _plot_losses(path: Path, curves: dict[str, list[float]]) -> None:
@@ -404,17 +394,8 @@ def _with_time_estimate(row: dict, spec: dict, device) -> dict:
 
 
 def _measure_in_child(spec: dict) -> dict:
-    child = subprocess.run(
-        [sys.executable, "-c", "from onestop.bench import measure_estimate_row; measure_estimate_row()"],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-    )
-    result_lines = [line for line in child.stdout.splitlines() if line.startswith("ROW ")]
-    if child.returncode or not result_lines:
-        tail = (child.stderr or child.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise OnestopError(f"bench.estimate: the row {spec['model']}/{spec['method']} failed: {tail[0][:200]}")
-    return json.loads(result_lines[-1][4:])
+    failure = f"bench.estimate: the row {spec['model']}/{spec['method']} failed"
+    return run_row_in_child("onestop.bench:measure_estimate_row", spec, failure)
 
 
 def _grid_config(spec: dict):

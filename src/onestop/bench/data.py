@@ -18,12 +18,11 @@ import os
 import random
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from onestop.bench.output import results_dir, write_results
+from onestop.bench.output import results_dir, run_row_in_child, write_results
 from onestop.config.compose import compose
 from onestop.core.errors import OnestopError
 from onestop.core.files import replace_durably, save_figure_atomic, temporary_beside
@@ -134,17 +133,7 @@ def scaling(rows: list[dict]) -> dict:
 
 
 def _prepare_in_child(spec: dict) -> dict:
-    child = subprocess.run(
-        [sys.executable, "-c", "from onestop.bench.data import prepare_in_child; prepare_in_child()"],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-    )
-    found = [line for line in child.stdout.splitlines() if line.startswith("ROW ")]
-    if child.returncode or not found:
-        tail = (child.stderr or child.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise OnestopError(f"bench.data: preparing {spec['path']} failed: {tail[0][:300]}")
-    return json.loads(found[-1][4:])
+    return run_row_in_child("onestop.bench.data:prepare_in_child", spec, f"bench.data: preparing {spec['path']} failed")
 
 
 def prepare_in_child() -> None:

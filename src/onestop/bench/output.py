@@ -4,14 +4,19 @@ out_dir = results_dir("serve", output)        # runs/bench/serve/<TIME>/ unless 
 write_results(out_dir, "serve", {"rows": rows}, rows, "Serving throughput")
 """
 
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from onestop.core.errors import OnestopError
 from onestop.core.files import write_json, write_text_atomic
 from onestop.recipes import git_state, package_versions
 from onestop.selection.devices import GIB, total_ram
@@ -53,18 +58,36 @@ def cell(value) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], format_cell: Callable = cell) -> str:
     header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    return header + "".join("| " + " | ".join(cell(v) for v in row.values()) + " |\n" for row in rows)
+    return header + "".join("| " + " | ".join(format_cell(v) for v in row.values()) + " |\n" for row in rows)
 
 
-def print_table(rows: list[dict], title: str) -> None:
+def print_table(rows: list[dict], title: str, format_cell: Callable = cell) -> None:
     table = Table(title=title)
     for column, value in rows[0].items():
         table.add_column(column, justify="left" if isinstance(value, str) else "right", no_wrap=True)
     for row in rows:
-        table.add_row(*(cell(value) for value in row.values()))
+        table.add_row(*(format_cell(value) for value in row.values()))
     Console(width=max(Console().width, 120)).print(table)
+
+
+def run_row_in_child(entry: str, spec: dict, failure: str) -> dict:
+    """Measure one benchmark row in a fresh process (its own peak memory, no state left from the last row):
+    `entry` ("module:function") reads `spec` as JSON on stdin and prints `ROW {json}`; a child that fails
+    stops the benchmark with `failure` and the child's last line."""
+    module, function = entry.split(":")
+    child = subprocess.run(
+        [sys.executable, "-c", f"from {module} import {function}; {function}()"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+    )
+    found = [line for line in child.stdout.splitlines() if line.startswith("ROW ")]
+    if child.returncode or not found:
+        tail = (child.stderr or child.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise OnestopError(f"{failure}: {tail[0][:300]}")
+    return json.loads(found[-1][4:])
 
 
 def write_results(out_dir: Path, stem: str, payload: dict, rows: list[dict], title: str, notes: str = "") -> None:

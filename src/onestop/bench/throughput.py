@@ -15,15 +15,13 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from onestop.bench.output import results_dir, write_results
+from onestop.bench.output import results_dir, run_row_in_child, write_results
 from onestop.config.compose import compose
-from onestop.core.errors import OnestopError
 from onestop.core.files import write_text_atomic
 from onestop.data.packing import real_token_mask
 from onestop.selection.devices import GIB
@@ -89,17 +87,8 @@ def write_alpaca_like(path: Path, records: int, seed: int) -> None:
 
 
 def _train_in_child(spec: dict) -> dict:
-    child = subprocess.run(
-        [sys.executable, "-c", "from onestop.bench.throughput import measure_train_row; measure_train_row()"],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-    )
-    result = [line for line in child.stdout.splitlines() if line.startswith("ROW ")]
-    if child.returncode or not result:
-        tail = (child.stderr or child.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise OnestopError(f"bench.train: the row '{spec['variant']}' failed: {tail[0][:300]}")
-    return json.loads(result[-1][4:])
+    failure = f"bench.train: the row '{spec['variant']}' failed"
+    return run_row_in_child("onestop.bench.throughput:measure_train_row", spec, failure)
 
 
 def measure_train_row() -> None:

@@ -1,8 +1,10 @@
 """The data stage: every format, column mapping, mixing, bad input, cache reuse, report, contamination."""
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ASSETS, TINY_DATA, compose, run_invoke
 
@@ -182,7 +184,7 @@ def test_second_prepare_is_a_cache_hit_until_the_data_changes(tokenizer, tmp_pat
     first = prepare(cfg, tokenizer)
     second = prepare(cfg, tokenizer)
     assert not first.report.cache_hit and second.report.cache_hit
-    assert second.train == first.train and second.val_examples == first.val_examples
+    assert list(second.train) == list(first.train) and second.val_examples == first.val_examples
     assert (first.directory / "lengths.png").stat().st_size > 1000
     path.write_text(TINY_DATA.read_text().replace("Paris", "Lyon"))
     third = prepare(cfg, tokenizer)
@@ -235,3 +237,34 @@ def test_hub_dataset_id_offline_says_how_to_use_a_local_file(tokenizer):
     message = str(caught.value)
     assert message.startswith("data.path=tatsu-lab/alpaca: cannot load it from the Hugging Face Hub")
     assert "set data.path to the local file" in message and "\n" not in message
+
+
+def test_prepared_rows_are_compact_arrays_memory_mapped_from_the_cache(tokenizer, tmp_path):
+    first = prepare(data_cfg(f"data.path={TINY_DATA}"), tokenizer)
+    assert first.train.values["input_ids"].dtype == np.int32 and first.train.values["labels"].dtype == np.int32
+    cached = prepare(data_cfg(f"data.path={TINY_DATA}"), tokenizer)
+    assert cached.report.cache_hit and isinstance(cached.train.values["input_ids"], np.memmap)
+    assert len(cached.train) == first.report.train_records and list(cached.val) == list(first.val)
+    assert int(cached.train.lengths().sum()) == first.report.train_tokens
+    assert cached.train[-1] == cached.train[len(cached.train) - 1] and cached.train[:2] == [
+        cached.train[0],
+        cached.train[1],
+    ]
+
+
+def test_preparing_in_worker_processes_gives_the_same_rows_and_report(tokenizer, tmp_path, monkeypatch):
+    """Chunks tokenized in two spawned processes, taken back in order, equal one process's result; chunks of 4
+    examples so the data spans several chunks, and over-long ones dropped so the counts come from the workers."""
+    monkeypatch.setattr("onestop.data.prepare.TOKENIZE_CHUNK", 4)
+    overrides = [f"data.path={TINY_DATA}", "data.max_seq_len=34", "data.overlength=drop", "data.cache=false"]
+    alone = prepare(data_cfg(*overrides, "data.num_proc=1"), tokenizer)
+    shared = prepare(data_cfg(*overrides, "data.num_proc=2"), tokenizer)
+    assert alone.report.dropped_overlength > 0 and len(alone.train) > 4
+    assert list(shared.train) == list(alone.train) and list(shared.val) == list(alone.val)
+    assert shared.val_examples == alone.val_examples and asdict(shared.report) == asdict(alone.report)
+
+
+@pytest.mark.parametrize("value", ["0", "many", "true"])
+def test_num_proc_other_than_auto_or_a_positive_number_is_one_line_naming_the_key(tokenizer, value):
+    with pytest.raises(OnestopError, match="config key 'data.num_proc': expected auto or a whole number >= 1"):
+        prepare(data_cfg(f"data.path={TINY_DATA}", f"data.num_proc={value}"), tokenizer)

@@ -26,7 +26,7 @@ from onestop.bench.output import results_dir, run_row_in_child, write_results
 from onestop.config.compose import compose
 from onestop.core.errors import OnestopError
 from onestop.core.files import replace_durably, save_figure_atomic, temporary_beside
-from onestop.data.prepare import prepare
+from onestop.data.prepare import prepare, tokenizing_processes
 from onestop.data.report import print_report
 from onestop.models import load_tokenizer, resolve_model_path
 
@@ -88,9 +88,11 @@ def bench_data(sizes: list[int], model: str, output: str | None, keep_cache: boo
                 "rows/s": size / measured["seconds"],
                 "CPU s": measured["cpu_seconds"],
                 "rows/CPU s": size / measured["cpu_seconds"],
+                "processes": measured["processes"],
                 "peak RSS MiB": measured["peak_rss_mib"],
                 "above start MiB": measured["peak_rss_mib"] - measured["start_rss_mib"],
                 "KiB/row": 1024 * (measured["peak_rss_mib"] - measured["start_rss_mib"]) / size,
+                "worker peak MiB": measured["worker_peak_rss_mib"],
             }
         )
     growth = scaling(rows)
@@ -106,7 +108,7 @@ def bench_data(sizes: list[int], model: str, output: str | None, keep_cache: boo
 
 def scaling(rows: list[dict]) -> dict:
     """Memory per extra row and time per extra row between the two largest sizes, and what 1M rows would
-    take at that rate (a straight line: preparation holds every row in memory)."""
+    take at that rate (a straight line: preparation holds every tokenized row in memory, as int32 arrays)."""
     if len(rows) < 2:
         return {"text": "One size only: no growth to report."}
     small, large = rows[-2], rows[-1]
@@ -142,20 +144,29 @@ def prepare_in_child() -> None:
     cfg = compose("train", [f"model={spec['model']}", "data=alpaca", f"data.path={spec['path']}"])
     tokenizer = load_tokenizer(cfg.model, resolve_model_path(cfg.model))
     start_rss = _rss_mib()
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     prepared = prepare(cfg.data, tokenizer, seed=cfg.seed, use_cache=False)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
     print_report(prepared)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    examples = prepared.report.train_records + prepared.report.val_records
     row = {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
+        "processes": tokenizing_processes(cfg.data.num_proc, examples),
         "start_rss_mib": start_rss,
-        "peak_rss_mib": peak,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        # the largest tokenizing worker's peak (0 without workers): the parent's and each worker's peaks add up
+        "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "train_tokens": prepared.report.train_tokens,
         "directory": str(prepared.directory),
     }
     print("ROW " + json.dumps(row), flush=True)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the tokenizing workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _rss_mib() -> float:

@@ -89,6 +89,9 @@ class DataConfig:
     """A record that does not fit its format: raise (stop with file:line) or skip (count it by reason)."""
     cache: bool = True
     """Reuse prepared data from the cache while sources, data config and tokenizer are unchanged."""
+    num_proc: Any = "auto"
+    """Processes that tokenize during preparation: a number, or auto (every allowed core, at most 8, from 20,000
+    examples on; one below, where starting processes would cost more than it saves). The result is the same."""
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
     packing: Any = "auto"
     """Pack several examples into each sequence; attention and positions never cross examples. `auto` packs

@@ -39,16 +39,26 @@ def contamination_report(train: list[dict], validation: list[dict], data_cfg: Di
     if not settings.enabled:
         return {}
     n = settings.ngram
-    train_grams: set[tuple[str, ...]] = set()
-    for example in train:
-        train_grams |= ngrams(example_text(example), n)
     eval_sets = {"validation": [prompt_text(e) for e in validation]}
     for path in settings.eval_paths:
         eval_sets[str(path)] = _eval_texts(path)
+    # The evaluation prompts' n-grams are held and the training text streams past them: memory follows the
+    # evaluation sets, not the training corpus (a million training rows hold about a hundred million n-grams).
+    owners: dict[tuple[str, ...], list[tuple[str, int]]] = {}
+    for name, texts in eval_sets.items():
+        for index, text in enumerate(texts):
+            for gram in ngrams(text, n):
+                owners.setdefault(gram, []).append((name, index))
+    contaminated: dict[str, set[int]] = {name: set() for name in eval_sets}
+    if owners:
+        for example in train:
+            words = _WORD.findall(example_text(example).lower())
+            for start in range(len(words) - n + 1):
+                for name, index in owners.get(tuple(words[start : start + n]), ()):
+                    contaminated[name].add(index)
     report = {"ngram": n}
     for name, texts in eval_sets.items():
-        hits = sum(1 for text in texts if ngrams(text, n) & train_grams)
-        report[name] = {"samples": len(texts), "contaminated": hits}
+        report[name] = {"samples": len(texts), "contaminated": len(contaminated[name])}
     return report
 
 

@@ -8,11 +8,13 @@ packed batch is therefore the loss of the same examples unpacked, with far less 
 """
 
 import random
+from collections.abc import Sequence
 
 import torch
 from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
+from onestop.data.token_rows import TokenRows
 from onestop.data.tokenize import IGNORE_INDEX
 
 # Architectures whose attention mask comes from transformers' masking utilities, which read packed position
@@ -50,33 +52,72 @@ def resolve_packing(cfg: DictConfig, model_type: str) -> bool:
     return not reasons
 
 
-def pack_examples(examples: list[dict], max_seq_len: int, seed: int) -> list[dict]:
-    """First-fit-decreasing packing into rows of at most `max_seq_len` tokens; deterministic for a seed."""
-    order = list(range(len(examples)))
+def pack_examples(examples: Sequence[dict], max_seq_len: int, seed: int) -> "PackedRows":
+    """First-fit-decreasing packing into rows of at most `max_seq_len` tokens; deterministic for a seed.
+
+    Only the plan (which examples share a row) is made here; a row's tokens are put together when it is read,
+    so packing a million examples holds no second copy of them.
+    """
+    lengths = examples.example_lengths() if isinstance(examples, TokenRows) else [len(e["input_ids"]) for e in examples]
+    order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)  # ties in length are broken by the seed, not by file order
-    order.sort(key=lambda i: -len(examples[i]["input_ids"]))
+    order.sort(key=lambda i: -lengths[i])
+    rows = first_fit(order, [int(length) for length in lengths], max_seq_len)
+    random.Random(seed).shuffle(rows)
+    return PackedRows(examples, rows)
+
+
+def first_fit(order: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
+    """Each item of `order` goes into the first row with room for it, a new row when none has.
+
+    A tree over the rows keeps the most room left under each node, so finding the first row that fits takes
+    log(rows) steps, not a scan of every row: a million examples pack in seconds. Rows not yet opened count
+    as empty, so the first of them is where a new row opens.
+    """
+    leaves = 1
+    while leaves < max(len(order), 1):
+        leaves *= 2
+    room = [capacity] * (2 * leaves)
     rows: list[list[int]] = []
-    room: list[int] = []
     for index in order:
-        length = len(examples[index]["input_ids"])
-        slot = next((r for r, free in enumerate(room) if free >= length), None)
-        if slot is None:
+        length = lengths[index]
+        if room[1] >= length:
+            node = 1
+            while node < leaves:
+                node = 2 * node if room[2 * node] >= length else 2 * node + 1
+        else:  # longer than a whole row: it gets a row of its own, which nothing else will fit
+            node = leaves + len(rows)
+        slot = node - leaves
+        if slot == len(rows):
             rows.append([])
-            room.append(max_seq_len)
-            slot = len(rows) - 1
         rows[slot].append(index)
-        room[slot] -= length
-    packed = []
-    for members in rows:
+        room[node] -= length
+        node //= 2
+        while node:
+            room[node] = max(room[2 * node], room[2 * node + 1])
+            node //= 2
+    return rows
+
+
+class PackedRows(Sequence):
+    """Packed training rows: the examples of each row, joined when the row is read."""
+
+    def __init__(self, examples: Sequence[dict], rows: list[list[int]]):
+        self.examples, self.rows = examples, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
         input_ids, labels, positions = [], [], []
-        for index in members:
-            example = examples[index]
+        for member in self.rows[index]:
+            example = self.examples[member]
             input_ids += example["input_ids"]
             labels += [IGNORE_INDEX, *example["labels"][1:]]
-            positions += list(range(len(example["input_ids"])))
-        packed.append({"input_ids": input_ids, "labels": labels, "position_ids": positions})
-    random.Random(seed).shuffle(packed)
-    return packed
+            positions += range(len(example["input_ids"]))
+        return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
 
 
 def collate_packed(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -5,29 +5,41 @@ sources, the data config and the tokenizer are unchanged. Nothing is dropped sil
 that does not reach training is counted under its reason in the report.
 """
 
-# Lazy imports: datasets, matplotlib (inside the functions that need them).
+# Lazy imports: matplotlib (inside the function that needs it).
 
 import glob
 import hashlib
 import json
+import multiprocessing
+import os
 import random
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from onestop.core.errors import OnestopError
 from onestop.core.files import save_figure_atomic, staged_directory
 from onestop.core.paths import cache_dir
+from onestop.core.progress import progress
 from onestop.data.contamination import contamination_report
 from onestop.data.formats import CONVERSATION_FORMATS, RecordError, converter, map_columns
-from onestop.data.records import is_hub_dataset_id, read_records
+from onestop.data.records import is_hub_dataset_id, iter_records
+from onestop.data.token_rows import TokenRows, TokenRowsBuilder
 from onestop.data.tokenize import IGNORE_INDEX, tokenize_example
 
 # Bump when preparation changes what it writes, so older caches are not reused.
-PIPELINE_VERSION = 1
-# Keys that change batching only; a different batch size reuses the same prepared data.
-BATCHING_KEYS = ("batch_size", "num_workers", "packing", "streaming")
+PIPELINE_VERSION = 2
+# Keys that change batching or how fast preparation runs, not its result: changing them reuses the cache.
+BATCHING_KEYS = ("batch_size", "num_workers", "packing", "streaming", "num_proc")
+# Examples tokenized per task: large enough that handing a chunk to a worker process costs little.
+TOKENIZE_CHUNK = 2000
+# From this many examples on, `data.num_proc=auto` tokenizes in every allowed core and a progress bar shows.
+LARGE_DATA_EXAMPLES = 20_000
 
 
 @dataclass
@@ -78,8 +90,8 @@ class DataReport:
 class PreparedData:
     """Tokenized train and validation examples, the validation conversations, and the report."""
 
-    train: list[dict]
-    val: list[dict]
+    train: TokenRows
+    val: TokenRows
     val_examples: list[dict]
     report: DataReport
     directory: Path
@@ -143,18 +155,18 @@ def load_examples(sources: list[Source], data_cfg: DictConfig, report: DataRepor
     per_source = []
     for source in sources:
         to_example = converter(source.format)
-        records = read_records(source.path, source.split, source.subset)
-        examples = []
-        for record in records:
+        examples, records = [], 0
+        for record in iter_records(source.path, source.split, source.subset):
+            records += 1
             try:
                 examples.append(to_example(map_columns(record, source.columns), system_prompt))
             except RecordError as err:
                 if not skip:
                     raise OnestopError(f"{err} (set data.on_error=skip to skip and count such records)") from None
                 report.drop(err.reason)
-        report.records_read += len(records)
+        report.records_read += records
         report.sources.append(
-            {"path": source.path, "format": source.format, "records": len(records), "valid": len(examples)}
+            {"path": source.path, "format": source.format, "records": records, "valid": len(examples)}
         )
         per_source.append(examples)
     return per_source
@@ -261,16 +273,17 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
             f"({dropped or 'none valid'}; {len(val_examples)} held out for validation, data.val_ratio)"
         )
 
-    train, _ = _tokenize_all(train_examples, tokenizer, data_cfg, report)
-    if not train:
+    processes = tokenizing_processes(data_cfg.num_proc, len(train_examples) + len(val_examples))
+    train, _ = _tokenize_all(train_examples, tokenizer, data_cfg, report, processes)
+    if not len(train):
         raise OnestopError(every_example_dropped(sources[0].path, report, data_cfg))
-    val, val_kept = _tokenize_all(val_examples, tokenizer, data_cfg, DataReport())
+    val, val_kept = _tokenize_all(val_examples, tokenizer, data_cfg, DataReport(), processes)
     val_examples = [example for example, kept in zip(val_examples, val_kept, strict=True) if kept]
     report.train_records, report.val_records = len(train), len(val)
-    lengths = sorted(example_length(e) for e in train)
-    report.train_tokens = sum(lengths)
+    lengths = np.sort(train.example_lengths())
+    report.train_tokens = int(lengths.sum())
     report.tokens_p50, report.tokens_p95 = _percentile(lengths, 50), _percentile(lengths, 95)
-    report.max_len = lengths[-1] if lengths else 0
+    report.max_len = int(lengths[-1])
 
     report.contamination = contamination_report(train_examples, val_examples, data_cfg)
     prepared = PreparedData(train, val, val_examples, report, directory)
@@ -294,52 +307,116 @@ def every_example_dropped(path: str, report: DataReport, data_cfg: DictConfig) -
     return f"{path}: every training example was dropped: {', '.join(causes)}; {' or '.join(changes)}"
 
 
-def example_length(example: dict) -> int:
-    """Tokens of an example; a preference pair counts its longer side."""
-    if "input_ids" in example:
-        return len(example["input_ids"])
-    return max(len(example["chosen_input_ids"]), len(example["rejected_input_ids"]))
-
-
-def _percentile(sorted_values: list[int], q: int) -> int:
-    if not sorted_values:
+def _percentile(sorted_values: np.ndarray, q: int) -> int:
+    if not len(sorted_values):
         return 0
-    return sorted_values[min(len(sorted_values) - 1, round(q / 100 * (len(sorted_values) - 1)))]
+    return int(sorted_values[min(len(sorted_values) - 1, round(q / 100 * (len(sorted_values) - 1)))])
 
 
-def _tokenize_all(
-    examples: list[dict], tokenizer, data_cfg: DictConfig, report: DataReport
-) -> tuple[list[dict], list[bool]]:
-    """Tokenized examples, and for each input whether it was kept (over-length or answerless ones are not)."""
-    kept_flags = []
-    tokenized = []
-    # read once: an interpolated key (max_seq_len: ${model.max_seq_len}) is parsed again on every access
-    max_seq_len, drop_overlength = data_cfg.max_seq_len, data_cfg.overlength == "drop"
+def tokenizing_processes(num_proc, examples: int) -> int:
+    """Processes for `data.num_proc`: a number as given; `auto`, every allowed core (at most 8) for large data."""
+    if num_proc == "auto":
+        return min(len(os.sched_getaffinity(0)), 8) if examples >= LARGE_DATA_EXAMPLES else 1
+    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1:
+        raise OnestopError(f"config key 'data.num_proc': expected auto or a whole number >= 1, got {num_proc!r}")
+    return num_proc
+
+
+@dataclass
+class TokenizedChunk:
+    """Tokenized examples of one chunk, whether each input was kept, and what was truncated or dropped."""
+
+    rows: TokenRows
+    kept: list[bool]
+    truncated: int = 0
+    dropped_overlength: int = 0
+    dropped_no_answer_left: int = 0
+
+
+def tokenize_chunk(tokenizer, examples: list[dict], max_seq_len: int, drop_overlength: bool) -> TokenizedChunk:
+    """Token ids and labels of `examples`; over-length (with overlength=drop) or answerless ones are left out."""
+    builder, kept = TokenRowsBuilder(), []
+    truncated = dropped_overlength = dropped_no_answer_left = 0
     for example in examples:
         result = tokenize_example(tokenizer, example, max_seq_len)
         if result["overlength"] and drop_overlength:
-            report.dropped_overlength += 1
-            kept_flags.append(False)
+            dropped_overlength += 1
+            kept.append(False)
             continue
-        report.truncated += result["overlength"]
+        truncated += result["overlength"]
         label_keys = [k for k in result if k.endswith("labels")]
         if any(all(label == IGNORE_INDEX for label in result[k]) for k in label_keys):
-            report.dropped_no_answer_left += 1
-            kept_flags.append(False)
+            dropped_no_answer_left += 1
+            kept.append(False)
             continue
-        kept_flags.append(True)
-        tokenized.append({k: v for k, v in result.items() if k != "overlength"})
-    return tokenized, kept_flags
+        kept.append(True)
+        builder.append({k: v for k, v in result.items() if k != "overlength"})
+    return TokenizedChunk(builder.build(), kept, truncated, dropped_overlength, dropped_no_answer_left)
 
 
-def _save(prepared: PreparedData, lengths: list[int]) -> None:
+def _tokenize_all(
+    examples: list[dict], tokenizer, data_cfg: DictConfig, report: DataReport, processes: int = 1
+) -> tuple[TokenRows, list[bool]]:
+    """Tokenized examples, and for each input whether it was kept (over-length or answerless ones are not).
+
+    Chunk by chunk, in `processes` worker processes when more than one, results taken in order: the rows
+    are the same whatever the number of processes.
+    """
+    # read once: an interpolated key (max_seq_len: ${model.max_seq_len}) is parsed again on every access
+    max_seq_len, drop_overlength = data_cfg.max_seq_len, data_cfg.overlength == "drop"
+    chunks = (examples[start : start + TOKENIZE_CHUNK] for start in range(0, len(examples), TOKENIZE_CHUNK))
+    builder, kept = TokenRowsBuilder(), []
+    quiet = len(examples) < LARGE_DATA_EXAMPLES
+    with progress(len(examples), "examples tokenized", disable=quiet) as bar:
+        for chunk in _tokenized_chunks(chunks, tokenizer, max_seq_len, drop_overlength, processes):
+            builder.extend(chunk.rows)
+            kept += chunk.kept
+            report.truncated += chunk.truncated
+            report.dropped_overlength += chunk.dropped_overlength
+            report.dropped_no_answer_left += chunk.dropped_no_answer_left
+            bar.update(len(chunk.kept))
+    return builder.build(), kept
+
+
+def _tokenized_chunks(
+    chunks: Iterator[list[dict]], tokenizer, max_seq_len: int, drop_overlength: bool, processes: int
+) -> Iterator[TokenizedChunk]:
+    """Each chunk tokenized, in order; with several processes, at most two chunks per process in flight, so the
+    examples waiting to be tokenized are never copied whole into the queue."""
+    if processes <= 1:
+        for chunk in chunks:
+            yield tokenize_chunk(tokenizer, chunk, max_seq_len, drop_overlength)
+        return
+    # spawn, not fork: the parent may hold torch's and the tokenizer's threads, which a fork would copy mid-use
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_keep_tokenizer, initargs=(tokenizer,)) as pool:
+        pending = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_tokenize_in_worker, chunk, max_seq_len, drop_overlength))
+            if len(pending) >= 2 * processes:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+_worker_tokenizer = None  # the tokenizer a worker process received once, at its start
+
+
+def _keep_tokenizer(tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _tokenize_in_worker(examples: list[dict], max_seq_len: int, drop_overlength: bool) -> TokenizedChunk:
+    return tokenize_chunk(_worker_tokenizer, examples, max_seq_len, drop_overlength)
+
+
+def _save(prepared: PreparedData, lengths: np.ndarray) -> None:
     """Write the prepared data to a staging directory, then rename it into the cache in one step."""
-    from datasets import Dataset, disable_progress_bars
-
-    disable_progress_bars()
     with staged_directory(prepared.directory, replace=False) as staging:
         for name, rows in (("train", prepared.train), ("validation", prepared.val)):
-            Dataset.from_list(rows).save_to_disk(str(staging / name)) if rows else (staging / name).mkdir()
+            (staging / name).mkdir()
+            rows.save(staging / name)
         with open(staging / "validation_examples.jsonl", "w", encoding="utf-8") as handle:
             for example in prepared.val_examples:
                 handle.write(json.dumps(example, ensure_ascii=False) + "\n")
@@ -348,21 +425,16 @@ def _save(prepared: PreparedData, lengths: list[int]) -> None:
 
 
 def _load(directory: Path) -> PreparedData:
-    from datasets import load_from_disk
-
-    def rows(name: str) -> list[dict]:
-        path = directory / name
-        return load_from_disk(str(path)).to_list() if (path / "dataset_info.json").is_file() else []
-
     report_fields = json.loads((directory / "report.json").read_text())
     report = DataReport(**report_fields)
     report.cache_hit = True
     with open(directory / "validation_examples.jsonl", encoding="utf-8") as handle:
         val_examples = [json.loads(line) for line in handle]
-    return PreparedData(rows("train"), rows("validation"), val_examples, report, directory)
+    train, val = TokenRows.load(directory / "train"), TokenRows.load(directory / "validation")
+    return PreparedData(train, val, val_examples, report, directory)
 
 
-def plot_lengths(lengths: list[int], max_seq_len: int, path: Path) -> None:
+def plot_lengths(lengths: np.ndarray, max_seq_len: int, path: Path) -> None:
     """Histogram of training example lengths in tokens, with the max_seq_len limit marked."""
     import matplotlib
 
@@ -370,7 +442,7 @@ def plot_lengths(lengths: list[int], max_seq_len: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4))
-    axes.hist(lengths, bins=min(50, max(len(set(lengths)), 1)), color="#4c72b0")
+    axes.hist(lengths, bins=min(50, max(len(np.unique(lengths)), 1)), color="#4c72b0")
     axes.axvline(max_seq_len, color="#c44e52", linestyle="--", label=f"max_seq_len {max_seq_len}")
     axes.set_xlabel("tokens per example")
     axes.set_ylabel("examples")

@@ -9,6 +9,7 @@ import csv
 import itertools
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,22 +38,27 @@ def is_hub_dataset_id(path: str) -> bool:
 
 def read_records(path: str | Path, split: str = "train", subset: str | None = None) -> list[Record]:
     """Records of one file (`.json` list, `.jsonl`, `.csv`, `.parquet`, `.txt`/`.md` whole-file text) or hub id."""
+    return list(iter_records(path, split, subset))
+
+
+def iter_records(path: str | Path, split: str = "train", subset: str | None = None) -> Iterator[Record]:
+    """`read_records` one at a time: a JSON Lines file is read line by line and never held whole."""
     if isinstance(path, str) and is_hub_dataset_id(path):
-        return _read_hub(path, split, subset)
+        return iter(_read_hub(path, split, subset))
     path = Path(path)
     if not path.is_file():
         raise OnestopError(f"{path}: no such data file")
     if path.suffix == ".parquet":
-        return _read_parquet(path)
+        return iter(_read_parquet(path))
     if path.suffix in {".txt", ".md", ".csv", ".json"} or _first_byte(path) == b"[":
         text = _decode(path.read_bytes(), path)
         if not text.strip():
             raise OnestopError(f"{path}: the file is empty; expected records")
         if path.suffix in {".txt", ".md"}:
-            return [Record({"text": text}, str(path))]
+            return iter([Record({"text": text}, str(path))])
         if path.suffix == ".csv":
-            return _read_csv(path, text)
-        return _read_json_list(path, text)
+            return iter(_read_csv(path, text))
+        return iter(_read_json_list(path, text))
     return _read_jsonl(path)
 
 
@@ -78,10 +84,10 @@ def _decode(data: bytes, path: Path, first_line: int = 1) -> str:
         ) from None
 
 
-def _read_jsonl(path: Path) -> list[Record]:
+def _read_jsonl(path: Path) -> Iterator[Record]:
     """One record per line, read line by line: a line over MAX_LINE_BYTES (not JSON Lines) fails when reached,
     without the file ever being held whole."""
-    records = []
+    count = 0
     with open(path, "rb") as handle:
         for number in itertools.count(1):
             raw = handle.readline(MAX_LINE_BYTES + 1)
@@ -102,10 +108,10 @@ def _read_jsonl(path: Path) -> list[Record]:
                 raise malformed_json(where, err) from None
             if not isinstance(fields, dict):
                 raise OnestopError(f"{where}: expected a JSON object per line, got {type(fields).__name__}")
-            records.append(Record(fields, where))
-    if not records:
+            count += 1
+            yield Record(fields, where)
+    if not count:
         raise OnestopError(f"{path}: the file is empty; expected records")
-    return records
 
 
 def malformed_json(where: str, err: json.JSONDecodeError) -> OnestopError:

@@ -1,5 +1,6 @@
 """Batching prepared data for Lightning: conversations with answer-only labels, or raw text."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -27,8 +28,8 @@ class SFTDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.seed = seed
         self.report = DataReport()
-        self.train_set: list[dict] = []
-        self.val_set: list[dict] = []
+        self.train_set: Sequence[dict] = []
+        self.val_set: Sequence[dict] = []
         self.val_conversations: list[list[dict]] = []
         self.prepared = None
         self.sampler = None
@@ -36,13 +37,13 @@ class SFTDataModule(L.LightningDataModule):
         self.stream = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set or self.stream is not None:
+        if len(self.train_set) or self.stream is not None:
             return
         if self.cfg.streaming:
             self._setup_stream()
             return
         prepared = prepare(self.cfg, self.tokenizer, seed=self.seed)
-        pairs = "chosen_input_ids" in prepared.train[0]
+        pairs = "chosen_input_ids" in prepared.train.columns
         got = f"got data.format={self.cfg.format}"
         if pairs and self.stage != "dpo":
             raise OnestopError(f"stage={self.stage}: preference pairs train with stage=dpo; {got}")
@@ -57,7 +58,7 @@ class SFTDataModule(L.LightningDataModule):
                 raise OnestopError("data.packing: preference pairs are not packed; set data.packing=false")
 
             self.train_set = pack_examples(prepared.train, self.cfg.max_seq_len, self.seed)
-            tokens = sum(len(e["input_ids"]) for e in prepared.train)
+            tokens = int(prepared.train.example_lengths().sum())
             print(
                 f"packing: {len(prepared.train)} examples in {len(self.train_set)} sequences of up to "
                 f"{self.cfg.max_seq_len} tokens ({tokens / (len(self.train_set) * self.cfg.max_seq_len):.0%} full)",

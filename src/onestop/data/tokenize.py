@@ -1,5 +1,7 @@
 """Tokenizing normalised examples with the model's chat template; loss only where the model should learn."""
 
+import numpy as np
+
 from onestop.core.errors import OnestopError
 
 IGNORE_INDEX = -100
@@ -23,25 +25,31 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_seq_len: int, too
         `input_ids`, `labels` (lists of ints) and `truncated` (bool).
     """
     text = render(tokenizer, messages, tools)
+    last = len(messages) - 1
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         before = render(tokenizer, messages[:index], tools, add_generation_prompt=True)
-        through = render(tokenizer, messages[: index + 1], tools)
+        through = text if index == last else render(tokenizer, messages[: index + 1], tools)
         if not (text.startswith(through) and through.startswith(before)):
             raise OnestopError(
                 "the chat template does not render conversations prefix by prefix; set model.chat_template"
             )
         spans.append((len(before), len(through)))
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    labels = [
-        token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
-        for token, (begin, _) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
-    ]
-    input_ids = encoded["input_ids"]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="np")
+    input_ids = encoded["input_ids"][0]
+    begins = np.asarray(encoded["offset_mapping"][0]).reshape(-1, 2)[:, 0]
+    answer = np.zeros(len(input_ids), dtype=bool)
+    for start, end in spans:
+        answer |= (begins >= start) & (begins < end)
+    labels = np.where(answer, input_ids, IGNORE_INDEX)
     truncated = len(input_ids) > max_seq_len
-    return {"input_ids": input_ids[:max_seq_len], "labels": labels[:max_seq_len], "truncated": truncated}
+    return {
+        "input_ids": input_ids[:max_seq_len].tolist(),
+        "labels": labels[:max_seq_len].tolist(),
+        "truncated": truncated,
+    }
 
 
 def tokenize_text(tokenizer, text: str, max_seq_len: int) -> dict:

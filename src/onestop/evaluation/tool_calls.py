@@ -15,15 +15,13 @@ numbers both ways. lm-eval has no tool calls, so this suite does not go through 
 # Lazy imports: openai (inside the functions that need them).
 
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from onestop.core.errors import OnestopError
+from onestop.core.progress import progress
 from onestop.evaluation.metrics import mean_with_stderr
 from onestop.evaluation.suites import SuiteFileError, read_rows
 from onestop.models.tool_formats import parse_tool_calls
@@ -165,11 +163,6 @@ def served_replies(
             replies.append(reply)
             bar.update()
         return replies
-
-
-def progress(total: int, unit: str) -> tqdm:
-    """A bar that redraws on a terminal and, in a log without one, prints a line about every 30 s."""
-    return tqdm(total=total, desc=unit, mininterval=0.5 if sys.stderr.isatty() else 30, file=sys.stderr)
 
 
 def _first_line(err: Exception) -> str:

@@ -120,6 +120,41 @@ def tool_conversations() -> list[dict]:
 
 
 @pytest.fixture(scope="session")
+def converted_gemma() -> Path:
+    """The embedded Gemma-3-270M as safetensors, converted from its GGUF once for the session, in the session's
+    cache (`~/.cache/onestop` unless ONESTOP_HOME says otherwise), where the in-process Gemma tests load it too."""
+    from onestop.models.embedded import embedded_gemma_dir
+
+    return embedded_gemma_dir()
+
+
+@pytest.fixture
+def home_with_gemma(tmp_path, converted_gemma) -> Path:
+    """A fresh ONESTOP_HOME, `tmp_path/home`, holding nothing but a link to the converted Gemma: commands run in
+    it load `model=gemma3_270m` in seconds instead of converting the GGUF again (about a minute)."""
+    home = tmp_path / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONESTOP_HOME", str(home))
+        link_converted_gemma(converted_gemma)
+    return home
+
+
+@pytest.fixture
+def gemma_in_home(converted_gemma) -> None:
+    """The converted Gemma reachable from the ONESTOP_HOME in force (a module's own home, say), by a link."""
+    link_converted_gemma(converted_gemma)
+
+
+def link_converted_gemma(converted: Path) -> None:
+    from onestop.models.embedded import converted_gemma_dir
+
+    link = converted_gemma_dir()
+    if not (link.exists() or link.is_symlink()):  # a home that converted its own copy keeps it
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(converted, target_is_directory=True)
+
+
+@pytest.fixture(scope="session")
 def tool_run(tmp_path_factory):
     """A tiny full fine-tune that has memorised `tool_conversations`: a real model that really emits calls."""
     from onestop.training.train import train

@@ -67,6 +67,8 @@ def test_bench_data_prepares_each_size_in_a_child_and_reports_growth(tmp_path):
     small, large = report["rows"]
     assert 0 < small["train tokens"] < large["train tokens"]
     assert all(row["peak RSS MiB"] >= row["above start MiB"] >= 0 and row["rows/s"] > 0 for row in report["rows"])
+    # a few hundred rows tokenize in this process (data.num_proc=auto); the sampled whole-tree figure is there
+    assert all(row["processes"] == 1 and row["with workers MiB"] > 0 for row in report["rows"])
     assert "per extra row" in report["growth"]["text"]
     # the generated rows are the same whatever the size: the small file is the start of the large one
     lines = (out / "alpaca_200.jsonl").read_text().splitlines()

@@ -327,6 +327,7 @@ def test_token_ids_identical_in_training_evaluation_and_serving(served, client, 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("gemma_in_home")
 def test_token_ids_identical_for_gemma_with_its_bundled_template():
     cfg = compose("model=gemma3_270m")
     path = resolve_model_path(cfg.model)
@@ -353,6 +354,7 @@ def test_interactive_chat_streams_resets_and_exits(served, home):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("gemma_in_home")
 def test_gemma_answers_the_same_in_process_and_served(tmp_path):
     cfg = compose("model=gemma3_270m")
     path = resolve_model_path(cfg.model)

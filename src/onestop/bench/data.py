@@ -19,6 +19,7 @@ import random
 import resource
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def bench_data(sizes: list[int], model: str, output: str | None, keep_cache: boo
                 "peak RSS MiB": measured["peak_rss_mib"],
                 "above start MiB": measured["peak_rss_mib"] - measured["start_rss_mib"],
                 "KiB/row": 1024 * (measured["peak_rss_mib"] - measured["start_rss_mib"]) / size,
-                "worker peak MiB": measured["worker_peak_rss_mib"],
+                "with workers MiB": measured["tree_peak_rss_mib"],
             }
         )
     growth = scaling(rows)
@@ -145,7 +146,8 @@ def prepare_in_child() -> None:
     tokenizer = load_tokenizer(cfg.model, resolve_model_path(cfg.model))
     start_rss = _rss_mib()
     started, cpu_started = time.perf_counter(), _cpu_seconds()
-    prepared = prepare(cfg.data, tokenizer, seed=cfg.seed, use_cache=False)
+    with TreeMemory() as tree:
+        prepared = prepare(cfg.data, tokenizer, seed=cfg.seed, use_cache=False)
     seconds, cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
     print_report(prepared)
     examples = prepared.report.train_records + prepared.report.val_records
@@ -155,8 +157,8 @@ def prepare_in_child() -> None:
         "processes": tokenizing_processes(cfg.data.num_proc, examples),
         "start_rss_mib": start_rss,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-        # the largest tokenizing worker's peak (0 without workers): the parent's and each worker's peaks add up
-        "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        # this process and its tokenizing workers together, sampled: what the machine must hold at once
+        "tree_peak_rss_mib": tree.peak_mib,
         "train_tokens": prepared.report.train_tokens,
         "directory": str(prepared.directory),
     }
@@ -167,6 +169,52 @@ def _cpu_seconds() -> float:
     """CPU seconds of this process and of its finished children (the tokenizing workers)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
+
+
+class TreeMemory:
+    """The largest resident memory of this process and all its descendants together, sampled every 0.2 s while
+    in the `with` block. (getrusage cannot give it: a child's peak counts the parent's pages it forked with.)"""
+
+    def __init__(self):
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            self.peak_mib = max(self.peak_mib, sum(_status_mib(pid, "VmRSS") for pid in _process_tree(os.getpid())))
+            if self._stop.wait(0.2):
+                return
+
+
+def _process_tree(pid: int) -> list[int]:
+    pids, index = [pid], 0
+    while index < len(pids):
+        for task in Path(f"/proc/{pids[index]}/task").glob("*/children"):
+            try:
+                pids += [int(child) for child in task.read_text().split()]
+            except OSError:  # the task ended meanwhile
+                pass
+        index += 1
+    return pids
+
+
+def _status_mib(pid: int, field: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:  # the process ended meanwhile
+        pass
+    return 0.0
 
 
 def _rss_mib() -> float:

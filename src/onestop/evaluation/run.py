@@ -76,10 +76,14 @@ class EvalResult:
 
 
 def build_tasks(suite: DictConfig, mode: str, stop_strings: list[str]):
-    """lm-eval tasks for the suite (checks local files and public datasets before any model loads)."""
-    if suite.kind != "public":
-        return [local_task(suite, mode, stop_strings)], None
+    """lm-eval tasks for the suite and the task manager to run them (checks local files and public datasets
+    before any model loads)."""
     from lm_eval.tasks import TaskManager
+
+    if suite.kind != "public":
+        # lm-eval's default manager indexes its thousands of bundled task files (about 5 s); a local suite
+        # needs none of them
+        return [local_task(suite, mode, stop_strings)], TaskManager(include_defaults=False)
 
     tasks = list(suite.tasks) or PUBLIC_SUITES.get(suite.name, ([], None))[0]
     if not tasks:

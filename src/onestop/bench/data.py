@@ -29,6 +29,7 @@ from onestop.core.errors import OnestopError
 from onestop.core.files import replace_durably, save_figure_atomic, temporary_beside
 from onestop.data.prepare import prepare, tokenizing_processes
 from onestop.data.report import print_report
+from onestop.deploy.loadtest import resident_mib
 from onestop.models import load_tokenizer, resolve_model_path
 
 WORDS = (
@@ -144,7 +145,7 @@ def prepare_in_child() -> None:
     spec = json.loads(sys.stdin.read())
     cfg = compose("train", [f"model={spec['model']}", "data=alpaca", f"data.path={spec['path']}"])
     tokenizer = load_tokenizer(cfg.model, resolve_model_path(cfg.model))
-    start_rss = _rss_mib()
+    start_rss = resident_mib(os.getpid())
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     with TreeMemory() as tree:
         prepared = prepare(cfg.data, tokenizer, seed=cfg.seed, use_cache=False)
@@ -190,7 +191,7 @@ class TreeMemory:
 
     def _sample(self) -> None:
         while True:
-            self.peak_mib = max(self.peak_mib, sum(_status_mib(pid, "VmRSS") for pid in _process_tree(os.getpid())))
+            self.peak_mib = max(self.peak_mib, sum(resident_mib(pid) or 0.0 for pid in _process_tree(os.getpid())))
             if self._stop.wait(0.2):
                 return
 
@@ -205,21 +206,6 @@ def _process_tree(pid: int) -> list[int]:
                 pass
         index += 1
     return pids
-
-
-def _status_mib(pid: int, field: str) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:  # the process ended meanwhile
-        pass
-    return 0.0
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def plot_scaling(path: Path, rows: list[dict], model: str) -> None:

@@ -150,7 +150,7 @@ def run_load(
             ok, detail = _answered(status, text, stream)
         return {"kind": kind, "status": str(status), "ok": ok, "detail": detail, "latency": latency}
 
-    rss_before = _rss_mb(pid)
+    rss_before = resident_mib(pid)
     started = time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -179,7 +179,7 @@ def run_load(
         },
     }
     if pid:
-        report["rss_mb"] = {"before": rss_before, "after": _rss_mb(pid)}
+        report["rss_mb"] = {"before": rss_before, "after": resident_mib(pid)}
     return report
 
 
@@ -310,8 +310,8 @@ def _quantile(sorted_values: list[float], q: float) -> float | None:
     return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 3)
 
 
-def _rss_mb(pid: int | None) -> float | None:
-    """Resident memory of a process in MiB (Linux), None when it cannot be read."""
+def resident_mib(pid: int | None) -> float | None:
+    """Resident memory of a process in MiB (Linux), None when it cannot be read (or it has ended)."""
     if not pid:
         return None
     try:

@@ -195,7 +195,9 @@ def stream_load(
     """Every prompt as one streamed, greedy chat request, `concurrency` at a time: throughput and the time to
     the first token.
 
-    Output tokens are the backend's own count (the final chunk's `usage`), else one per content chunk.
+    Output tokens are the backend's own count: the stream asks for its `usage` chunk (OpenAI's
+    `stream_options.include_usage`, which transformers serve honours and, from 5.25, needs); a backend that
+    sends none is counted one token per content chunk.
 
     Returns:
         requests, concurrency, wall_s, requests_per_s, output_tokens, output_tokens_per_s, ttft_s and
@@ -221,6 +223,7 @@ def stream_load(
             "max_tokens": max_tokens,
             "temperature": 0,
             "stream": True,
+            "stream_options": {"include_usage": True},
         }
         started = time.perf_counter()
         first, chunks, usage = None, 0, None

@@ -17,9 +17,9 @@ ASSETS = Path(__file__).parent / "assets"
 TINY_DATA = ASSETS / "alpaca_small.jsonl"
 # What every tiny end-to-end run shares: the real config, shrunk to the tiny model, CPU, a few steps.
 TINY_DEFAULTS = ["model=tiny", "hardware=cpu", "data=alpaca", f"data.path={TINY_DATA}", "data.batch_size=4"]
-# Unpacked: these runs count steps and checkpoints over the 18 short examples, which packing (the default,
-# tested with TINY_DEFAULTS) fits into one batch per epoch.
-TINY = [*TINY_DEFAULTS, "data.packing=false"]
+# The default batches (padding-free, never packed for sft): these runs count steps and checkpoints over the
+# 18 short examples, which packing would fit into one batch per epoch.
+TINY = TINY_DEFAULTS
 
 
 @pytest.fixture(autouse=True)

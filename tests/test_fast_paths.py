@@ -1,4 +1,5 @@
-"""Training fast paths: packing where exact, the chunked loss, the GPU switches, compile; each leaves the loss as is."""
+"""Training fast paths: padding-free batches and packing where exact, the chunked loss, the GPU switches, compile;
+each leaves the loss as is."""
 
 import importlib
 import inspect
@@ -6,11 +7,12 @@ import re
 
 import pytest
 import torch
+import yaml
 from conftest import ASSETS, TINY, TINY_DEFAULTS, compose
 
 from onestop.core.errors import OnestopError
 from onestop.data.batching import pad_batch
-from onestop.data.packing import PACKED_POSITION_MODEL_TYPES, resolve_packing
+from onestop.data.packing import PACKED_POSITION_MODEL_TYPES, resolve_packing, resolve_padding_free
 from onestop.data.prepare import prepare
 from onestop.losses import ChunkedHeadLoss, token_loss_sum
 from onestop.methods import apply_lora
@@ -74,20 +76,39 @@ def test_chunked_loss_without_gradients_matches(batch):
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
-def test_packing_auto_packs_where_exact_and_refuses_true_where_not():
+def test_packing_auto_packs_pretraining_only_and_refuses_true_where_not_exact():
     sft = compose(*TINY_DEFAULTS)
     assert sft.data.packing == "auto"
-    assert resolve_packing(sft, "qwen2") is True
-    assert resolve_packing(compose(*TINY, "data.packing=false"), "qwen2") is False
-    assert resolve_packing(compose(*TINY_DEFAULTS, "method=ptuning"), "qwen2") is False
-    assert resolve_packing(compose(*TINY_DEFAULTS, "stage=dpo"), "qwen2") is False
-    assert resolve_packing(compose(*TINY_DEFAULTS, "model.trust_remote_code=true"), "qwen2") is False
-    assert resolve_packing(sft, "chatglm") is False
+    assert resolve_packing(sft, "qwen2") is False  # packing would change the examples per step of a recipe
+    assert resolve_packing(compose(*TINY_DEFAULTS, "data.packing=true"), "qwen2") is True
+    pretrain = ["stage=pretrain", "data=text", f"data.path={ASSETS / 'alpaca_small.jsonl'}"]
+    assert resolve_packing(compose("model=tiny", "hardware=cpu", *pretrain), "qwen2") is True
+    assert resolve_packing(compose("model=tiny", "hardware=cpu", *pretrain), "chatglm") is False
+    assert resolve_packing(compose("model=tiny", "hardware=cpu", *pretrain, "data.packing=false"), "qwen2") is False
     message = "config key 'data.packing': cannot pack exactly: model=tiny (chatglm) builds its own attention mask"
     with pytest.raises(OnestopError, match=re.escape(message)):
         resolve_packing(compose(*TINY, "data.packing=true"), "chatglm")
     with pytest.raises(OnestopError, match="stage=dpo scores each preference pair"):
         resolve_packing(compose(*TINY, "data.packing=true", "stage=dpo"), "qwen2")
+
+
+def test_padding_free_by_default_where_exact_else_padded_with_one_line():
+    sft = compose(*TINY_DEFAULTS)
+    assert sft.data.padding_free == "auto"
+    assert resolve_padding_free(sft, "qwen2", packing=False) == (True, None)
+    assert resolve_padding_free(sft, "qwen2", packing=True) == (False, None)  # packed rows are batched as they are
+    assert resolve_padding_free(compose(*TINY, "data.padding_free=false"), "qwen2", False) == (False, None)
+    for override, reason in [
+        ("method=ptuning", "the virtual tokens of method=ptuning"),
+        ("stage=dpo", "stage=dpo scores each preference pair"),
+        ("model.trust_remote_code=true", "builds its own attention mask"),
+    ]:
+        enabled, note = resolve_padding_free(compose(*TINY_DEFAULTS, override), "qwen2", False)
+        assert not enabled and note.startswith("padding-free batches: off, ") and reason in note
+        assert note.endswith("; batches are padded")
+    assert resolve_padding_free(compose(*TINY_DEFAULTS), "chatglm", False)[0] is False
+    with pytest.raises(OnestopError, match=re.escape("config key 'data.padding_free': cannot lay examples end to end")):
+        resolve_padding_free(compose(*TINY, "data.padding_free=true"), "chatglm", False)
 
 
 @pytest.mark.parametrize("family", sorted(PACKED_POSITION_MODEL_TYPES))
@@ -103,14 +124,15 @@ def test_packed_families_build_their_masks_from_position_ids(family):
     assert "find_packed_sequence_indices(position_ids)" in inspect.getsource(masking_utils)
 
 
-def test_a_run_packs_by_default_and_prints_its_padding(tmp_path, capsys):
+def test_a_run_is_padding_free_by_default_and_writes_what_auto_chose(tmp_path, capsys):
     result = train(compose(*TINY_DEFAULTS, "logger=none", "trainer.max_steps=2", run_dir=tmp_path / "run"))
-    assert "position_ids" in result.datamodule.train_set[0]  # packed rows
-    assert "packing: true" in (tmp_path / "run" / "config.yaml").read_text()
-    fraction = result.metrics["padding"][-1]["padding_fraction"]
-    assert (
-        f"padding: {fraction:.1%} of the token slots in the last epoch (data.packing=true)" in capsys.readouterr().out
-    )
+    assert "position_ids" not in result.datamodule.train_set[0]  # examples, not packed rows
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["data"]["packing"] is False and written["data"]["padding_free"] is True
+    assert written["train"]["loss_chunk_size"] == 0  # a 1k vocabulary: the logits are never the largest part
+    assert result.metrics["padding"][-1]["padding_fraction"] == 0.0
+    printed = capsys.readouterr().out
+    assert "padding: 0.0% of the token slots in the last epoch (data.packing=false, data.padding_free=true)" in printed
 
 
 def test_a_chunked_loss_run_trains_with_the_same_losses(tmp_path):
@@ -151,7 +173,7 @@ def test_gpu_switches_on_a_cpu_fail_in_one_line(tmp_path, override, message):
 def test_fast_path_keys_are_checked_when_composed():
     from onestop.config.compose import ConfigError
 
-    with pytest.raises(ConfigError, match="config key 'train.loss_chunk_size': expected 0"):
+    with pytest.raises(ConfigError, match="config key 'train.loss_chunk_size': expected auto, 0"):
         compose(*TINY, "train.loss_chunk_size=-1")
     with pytest.raises(ConfigError, match="config key 'train.cut_cross_entropy': train.liger_kernels already fuses"):
         compose(*TINY, "train.liger_kernels=true", "train.cut_cross_entropy=true")
@@ -159,6 +181,10 @@ def test_fast_path_keys_are_checked_when_composed():
         compose(*TINY, "stage=dpo", "train.loss_chunk_size=64")
     with pytest.raises(ConfigError, match="config key 'data.packing': expected true, false or auto"):
         compose(*TINY, "data.packing=sometimes")
+    with pytest.raises(ConfigError, match="config key 'data.padding_free': expected true, false or auto"):
+        compose(*TINY, "data.padding_free=1")
+    with pytest.raises(ConfigError, match="config key 'train.loss_chunk_size': expected auto, 0"):
+        compose(*TINY, "train.loss_chunk_size=always")
     with pytest.raises(ConfigError, match="config key 'model.attn_implementation': expected one of eager, sdpa"):
         compose(*TINY, "model.attn_implementation=flash")
 

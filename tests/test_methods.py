@@ -10,6 +10,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from onestop.core.errors import OnestopError
+from onestop.data.packing import model_inputs
 from onestop.models import load_causal_lm
 from onestop.training.train import train
 
@@ -55,7 +56,7 @@ def test_method_lowers_training_loss_and_reloads_exactly(method, tmp_path):
     assert losses[-1] < losses[0] - 0.1 and min(losses[-3:]) < min(losses[:3]), losses
 
     batch = next(iter(result.datamodule.val_dataloader()))
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    inputs = model_inputs(batch)  # a padding-free batch: position ids, no attention mask
     if (result.run_dir / "adapter").is_dir():
         reloaded = PeftModel.from_pretrained(load_causal_lm(cfg.model), result.run_dir / "adapter")
     else:

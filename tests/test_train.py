@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from onestop.core.errors import OnestopError
 from onestop.core.paths import PROJECT_ROOT
+from onestop.data.packing import model_inputs
 from onestop.data.sft import SFTDataModule
 from onestop.losses import token_loss_sum
 from onestop.methods import method_from_config
@@ -62,9 +63,9 @@ def test_saved_adapter_reproduces_the_trained_model(tmp_path):
     base = load_causal_lm(compose(*TINY).model)
     reloaded = PeftModel.from_pretrained(base, result.run_dir / "adapter").eval()
     with torch.no_grad():
-        expected = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        got = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        untrained = load_causal_lm(compose(*TINY).model)(input_ids=batch["input_ids"]).logits
+        expected = trained(**model_inputs(batch)).logits
+        got = reloaded(**model_inputs(batch)).logits
+        untrained = load_causal_lm(compose(*TINY).model)(**model_inputs(batch)).logits
     torch.testing.assert_close(got, expected)
     assert not torch.allclose(untrained, expected, atol=1e-4), "training changed nothing"
 
@@ -240,15 +241,23 @@ def test_bench_trainers_trains_and_scores_the_same_recipe_with_both_loops(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == f"Results: {out}"
     report = json.loads((out / "bench.json").read_text())
-    assert [row["trainer"] for row in report["rows"]] == ["onestop", "transformers Trainer"]
-    assert [row["steps"] for row in report["rows"]] == [4, 4]
-    assert [len(losses) for losses in report["train_losses"].values()] == [4, 4]
-    onestop, reference = report["rows"]
+    rows = report["rows"]
+    onestop, fp32 = rows[:2]
+    assert onestop["trainer"] == "onestop" and onestop["batching"] == "padding-free"
+    # The Trainer at its CPU default, then at onestop's precision where that differs (bf16 on a CPU with it).
+    assert (fp32["trainer"], fp32["precision"], fp32["batching"]) == ("transformers Trainer", "32-true", "padded")
+    assert [row["precision"] for row in rows[2:]] == (
+        [] if onestop["precision"] == "32-true" else [onestop["precision"]]
+    )
+    assert all(row["steps"] == 4 and row["examples/step"] == onestop["examples/step"] == 8 for row in rows)
+    assert all(row["peak GiB"] > 0 and row["tok/s"] > 0 for row in rows)
+    assert all(row["onestop tok/s x"] == pytest.approx(onestop["tok/s"] / row["tok/s"]) for row in rows[1:])
+    assert [len(losses) for losses in report["train_losses"].values()] == [4] * len(rows)
     # Same random tiny model, same data, 4 small steps: both still predict about uniformly over 1,024 tokens.
-    assert onestop["held-out loss"] == pytest.approx(reference["held-out loss"], abs=0.05)
-    for trainer in ("onestop", "transformers"):
+    assert onestop["held-out loss"] == pytest.approx(rows[-1]["held-out loss"], abs=0.05)
+    for trainer in ["onestop", *(f"transformers-{row['precision']}" for row in rows[1:])]:
         assert (out / trainer / "adapter" / "adapter_model.safetensors").is_file()
         scored = json.loads((out / "eval" / trainer / "results.json").read_text())
         assert scored["n_samples"]["demo"]["effective"] == 4
     assert (out / "train_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "bench.md").read_text().count("\n") == 4
+    assert (out / "bench.md").read_text().count("\n") == 2 + len(rows)

@@ -14,12 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from onestop.data.packing import model_inputs
 from onestop.data.tokenize import IGNORE_INDEX
 from onestop.methods.prompt import is_prompt_learning
-
-# Architectures whose logits are exactly `lm_head(last_hidden_state)` (no soft-capping or scaling), so
-# the head can be applied to the answer positions alone. With a 262k vocabulary (Gemma) the head costs
-# more than the rest of the model; skipping prompt and padding positions roughly halves a CPU step.
-PLAIN_HEAD_MODEL_TYPES = {"qwen2", "qwen3", "llama", "mistral", "gemma3_text", "glm", "phi3"}
-
+from onestop.models.heads import is_plain_head
 
 # A head loss: (hidden states of the labelled positions [N, H], the output head, their targets [N]) -> the
 # summed cross-entropy, computed without ever holding the [N, vocabulary] logits whole.
@@ -58,12 +53,7 @@ def token_loss_sum(
 def has_plain_head(model) -> bool:
     """Whether the model's logits are exactly `lm_head(last_hidden_state)`, with no virtual tokens in front."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config
-    return (
-        not is_prompt_learning(model)
-        and config.model_type in PLAIN_HEAD_MODEL_TYPES
-        and not getattr(config, "final_logit_softcapping", None)
-    )
+    return not is_prompt_learning(model) and is_plain_head(base.config)
 
 
 class ChunkedHeadLoss:

@@ -7,7 +7,6 @@ invoke bench.agents run_dir=RUN                      # agent loops compared on o
 
 # Lazy imports: torch, transformers, peft, lightning, matplotlib, smolagents (inside the functions that need them).
 
-import copy
 import gc
 import json
 import math
@@ -20,11 +19,14 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from onestop.agents.loop import run_task
 from onestop.agents.session import open_endpoint
 from onestop.agents.tools import load_tools, run_tool_call
 from onestop.bench.output import markdown_table, print_table, run_row_in_child
 from onestop.config.compose import compose
+from onestop.config.schema import TrainConfig
 from onestop.core.errors import OnestopError
 from onestop.core.files import save_figure_atomic, save_pretrained_atomic, write_json, write_text_atomic
 from onestop.core.rundir import RunDir
@@ -50,33 +52,31 @@ def _cell(value) -> str:
 
 
 def compare_trainers(cfg) -> list[dict]:
-    """Train one config twice, with onestop and with a plain transformers `Trainer` + peft, and score both.
+    """Train one config with onestop and with a plain transformers `Trainer` + peft, and score each.
 
-    Same model, tokenized data, adapter, optimizer, schedule, batch, epochs, clipping, precision and
-    seed; both adapters are scored by the same eval suite on the held-out questions. What differs is the
-    training loop, so a gap in quality or speed is onestop's to explain.
+    onestop runs with its defaults; the Trainer with the same model, tokenized examples, adapter, optimizer,
+    schedule, batch, epochs, clipping and seed, once at its CPU default (fp32) and once at onestop's precision
+    where that differs (bf16 on a CPU with native bf16). Every run is scored by the same eval suite on the
+    held-out questions. Each run is its own process, so its peak memory is its own.
     """
     if cfg.stage != "sft" or cfg.data.packing is True or cfg.data.streaming:
         raise OnestopError("bench.trainers compares supervised fine-tuning (stage=sft, no packing or streaming)")
-    cfg = copy.deepcopy(cfg)
-    cfg.data.packing = False  # the Trainer's loop pads each batch; onestop's pads too, so only the loops differ
     out_dir = Path(cfg.paths.run_dir).absolute()
+    config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    precision = str(trainer_hardware(cfg.hardware)["precision"])
+    runs = [("onestop", "onestop", precision), ("transformers Trainer", "transformers", "32-true")]
+    if precision != "32-true":
+        runs.append(("transformers Trainer", "transformers", precision))
     rows, curves = [], {}
-    for name, routine in (("onestop", _train_with_onestop), ("transformers Trainer", _train_with_hf_trainer)):
-        trainer_cfg = copy.deepcopy(cfg)
-        trainer_cfg.paths.run_dir = str(out_dir / name.split()[0])
-        print(f"Training with {name}...", flush=True)
-        started = time.perf_counter()
-        row, losses, adapter, val_conversations = routine(trainer_cfg)
-        if not val_conversations:
-            raise OnestopError("bench.trainers scores held-out answers: set data.val_path or data.val_ratio > 0")
-        questions = out_dir / "heldout_questions.jsonl"
-        system_prompt = heldout_questions(val_conversations, questions)
-        suite = suite_config("demo", setting="bench.trainers", path=str(questions), system_prompt=system_prompt)
-        row.update(_score_adapter(trainer_cfg, suite, adapter, out_dir / "eval" / name.split()[0]))
-        row["wall s"] = time.perf_counter() - started
+    for name, loop, run_precision in runs:
+        label = f"{name} {run_precision}"
+        print(f"Training with {label}...", flush=True)
+        spec = {"config": config, "loop": loop, "precision": run_precision, "out_dir": str(out_dir)}
+        row = run_row_in_child("onestop.bench:trainer_row", spec, f"bench.trainers: {label} failed")
+        curves[label] = row.pop("train_losses")
         rows.append({"trainer": name, **row})
-        curves[name] = losses
+    for row in rows[1:]:
+        row["onestop tok/s x"] = rows[0]["tok/s"] / max(row["tok/s"], 1e-9)
     write_json(out_dir / "bench.json", {"rows": rows, "train_losses": curves})
     _write_markdown(out_dir / "bench.md", rows)
     _plot_losses(out_dir / "train_loss.png", curves)
@@ -85,21 +85,85 @@ def compare_trainers(cfg) -> list[dict]:
     return rows
 
 
-def _train_with_onestop(cfg):
-    result = train(cfg)
+def trainer_row() -> None:
+    """One bench.trainers run in its own process: train with one loop, score on the held-out questions; prints
+    `ROW {json}`."""
+    spec = json.loads(sys.stdin.read())
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), spec["config"])
+    name = spec["loop"] if spec["loop"] == "onestop" else f"transformers-{spec['precision']}"
+    cfg.paths.run_dir = str(Path(spec["out_dir"]) / name)
+    started = time.perf_counter()
+    with PeakResident() as memory:
+        routine = _train_with_onestop if spec["loop"] == "onestop" else _train_with_hf_trainer
+        row, losses, adapter, val_conversations = routine(cfg, spec["precision"], memory)
+    if not val_conversations:
+        raise OnestopError("bench.trainers scores held-out answers: set data.val_path or data.val_ratio > 0")
+    questions = Path(spec["out_dir"]) / "heldout_questions.jsonl"
+    system_prompt = heldout_questions(val_conversations, questions)
+    suite = suite_config("demo", setting="bench.trainers", path=str(questions), system_prompt=system_prompt)
+    row.update(_score_adapter(cfg, suite, adapter, Path(spec["out_dir"]) / "eval" / name))
+    row["wall s"] = time.perf_counter() - started
+    print("ROW " + json.dumps({**row, "train_losses": losses}), flush=True)
 
+
+class PeakResident:
+    """The peak resident memory of this process while `measuring` is on, sampled every 5 ms by a thread."""
+
+    def __init__(self):
+        self.peak = 0
+        self.measuring = False
+        self._open = True
+
+    def __enter__(self):
+        threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._open = False
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while self._open:
+            if self.measuring:
+                with open("/proc/self/statm") as statm:
+                    self.peak = max(self.peak, int(statm.read().split()[1]) * page)
+            time.sleep(0.005)
+
+
+def _measured_while_training(memory: PeakResident):
+    """A Lightning callback that turns `memory` on for the training loop only."""
+    import lightning as L
+
+    class Measure(L.Callback):
+        def on_train_start(self, trainer, module):
+            memory.measuring = True
+
+        def on_train_end(self, trainer, module):
+            memory.measuring = False
+
+    return Measure()
+
+
+def _train_with_onestop(cfg, precision: str, memory: PeakResident):
+    """onestop with its defaults (`precision` is what hardware=auto picks here)."""
+    result = train(cfg, callbacks=[_measured_while_training(memory)])
     metrics = result.metrics
     row = {
+        "precision": metrics["precision"],
+        "batching": "padding-free" if result.datamodule.cfg.padding_free is True else "padded",
+        "examples/step": cfg.data.batch_size * cfg.trainer.accumulate_grad_batches,
         "steps": metrics["steps"],
         "s/step": metrics["train_seconds"] / max(metrics["steps"], 1),
         "tok/s": metrics["tokens_per_s"],
+        "peak GiB": memory.peak / GIB,
         "held-out loss": heldout_loss(result.model, result.datamodule.val_dataloader()),
     }
     return row, metrics["train_losses"], result.run.weights().path, result.datamodule.val_conversations
 
 
-def _train_with_hf_trainer(cfg):
-    """The reference loop: `transformers.Trainer` on the same model, adapter and tokenized examples."""
+def _train_with_hf_trainer(cfg, precision: str, memory: PeakResident):
+    """The reference loop: `transformers.Trainer` on the same model, adapter and tokenized examples, padded
+    batches, at `precision` (32-true: the Trainer's CPU default; bf16-mixed: `bf16=True`)."""
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
@@ -107,9 +171,9 @@ def _train_with_hf_trainer(cfg):
     hardware = trainer_hardware(cfg.hardware)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
-    datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed)
+    datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed)  # data.padding_free unresolved: padded
     datamodule.setup()
-    model = load_causal_lm(cfg.model, weights_dtype(hardware["precision"]), model_path)
+    model = load_causal_lm(cfg.model, weights_dtype(precision), model_path)
     model = method_from_config(cfg.method)(model)
     if not hasattr(model, "peft_config"):
         raise OnestopError("bench.trainers compares adapter methods (lora, dora, ptuning); got a full-weight method")
@@ -125,9 +189,16 @@ def _train_with_hf_trainer(cfg):
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     class StepTimer(TrainerCallback):
-        """Seconds inside optimizer steps (forward, backward, update), as onestop's module counts them."""
+        """Seconds inside optimizer steps (forward, backward, update), as onestop's module counts them; memory
+        measured over the training loop."""
 
         seconds = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            memory.measuring = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            memory.measuring = False
 
         def on_step_begin(self, args, state, control, **kwargs):
             self._started = time.perf_counter()
@@ -139,7 +210,6 @@ def _train_with_hf_trainer(cfg):
     steps_per_epoch = math.ceil(math.ceil(len(datamodule.train_set) / cfg.data.batch_size) / accumulation)
     total_steps = cfg.trainer.max_steps if cfg.trainer.max_steps > 0 else steps_per_epoch * cfg.trainer.max_epochs
     warmup = cfg.scheduler.warmup_ratio
-    precision = str(hardware["precision"])
     args = TrainingArguments(
         output_dir=str(Path(cfg.paths.run_dir) / "trainer"),
         per_device_train_batch_size=cfg.data.batch_size,
@@ -176,9 +246,13 @@ def _train_with_hf_trainer(cfg):
     steps = output.global_step
     adapter = save_pretrained_atomic(model, tokenizer, RunDir(cfg.paths.run_dir).adapter_dir)
     row = {
+        "precision": precision,
+        "batching": "padded",
+        "examples/step": cfg.data.batch_size * accumulation,
         "steps": steps,
         "s/step": StepTimer.seconds / max(steps, 1),
         "tok/s": CountingTrainer.tokens_seen / max(StepTimer.seconds, 1e-9),
+        "peak GiB": memory.peak / GIB,
         "held-out loss": heldout_loss(model, datamodule.val_dataloader()),
     }
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

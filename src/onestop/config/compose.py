@@ -157,21 +157,23 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"config key 'data.contamination.ngram': expected a positive integer, got {ngram}")
     if "optim" in cfg and cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr': expected a positive learning rate, got {cfg.optim.lr}")
-    if "data" in cfg and not (isinstance(cfg.data.packing, bool) or cfg.data.packing == "auto"):
-        raise ConfigError(f"config key 'data.packing': expected true, false or auto, got {cfg.data.packing!r}")
+    for key in ("packing", "padding_free"):
+        if "data" in cfg and not (isinstance(cfg.data[key], bool) or cfg.data[key] == "auto"):
+            raise ConfigError(f"config key 'data.{key}': expected true, false or auto, got {cfg.data[key]!r}")
     if "method" in cfg and "data" in cfg and cfg.data.packing is True and "num_virtual_tokens" in cfg.method:
         raise ConfigError(
             f"config key 'data.packing': the virtual tokens of method={cfg.method.name} cannot be packed with other "
             "examples; set data.packing=false"
         )
-    if OmegaConf.select(cfg, "train.loss_chunk_size", default=0) < 0:
+    chunk = OmegaConf.select(cfg, "train.loss_chunk_size", default=0)
+    if chunk != "auto" and not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0):
         raise ConfigError(
-            f"config key 'train.loss_chunk_size': expected 0 (whole head at once) or a positive number of "
-            f"positions, got {cfg.train.loss_chunk_size}"
+            f"config key 'train.loss_chunk_size': expected auto, 0 (whole head at once) or a positive number of "
+            f"positions, got {chunk!r}"
         )
     head_switch = (
         "loss_chunk_size"
-        if OmegaConf.select(cfg, "train.loss_chunk_size", default=0)
+        if chunk not in (0, "auto")
         else ("cut_cross_entropy" if OmegaConf.select(cfg, "train.cut_cross_entropy", default=False) else None)
     )
     if head_switch and cfg.get("stage") == "dpo":

@@ -93,15 +93,24 @@ class DataConfig:
     """Processes that tokenize during preparation: a number, or auto (every allowed core, at most 8, from 20,000
     examples on; one below, where starting processes would cost more than it saves). The result is the same."""
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
+    padding_free: Any = "auto"
+    """Lay each micro-batch's examples end to end in one row, with no padding: the same examples per step, the
+    same steps per epoch and the same loss as padded batches, with less compute and memory. Attention and
+    positions never cross examples (FlashAttention's variable-length kernel on a GPU). `auto` does so wherever
+    that is exact: no preference pairs (stage=dpo), no virtual tokens (method=ptuning), no streaming, and a
+    model whose attention reads packed position ids (onestop.data.packing.PACKED_POSITION_MODEL_TYPES); elsewhere
+    batches are padded, and the run says so once. `true` where it is not exact stops with one line."""
     packing: Any = "auto"
-    """Pack several examples into each sequence; attention and positions never cross examples. `auto` packs
-    where that is exact: stage sft or pretrain, no virtual tokens (method=ptuning), no streaming, and a model
-    whose attention reads packed position ids (onestop.data.packing.PACKED_POSITION_MODEL_TYPES); `true`
-    where it is not exact stops with one line."""
+    """Pack examples into rows of data.max_seq_len tokens. This changes what a recipe means: data.batch_size then
+    counts rows, each holding many examples, so an epoch has far fewer optimizer steps (the run prints both
+    figures). `auto` packs for stage=pretrain only, where packing is the convention and exact; sft packs with
+    data.packing=true. Attention and positions never cross examples; `true` where that is not exact stops."""
     streaming: bool = False
     """Text data only: stream files larger than memory, tokenizing on the fly."""
     batch_size: int = 4
-    """Sequences per step on each device."""
+    """Examples per micro-batch on each device (padded or padding-free alike); with data.packing=true, packed
+    rows of up to data.max_seq_len tokens instead. Examples per optimizer step = batch_size x
+    trainer.accumulate_grad_batches x devices."""
     global_batch_size: int | None = None
     """Sequences per optimizer step over all devices: the largest micro-batch (batch_size) that fits the device
     is chosen, and trainer.accumulate_grad_batches to reach this; the choice is printed."""
@@ -215,10 +224,11 @@ class HardwareConfig:
 
 @dataclass
 class FastPathsConfig:
-    loss_chunk_size: int = 0
+    loss_chunk_size: Any = "auto"
     """Compute the output head and cross-entropy this many labelled positions at a time, gradients included, so
     the [tokens, vocabulary] logits never exist whole (Gemma's 262k vocabulary: GiBs at batch 8 x 512); the
-    same loss and gradients. 0 computes the whole head at once."""
+    same loss and gradients. 0 computes the whole head at once. `auto` chunks 1,024 positions at a time where
+    the estimate finds the whole logits the largest part of the peak and the head is a plain linear layer."""
     liger_kernels: bool = False
     """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, and the fused linear cross-entropy for the loss) for the
     families Liger supports; CUDA only, pip install -e ".[liger]"."""

@@ -1,10 +1,14 @@
-"""Sequence packing: several examples share one row, and still never see each other.
+"""Examples that share a row and still never see each other: padding-free batches and sequence packing.
+
+A padding-free batch lays one micro-batch's examples end to end in a single row (the same examples as a padded
+batch, without the padding); packing fills rows of `data.max_seq_len` tokens with as many examples as fit, so
+a batch of rows holds many more examples than `data.batch_size`.
 
 Each packed row carries position ids that restart at 0 for every example. Given position ids and no
 attention mask, transformers builds a block-diagonal causal mask from them (`find_packed_sequence_indices`
 in `transformers.masking_utils`), so attention never crosses an example boundary; the first token of
-every example gets no label, so no example is trained to predict the next one's start. The loss of a
-packed batch is therefore the loss of the same examples unpacked, with far less padding.
+every example gets no label, so no example is trained to predict the next one's start. The loss of such a
+row is therefore the loss of the same examples padded, with no padding.
 """
 
 import random
@@ -27,17 +31,10 @@ PACKED_POSITION_MODEL_TYPES = frozenset(
 )  # fmt: skip
 
 
-def resolve_packing(cfg: DictConfig, model_type: str) -> bool:
-    """Whether a training run packs: `data.packing` as set, or for `auto`, wherever packing is exact.
-
-    Exact means the loss and gradients equal those of the same examples unpacked: supervised or pretraining
-    stages (preference pairs are scored per pair), no virtual tokens (they would sit in front of the first
-    example of a row only), not streamed (the stream cuts its own blocks), and an architecture that masks by
-    packed position ids. `true` where it is not exact stops with one line.
-    """
-    requested = cfg.data.packing
-    if requested is False:
-        return False
+def inexact_reasons(cfg: DictConfig, model_type: str) -> list[str]:
+    """Why examples laid end to end in one row would not train exactly as the same examples padded, if they would
+    not: preference pairs are scored per pair, virtual tokens would sit in front of a row's first example only, a
+    stream cuts its own blocks, and an architecture that builds its own mask would attend across examples."""
     reasons = []
     if cfg.stage == "dpo":
         reasons.append("stage=dpo scores each preference pair as a whole")
@@ -47,9 +44,47 @@ def resolve_packing(cfg: DictConfig, model_type: str) -> bool:
         reasons.append("data.streaming already fills every row from its text")
     if cfg.model.trust_remote_code or model_type not in PACKED_POSITION_MODEL_TYPES:
         reasons.append(f"model={cfg.model.name} ({model_type}) builds its own attention mask, blind to packed rows")
+    return reasons
+
+
+def resolve_packing(cfg: DictConfig, model_type: str) -> bool:
+    """Whether a training run packs examples into rows of `data.max_seq_len` tokens: `data.packing` as set, or
+    for `auto`, with stage=pretrain only, where packing is exact.
+
+    Packing changes what a recipe means: `data.batch_size` then counts rows, each holding many examples, so an
+    epoch has far fewer optimizer steps and each step far more examples. Supervised stages therefore pack only
+    when asked (`data.packing=true`); their default batches are padding-free instead (`resolve_padding_free`).
+    `true` where packing is not exact stops with one line.
+    """
+    requested = cfg.data.packing
+    if requested is False or (requested == "auto" and cfg.stage != "pretrain"):
+        return False
+    reasons = inexact_reasons(cfg, model_type)
     if requested is True and reasons:
-        raise OnestopError(f"config key 'data.packing': cannot pack exactly: {reasons[0]}; set data.packing=auto")
+        raise OnestopError(f"config key 'data.packing': cannot pack exactly: {reasons[0]}; set data.packing=false")
     return not reasons
+
+
+def resolve_padding_free(cfg: DictConfig, model_type: str, packing: bool) -> tuple[bool, str | None]:
+    """Whether each micro-batch lays its `data.batch_size` examples end to end in one row, and the line to print
+    once when `auto` falls back to padded batches.
+
+    The same examples make each step as with padding, so steps per epoch, the loss and the gradients are those
+    of padded batches (tested); only padding's compute and memory go. `true` where it is not exact stops with
+    one line. Packed rows have almost no padding already: with packing, batches are packed rows.
+    """
+    requested = cfg.data.padding_free
+    if requested is False or packing or (requested == "auto" and cfg.data.streaming):  # streamed blocks are full
+        return False, None
+    reasons = inexact_reasons(cfg, model_type)
+    if requested is True and reasons:
+        raise OnestopError(
+            f"config key 'data.padding_free': cannot lay examples end to end exactly: {reasons[0]}; "
+            "set data.padding_free=false"
+        )
+    if reasons:
+        return False, f"padding-free batches: off, {reasons[0]}; batches are padded"
+    return True, None
 
 
 def pack_examples(examples: Sequence[dict], max_seq_len: int, seed: int) -> "PackedRows":
@@ -111,13 +146,24 @@ class PackedRows(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        input_ids, labels, positions = [], [], []
-        for member in self.rows[index]:
-            example = self.examples[member]
-            input_ids += example["input_ids"]
-            labels += [IGNORE_INDEX, *example["labels"][1:]]
-            positions += range(len(example["input_ids"]))
-        return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+        return join_examples([self.examples[member] for member in self.rows[index]])
+
+
+def join_examples(examples: Sequence[dict]) -> dict[str, list[int]]:
+    """Examples end to end in one row: position ids restart at 0 for each, and each one's first token carries
+    no label, so no example learns to predict the start of the next."""
+    input_ids, labels, positions = [], [], []
+    for example in examples:
+        input_ids += example["input_ids"]
+        labels += [IGNORE_INDEX, *example["labels"][1:]]
+        positions += range(len(example["input_ids"]))
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+
+
+def collate_padding_free(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """A micro-batch of examples as one row of [1, their tokens] with no padding at all (TRL's `padding_free`,
+    transformers' DataCollatorWithFlattening): the same tokens, labels and attention as the padded batch."""
+    return collate_packed([join_examples(examples)], pad_id)
 
 
 def collate_packed(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

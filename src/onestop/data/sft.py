@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from onestop.core.errors import OnestopError
 from onestop.data.batching import pad_batch, pad_pairs
-from onestop.data.packing import collate_packed, pack_examples
+from onestop.data.packing import collate_packed, collate_padding_free, pack_examples
 from onestop.data.prepare import DataReport, prepare, sources_of
 from onestop.data.records import is_hub_dataset_id
 from onestop.data.sampler import ResumableSampler
@@ -21,9 +21,12 @@ from onestop.data.windows import StepWindowLoader
 class SFTDataModule(L.LightningDataModule):
     """Train and validation examples of a `data` config node, prepared (or read from cache) for one tokenizer."""
 
-    def __init__(self, data_cfg: DictConfig, tokenizer, seed: int = 42, stage: str = "sft"):
+    def __init__(
+        self, data_cfg: DictConfig, tokenizer, seed: int = 42, stage: str = "sft", accumulate_grad_batches: int = 1
+    ):
         super().__init__()
         self.stage = stage
+        self.accumulate_grad_batches = accumulate_grad_batches  # before a Trainer holds the module
         self.cfg = data_cfg
         self.tokenizer = tokenizer
         self.seed = seed
@@ -61,7 +64,9 @@ class SFTDataModule(L.LightningDataModule):
             tokens = int(prepared.train.example_lengths().sum())
             print(
                 f"packing: {len(prepared.train)} examples in {len(self.train_set)} sequences of up to "
-                f"{self.cfg.max_seq_len} tokens ({tokens / (len(self.train_set) * self.cfg.max_seq_len):.0%} full)",
+                f"{self.cfg.max_seq_len} tokens ({tokens / (len(self.train_set) * self.cfg.max_seq_len):.0%} full): "
+                f"{self.steps_per_epoch(len(self.train_set))} optimizer steps per epoch "
+                f"(unpacked: {self.steps_per_epoch(len(prepared.train))}); data.batch_size counts packed rows",
                 flush=True,
             )
         self.val_conversations = [
@@ -90,11 +95,21 @@ class SFTDataModule(L.LightningDataModule):
             flush=True,
         )
 
+    def steps_per_epoch(self, sequences: int) -> int:
+        """Optimizer steps one epoch of `sequences` makes on this run's devices and accumulation."""
+        trainer = self.trainer
+        world = trainer.world_size if trainer else 1
+        accumulate = trainer.accumulate_grad_batches if trainer else self.accumulate_grad_batches
+        batches = -(-sequences // (self.cfg.batch_size * world))
+        return -(-batches // max(accumulate, 1))
+
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         if "position_ids" in examples[0]:
             return collate_packed(examples, self.tokenizer.pad_token_id)
         if self.stage == "dpo":
             return pad_pairs(examples, self.tokenizer.pad_token_id)
+        if self.cfg.padding_free is True:  # the training stage resolves `auto` first (resolve_padding_free)
+            return collate_padding_free(examples, self.tokenizer.pad_token_id)
         return pad_batch(examples, self.tokenizer.pad_token_id)
 
     def resume_from(self, epoch: int, batches_done: int) -> None:

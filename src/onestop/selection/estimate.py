@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
+from onestop.models.heads import is_plain_head
 from onestop.models.precision import weights_dtype
 from onestop.models.zoo import architecture_config, native_config, parameter_counts
 from onestop.selection.devices import COMMON_GPUS, GIB, Device
@@ -33,6 +34,9 @@ from onestop.selection.probe import ModelShape, probe
 # fp32), the saved log-softmax and the two gradients flowing back; half-precision compute keeps the first in
 # 2 bytes. Checked against measured peaks by bench.estimate.
 LOGIT_BYTES = {"half": 14, "float32": 12}
+# Labelled positions per chunk when train.loss_chunk_size=auto chunks the head and loss: at Gemma's 262k
+# vocabulary one chunk's fp32 logits are 1 GiB, against 28 GiB for 8 x 1,024 positions at once.
+AUTO_LOSS_CHUNK = 1024
 # NF4 weights with double quantization: 4 bits plus ~0.127 bits of constants per weight.
 NF4_BYTES_PER_PARAM = 4.127 / 8
 SHARDED_STRATEGIES = ("fsdp", "deepspeed_stage_3")
@@ -72,12 +76,16 @@ class Settings:
     checkpointing: bool
     qlora: bool
     precision: str
+    loss_chunk: int | None = 0
+    """Labelled positions the head and loss take at a time (train.loss_chunk_size); 0 all at once; None: `auto`,
+    which `estimate` resolves."""
 
     def overrides(self) -> list[str]:
         return [
             f"data.batch_size={self.micro_batch}",
             f"trainer.accumulate_grad_batches={self.accumulation}",
             f"hardware.gradient_checkpointing={str(self.checkpointing).lower()}",
+            f"train.loss_chunk_size={self.loss_chunk or 0}",
         ]
 
 
@@ -145,7 +153,20 @@ def settings_from_config(cfg: DictConfig, device: Device, seq_len: int | None = 
         checkpointing=bool(hardware.gradient_checkpointing or cfg.method.get("gradient_checkpointing", False)),
         qlora=bool(cfg.method.get("quantization")),
         precision=precision,
+        loss_chunk=configured_loss_chunk(cfg),
     )
+
+
+def configured_loss_chunk(cfg: DictConfig) -> int | None:
+    """train.loss_chunk_size as set, or for `auto`: None (the estimate chooses), or 0 where the loss needs the
+    whole head (stage=dpo) or a fused kernel already never holds the logits whole."""
+    train = cfg.get("train")
+    chunk = train.get("loss_chunk_size", 0) if train is not None else 0
+    if chunk != "auto":
+        return int(chunk)
+    if cfg.get("stage") == "dpo" or train.get("liger_kernels") or train.get("cut_cross_entropy"):
+        return 0
+    return None
 
 
 def model_shape(cfg: DictConfig, settings: Settings) -> ModelShape:
@@ -162,6 +183,8 @@ def estimate(cfg: DictConfig, device: Device, settings: Settings | None = None, 
     """The Estimate of the run `cfg` on `device` (with `settings` changed from the config's, when given)."""
     settings = settings or settings_from_config(cfg, device)
     shape = model_shape(cfg, settings)
+    if settings.loss_chunk is None:
+        settings = replace(settings, loss_chunk=auto_loss_chunk(cfg, shape, settings, device))
     memory, checkpointed = memory_breakdown(shape, settings, device)
     flops = flops_per_token(shape, settings)
     tokens = settings.micro_batch * settings.seq_len
@@ -179,6 +202,17 @@ def estimate(cfg: DictConfig, device: Device, settings: Settings | None = None, 
         run_steps=run_steps,
         notes=notes,
     )
+
+
+def auto_loss_chunk(cfg: DictConfig, shape: ModelShape, settings: Settings, device: Device) -> int:
+    """What train.loss_chunk_size=auto chooses: chunks of AUTO_LOSS_CHUNK positions when the whole head's logits
+    would be the largest part of the peak and the model's head can be chunked exactly (a plain linear head);
+    otherwise the head whole, which is as fast where the logits are small."""
+    if not can_chunk_loss(cfg):
+        return 0
+    whole, _ = memory_breakdown(shape, replace(settings, loss_chunk=0), device)
+    parts = {k: v for k, v in asdict(whole).items() if k != "overhead"}
+    return AUTO_LOSS_CHUNK if max(parts, key=parts.get) == "logits" else 0
 
 
 def memory_breakdown(shape: ModelShape, settings: Settings, device: Device) -> tuple[MemoryBreakdown, float]:
@@ -213,7 +247,8 @@ def memory_breakdown(shape: ModelShape, settings: Settings, device: Device) -> t
     plain = shape.saved_per_token * tokens
     checkpointed = shape.checkpointed_per_token * tokens
     half = settings.precision.startswith(("bf16", "16"))
-    logits = tokens * shape.vocab_size * LOGIT_BYTES["half" if half else "float32"]
+    positions = min(tokens, settings.loss_chunk) if settings.loss_chunk else tokens
+    logits = positions * shape.vocab_size * LOGIT_BYTES["half" if half else "float32"]
     return (
         MemoryBreakdown(
             weights=weights,
@@ -248,35 +283,53 @@ def flops_per_token(shape: ModelShape, settings: Settings) -> float:
 
 
 def find_fix(cfg: DictConfig, device: Device, current: Settings, run_steps: int | None = None) -> str | None:
-    """The first change, cheapest first, that makes the run fit on `device`: checkpointing, a smaller
-    micro-batch with more accumulation (same global batch), QLoRA for a LoRA run on a GPU, sharding across
-    more GPUs. None when nothing tried fits."""
-    candidates: list[tuple[str, Settings]] = []
+    """The first change, as pasteable overrides, that makes the run fit on `device`. Changes that keep what the
+    recipe means come first: the head and loss in chunks, checkpointing, then a smaller micro-batch with more
+    accumulation (the same examples per optimizer step); then, on a GPU, QLoRA for a LoRA run and sharding
+    across more GPUs. None when nothing tried fits."""
+    candidates: list[tuple[list[str], Settings]] = []
+    kept: list[str] = []  # cheaper fixes already tried stay on in the dearer ones
+    if not current.loss_chunk and can_chunk_loss(cfg):
+        kept.append(f"train.loss_chunk_size={AUTO_LOSS_CHUNK}")
+        current = replace(current, loss_chunk=AUTO_LOSS_CHUNK)
+        candidates.append((list(kept), current))
     if not current.checkpointing:
-        candidates.append(("hardware.gradient_checkpointing=true", replace(current, checkpointing=True)))
+        kept.append("hardware.gradient_checkpointing=true")
+        current = replace(current, checkpointing=True)
+        candidates.append((list(kept), current))
     micro = current.micro_batch
     while micro > 1:
         micro //= 2
         accumulation = math.ceil(current.micro_batch * current.accumulation / micro)
-        smaller = replace(current, micro_batch=micro, accumulation=accumulation, checkpointing=True)
-        candidates.append((f"data.batch_size={micro} trainer.accumulate_grad_batches={accumulation}", smaller))
-    one = replace(current, micro_batch=1, accumulation=current.micro_batch * current.accumulation, checkpointing=True)
+        smaller = replace(current, micro_batch=micro, accumulation=accumulation)
+        candidates.append(
+            ([f"data.batch_size={micro}", f"trainer.accumulate_grad_batches={accumulation}", *kept], smaller)
+        )
+    one = replace(current, micro_batch=1, accumulation=current.micro_batch * current.accumulation)
+    one_batch = ["data.batch_size=1", f"trainer.accumulate_grad_batches={one.accumulation}", *kept]
     if device.kind == "gpu" and cfg.method.get("name") == "lora" and not current.qlora:
-        candidates.append(("method=qlora data.batch_size=1", replace(one, qlora=True)))
+        candidates.append((["method=qlora", *one_batch], replace(one, qlora=True)))
     if device.kind == "gpu":
         for gpus in (2, 4, 8):
-            candidates.append(
-                (f"hardware=fsdp with {gpus} GPUs, data.batch_size=1", replace(one, devices=gpus, strategy="fsdp"))
-            )
+            sharded = replace(one, devices=gpus, strategy="fsdp")
+            candidates.append((["hardware=fsdp", f"hardware.devices={gpus}", *one_batch], sharded))
     for change, settings in candidates:
         try:
             if estimate(cfg, device, settings, run_steps).fits:
-                if "checkpointing" not in change and settings.checkpointing and not current.checkpointing:
-                    change += " hardware.gradient_checkpointing=true"
-                return change
+                return " ".join(change)
         except OnestopError:
             continue
     return None
+
+
+def can_chunk_loss(cfg: DictConfig) -> bool:
+    """Whether the head and loss of this run can go in chunks exactly: a plain linear head, a token-level loss
+    (not stage=dpo), no virtual tokens in front, and no fused kernel doing it already."""
+    train = cfg.get("train") or {}
+    if cfg.get("stage") == "dpo" or train.get("liger_kernels") or train.get("cut_cross_entropy"):
+        return False
+    architecture, _ = architecture_config(cfg.model)
+    return is_plain_head(architecture) and "num_virtual_tokens" not in cfg.method
 
 
 def estimate_devices(cfg: DictConfig, devices: list[Device], run_steps: int | None = None) -> list[Estimate]:

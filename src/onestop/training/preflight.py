@@ -5,7 +5,28 @@ from dataclasses import replace
 from omegaconf import DictConfig
 
 from onestop.selection.devices import GIB, this_machine, total_ram
-from onestop.selection.estimate import WillNotFit, check_fits, choose_micro_batch
+from onestop.selection.estimate import (
+    WillNotFit,
+    check_fits,
+    choose_micro_batch,
+    configured_loss_chunk,
+    estimate,
+    settings_from_config,
+)
+
+
+def resolve_loss_chunk(cfg: DictConfig, longest: int | None) -> int:
+    """train.loss_chunk_size as this run uses it: the number set, or for `auto` what the estimate chooses
+    (onestop.selection.estimate.auto_loss_chunk); 0 where the estimate cannot run (an architecture the
+    meta-device probe does not know), which is the head whole, as before `auto`."""
+    chunk = configured_loss_chunk(cfg)
+    if chunk is not None:
+        return chunk
+    try:
+        device = this_machine(measure_speed=False, memory_limit_gib=cfg.hardware.memory_limit_gib)
+        return int(estimate(cfg, device, settings_from_config(cfg, device, longest)).settings.loss_chunk or 0)
+    except Exception:  # as the memory check: an architecture the probe cannot run trains with the head whole
+        return 0
 
 
 def memory_preflight(cfg: DictConfig, longest: int | None) -> str | None:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
 from onestop.core.rundir import RunDir, job_config
-from onestop.data.packing import resolve_packing
+from onestop.data.packing import resolve_packing, resolve_padding_free
 from onestop.data.report import print_report
 from onestop.data.sft import SFTDataModule
 from onestop.data.vocabulary import train_tokenizer
@@ -38,7 +38,7 @@ from onestop.training.hardware import (
 )
 from onestop.training.loggers import build_logger, finish_failed_run, wandb_sync_hint
 from onestop.training.module import CausalLMModule
-from onestop.training.preflight import memory_preflight
+from onestop.training.preflight import memory_preflight, resolve_loss_chunk
 from onestop.training.progress import progress_bar
 from onestop.training.resume import (
     AtomicCheckpointIO,
@@ -98,11 +98,18 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
             raise OnestopError("model.train_tokenizer: a new vocabulary needs model.from_scratch=true")
         tokenizer = train_tokenizer(tokenizer, cfg.data, cfg.model.train_tokenizer)
     cfg = copy.deepcopy(cfg)  # `auto` becomes what this run does, in its config.yaml too; the caller's stays
-    cfg.data.packing = resolve_packing(cfg, model_type(cfg.model, model_path))
-    datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed, stage=cfg.stage)
+    family = model_type(cfg.model, model_path)
+    cfg.data.packing = resolve_packing(cfg, family)
+    cfg.data.padding_free, padded_note = resolve_padding_free(cfg, family, cfg.data.packing)
+    if padded_note:
+        print(padded_note, flush=True)
+    datamodule = SFTDataModule(
+        cfg.data, tokenizer, seed=cfg.seed, stage=cfg.stage, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches
+    )
     datamodule.setup()
     print_report(datamodule.prepared)
     longest = None if cfg.data.packing or datamodule.prepared is None else datamodule.report.max_len
+    cfg.train.loss_chunk_size = resolve_loss_chunk(cfg, longest or None)
     preflight_note = memory_preflight(cfg, longest or None)
     if preflight_note:
         print(preflight_note, flush=True)
@@ -243,7 +250,7 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
     if module.padding_history:
         print(
             f"padding: {module.padding_history[-1]['padding_fraction']:.1%} of the token slots in the last epoch "
-            f"(data.packing={str(cfg.data.packing).lower()})",
+            f"(data.packing={str(cfg.data.packing).lower()}, data.padding_free={str(cfg.data.padding_free).lower()})",
             flush=True,
         )
     print(f"Run directory: {run_dir}", flush=True)

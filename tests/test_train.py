@@ -250,7 +250,8 @@ def test_bench_trainers_trains_and_scores_the_same_recipe_with_both_loops(tmp_pa
         [] if onestop["precision"] == "32-true" else [onestop["precision"]]
     )
     assert all(row["steps"] == 4 and row["examples/step"] == onestop["examples/step"] == 8 for row in rows)
-    assert all(row["peak GiB"] > 0 and row["tok/s"] > 0 for row in rows)
+    assert all(row["peak GiB"] > 0 and row["tok/s"] > 0 and 0 < row["MFU %"] < 100 for row in rows)
+    assert report["flops_per_token"] > 0
     assert all(row["onestop tok/s x"] == pytest.approx(onestop["tok/s"] / row["tok/s"]) for row in rows[1:])
     assert [len(losses) for losses in report["train_losses"].values()] == [4] * len(rows)
     # Same random tiny model, same data, 4 small steps: both still predict about uniformly over 1,024 tokens.

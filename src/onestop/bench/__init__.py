@@ -39,7 +39,7 @@ from onestop.evaluation.run import eval_config, evaluate, suite_config
 from onestop.methods import method_from_config
 from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
 from onestop.models.precision import weights_dtype
-from onestop.selection.devices import GIB, this_machine
+from onestop.selection.devices import GIB, cpu_peak_tflops, this_machine
 from onestop.selection.estimate import estimate, settings_from_config
 from onestop.training.hardware import trainer_hardware
 from onestop.training.train import train
@@ -77,12 +77,31 @@ def compare_trainers(cfg) -> list[dict]:
         rows.append({"trainer": name, **row})
     for row in rows[1:]:
         row["onestop tok/s x"] = rows[0]["tok/s"] / max(row["tok/s"], 1e-9)
-    write_json(out_dir / "bench.json", {"rows": rows, "train_losses": curves})
+    flops = _add_utilisation(cfg, rows)
+    write_json(out_dir / "bench.json", {"rows": rows, "train_losses": curves, "flops_per_token": flops})
     _write_markdown(out_dir / "bench.md", rows)
     _plot_losses(out_dir / "train_loss.png", curves)
     _print_table(rows, "onestop vs transformers Trainer, same recipe")
     print(f"Results: {out_dir}", flush=True)
     return rows
+
+
+def _add_utilisation(cfg, rows: list[dict]) -> float:
+    """Each row's training FLOP/s (its non-padding tokens/s x FLOPs per token as `invoke estimate` counts them)
+    and its share of this machine's matmul peak in the row's precision (MFU). Returns the FLOPs per token."""
+    import torch
+
+    device = this_machine(measure_speed=False)
+    flops = estimate(cfg, device).flops_per_token
+    for row in rows:
+        if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu":
+            peak = this_machine().peak_tflops
+        else:  # measured again now, the machine idle between runs; the highest reading is kept
+            peak = cpu_peak_tflops(bf16=row["precision"].startswith("bf16"), refresh=True)
+        row["TFLOP/s"] = row["tok/s"] * flops / 1e12
+        row["peak TFLOP/s"] = peak
+        row["MFU %"] = 100 * row["TFLOP/s"] / peak
+    return flops
 
 
 def trainer_row() -> None:

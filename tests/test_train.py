@@ -217,12 +217,12 @@ def test_answer_only_head_matches_the_models_own_loss(method):
 @pytest.mark.slow
 def test_bench_train_reports_throughput_and_memory_per_variant(tmp_path):
     options = ["--steps", "2", "--precisions", "32-true", "--output", str(tmp_path)]
-    result = run_invoke("bench.train", *TINY, *options, "--variants", "data.packing=false;data.packing=true")
+    result = run_invoke("bench.train", *TINY, *options, "--variants", "data.padding_free=false;data.packing=true")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Training throughput, 2 steps" in result.stdout
     rows = json.loads((tmp_path / "train.json").read_text())["rows"]
     assert [(r["model"], r["precision"], r["variant"], r["steps"]) for r in rows] == [
-        ("tiny", "32-true", "data.packing=false", 2),
+        ("tiny", "32-true", "data.padding_free=false", 2),
         ("tiny", "32-true", "data.packing=true", 2),
     ]
     assert all(r["tok/s"] > 0 and r["peak GiB"] > 0 and r["first loss"] > 0 for r in rows), rows
@@ -236,14 +236,18 @@ def test_bench_trainers_trains_and_scores_the_same_recipe_with_both_loops(tmp_pa
     heldout.write_text("".join((PROJECT_ROOT / "src/onestop/data/demo/heldout.jsonl").read_text().splitlines(True)[:4]))
     out = tmp_path / "bench"
     result = run_invoke(
-        "bench.trainers", "model=tiny", "trainer.max_steps=4", f"data.val_path={heldout}", f"hydra.run.dir={out}"
-    )
+        "bench.trainers", "model=tiny", "trainer.max_steps=4", f"data.val_path={heldout}", f"hydra.run.dir={out}",
+        "--variants", "data.padding_free=false",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == f"Results: {out}"
     report = json.loads((out / "bench.json").read_text())
-    rows = report["rows"]
-    onestop, fp32 = rows[:2]
+    onestop, padded, *rows = report["rows"]
     assert onestop["trainer"] == "onestop" and onestop["batching"] == "padding-free"
+    assert padded["trainer"] == "onestop data.padding_free=false" and padded["batching"] == "padded"
+    assert padded["steps"] == onestop["steps"] and (out / "onestop-1" / "adapter").is_dir()
+    rows = [onestop, *rows]
+    fp32 = rows[1]
     # The Trainer at its CPU default, then at onestop's precision where that differs (bf16 on a CPU with it).
     assert (fp32["trainer"], fp32["precision"], fp32["batching"]) == ("transformers Trainer", "32-true", "padded")
     assert [row["precision"] for row in rows[2:]] == (
@@ -252,8 +256,8 @@ def test_bench_trainers_trains_and_scores_the_same_recipe_with_both_loops(tmp_pa
     assert all(row["steps"] == 4 and row["examples/step"] == onestop["examples/step"] == 8 for row in rows)
     assert all(row["peak GiB"] > 0 and row["tok/s"] > 0 and 0 < row["MFU %"] < 100 for row in rows)
     assert report["flops_per_token"] > 0
-    assert all(row["onestop tok/s x"] == pytest.approx(onestop["tok/s"] / row["tok/s"]) for row in rows[1:])
-    assert [len(losses) for losses in report["train_losses"].values()] == [4] * len(rows)
+    assert all(row["onestop tok/s x"] == pytest.approx(onestop["tok/s"] / row["tok/s"]) for row in rows)
+    assert [len(losses) for losses in report["train_losses"].values()] == [4] * len(report["rows"])
     # Same random tiny model, same data, 4 small steps: both still predict about uniformly over 1,024 tokens.
     assert onestop["held-out loss"] == pytest.approx(rows[-1]["held-out loss"], abs=0.05)
     for trainer in ["onestop", *(f"transformers-{row['precision']}" for row in rows[1:])]:
@@ -261,4 +265,4 @@ def test_bench_trainers_trains_and_scores_the_same_recipe_with_both_loops(tmp_pa
         scored = json.loads((out / "eval" / trainer / "results.json").read_text())
         assert scored["n_samples"]["demo"]["effective"] == 4
     assert (out / "train_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "bench.md").read_text().count("\n") == 2 + len(rows)
+    assert (out / "bench.md").read_text().count("\n") == 3 + len(rows)

@@ -16,6 +16,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -51,31 +52,39 @@ def _cell(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-def compare_trainers(cfg) -> list[dict]:
+def compare_trainers(cfg, variants: Sequence[str] = ()) -> list[dict]:
     """Train one config with onestop and with a plain transformers `Trainer` + peft, and score each.
 
     onestop runs with its defaults; the Trainer with the same model, tokenized examples, adapter, optimizer,
     schedule, batch, epochs, clipping and seed, once at its CPU default (fp32) and once at onestop's precision
-    where that differs (bf16 on a CPU with native bf16). Every run is scored by the same eval suite on the
-    held-out questions. Each run is its own process, so its peak memory is its own.
+    where that differs (bf16 on a CPU with native bf16). `variants` add onestop rows, each with more overrides
+    of existing keys ("data.padding_free=false", "data.packing=true"). Every run is scored by the same eval
+    suite on the held-out questions. Each run is its own process, so its peak memory is its own.
     """
     if cfg.stage != "sft" or cfg.data.packing is True or cfg.data.streaming:
-        raise OnestopError("bench.trainers compares supervised fine-tuning (stage=sft, no packing or streaming)")
+        raise OnestopError(
+            "bench.trainers compares supervised fine-tuning (stage=sft, no packing or streaming); a packed onestop "
+            'row is a variant: --variants "data.packing=true"'
+        )
     out_dir = Path(cfg.paths.run_dir).absolute()
     config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     precision = str(trainer_hardware(cfg.hardware)["precision"])
-    runs = [("onestop", "onestop", precision), ("transformers Trainer", "transformers", "32-true")]
+    runs = [("onestop", "onestop", precision, "")]
+    runs += [(f"onestop {variant}", "onestop", precision, variant) for variant in variants if variant.strip()]
+    runs.append(("transformers Trainer", "transformers", "32-true", ""))
     if precision != "32-true":
-        runs.append(("transformers Trainer", "transformers", precision))
+        runs.append(("transformers Trainer", "transformers", precision, ""))
     rows, curves = [], {}
-    for name, loop, run_precision in runs:
+    for index, (name, loop, run_precision, variant) in enumerate(runs):
         label = f"{name} {run_precision}"
         print(f"Training with {label}...", flush=True)
-        spec = {"config": config, "loop": loop, "precision": run_precision, "out_dir": str(out_dir)}
+        changed = OmegaConf.to_container(OmegaConf.merge(config, OmegaConf.from_dotlist(variant.split())))
+        folder = loop if loop == "transformers" else f"onestop-{index}" if variant else "onestop"
+        spec = {"config": changed, "loop": loop, "precision": run_precision, "out_dir": str(out_dir), "name": folder}
         row = run_row_in_child("onestop.bench:trainer_row", spec, f"bench.trainers: {label} failed")
         curves[label] = row.pop("train_losses")
         rows.append({"trainer": name, **row})
-    for row in rows[1:]:
+    for row in rows:
         row["onestop tok/s x"] = rows[0]["tok/s"] / max(row["tok/s"], 1e-9)
     flops = _add_utilisation(cfg, rows)
     write_json(out_dir / "bench.json", {"rows": rows, "train_losses": curves, "flops_per_token": flops})
@@ -109,7 +118,7 @@ def trainer_row() -> None:
     `ROW {json}`."""
     spec = json.loads(sys.stdin.read())
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), spec["config"])
-    name = spec["loop"] if spec["loop"] == "onestop" else f"transformers-{spec['precision']}"
+    name = spec["name"] if spec["loop"] == "onestop" else f"transformers-{spec['precision']}"
     cfg.paths.run_dir = str(Path(spec["out_dir"]) / name)
     started = time.perf_counter()
     with PeakResident() as memory:
@@ -169,7 +178,7 @@ def _train_with_onestop(cfg, precision: str, memory: PeakResident):
     metrics = result.metrics
     row = {
         "precision": metrics["precision"],
-        "batching": "padding-free" if result.datamodule.cfg.padding_free is True else "padded",
+        "batching": batching_of(result.datamodule.cfg),
         "examples/step": cfg.data.batch_size * cfg.trainer.accumulate_grad_batches,
         "steps": metrics["steps"],
         "s/step": metrics["train_seconds"] / max(metrics["steps"], 1),
@@ -178,6 +187,13 @@ def _train_with_onestop(cfg, precision: str, memory: PeakResident):
         "held-out loss": heldout_loss(result.model, result.datamodule.val_dataloader()),
     }
     return row, metrics["train_losses"], result.run.weights().path, result.datamodule.val_conversations
+
+
+def batching_of(data_cfg) -> str:
+    """How a run's batches were laid out, from its resolved data config."""
+    if data_cfg.packing is True:
+        return "packed"
+    return "padding-free" if data_cfg.padding_free is True else "padded"
 
 
 def _train_with_hf_trainer(cfg, precision: str, memory: PeakResident):

@@ -6,6 +6,9 @@ from collections import Counter
 
 import anyio
 
+# What /health counts since the gateway started, each request once.
+OUTCOMES = ("finished", "refused_busy", "timed_out", "disconnected")
+
 
 class Busy(Exception):
     """Every slot is taken and the queue is full; `retry_after` is a guess in whole seconds."""
@@ -73,5 +76,6 @@ class Admission:
             "queued": self.waiting,
             "max_concurrent_requests": self.slots,
             "max_queued_requests": self.queue,
-            **self.counts,
+            # every counter, zero included: a client reading /health finds the same fields on a fresh server
+            **{outcome: self.counts[outcome] for outcome in OUTCOMES},
         }

@@ -1,0 +1,52 @@
+"""Keep onestop's lines, drop the libraries' own (unless ONESTOP_DEBUG=1).
+
+A tiny `invoke train` used to print a dozen lines of other people's output before its own: transformers'
+weight-loading bar, FutureWarnings and deprecation notices the libraries raise about each other, Lightning's
+hardware lines ("GPU available: False") and advertising tip, lm-eval's hints. None of it tells a user
+anything about their run; ONESTOP_DEBUG=1 brings all of it back.
+"""
+
+import logging
+import os
+import warnings
+
+from onestop.core.environment import debugging
+
+# Environment read by the libraries when they are imported: set before any of them is.
+QUIET_ENVIRONMENT = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' weight-loading bar reads this too
+    "DATASETS_VERBOSITY": "error",
+    "LMEVAL_LOG_LEVEL": "ERROR",  # lm-eval sets its logger's level from this whenever it configures logging
+}
+# Loggers whose INFO and WARNING lines are the libraries talking to themselves. Lightning resets its package
+# loggers to INFO when it is imported, so the modules that actually log are named: a level set on them stays.
+QUIET_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+    "lightning.fabric.utilities.seed",
+    "lightning.pytorch.utilities.seed",
+    "DeepSpeed",
+    "deepspeed",
+    "datasets",
+    "httpx",
+    "absl",
+)
+
+
+def quiet_third_party() -> None:
+    """Silence third-party noise for this process and the processes it starts."""
+    if debugging():
+        return
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    # Lightning's own pytree helper warns on every fit about a torch API it still uses.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*number of training batches .* is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers which may be a bottleneck.*")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from onestop.core.paths import cache_dir
-from onestop.models.precision import cpu_has_native_bf16
+from onestop.models.precision import cpu_has_native_bf16, gpu_has_native_bf16
 
 GIB = 2**30
 
@@ -38,6 +38,9 @@ class Device:
     step_overhead_s: float = 0.03
     """Seconds a training step costs beyond its FLOPs (Python, kernel launches, the optimizer's loop): what a
     tiny model's step takes."""
+    count: int = 0
+    """How many of it this machine has (its own GPUs' row); 0 for a GPU it does not have, where a run asking for
+    every GPU is estimated on an assumed count (onestop.selection.estimate.device_count)."""
 
     @property
     def precision(self) -> str:
@@ -99,8 +102,9 @@ def _this_machine(measure_speed: bool) -> Device:
             f"this GPU ({name})",
             free / GIB,
             known.peak_tflops if known else 100.0,
-            bf16=torch.cuda.is_bf16_supported(),
+            bf16=gpu_has_native_bf16(),
             efficiency=known.efficiency if known else 0.40,
+            count=torch.cuda.device_count(),
         )
     bf16 = cpu_has_native_bf16()
     return Device(

@@ -4,10 +4,13 @@
 
 The estimate sums what a training step holds at its peak, the start of the backward pass:
 
-- weights: the base in its load dtype (bf16 under bf16 precision, 4-bit NF4 for QLoRA), sharded by
-  FSDP/ZeRO-3;
+- weights: the frozen base in its load dtype (bf16 under bf16 precision, 4-bit NF4 for QLoRA), sharded by
+  FSDP/ZeRO-3; the weights that train in fp32 under bf16-mixed (master weights: 4 bytes, then 4 for their
+  gradients and 8 for AdamW's moments), as training keeps them;
 - adapter weights, gradients and AdamW's two moments for the trainable parameters (sharded by ZeRO-2/3 and
   FSDP; ZeRO also keeps fp32 master weights; DDP keeps a second copy of the gradients in its buckets);
+- the half-precision copies autocast makes of fp32 weights for the matmuls, which autograd keeps until the
+  backward pass (one layer's with checkpointing);
 - activations autograd keeps, measured on the meta device (probe.py), with or without checkpointing;
 - the output head's logits and cross-entropy for every labelled token, which for a 150-260k vocabulary
   often outweigh the whole decoder;
@@ -25,7 +28,7 @@ from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
 from onestop.models.heads import is_plain_head
-from onestop.models.precision import weights_dtype
+from onestop.models.precision import weights_dtype, without_bf16
 from onestop.models.zoo import architecture_config, native_config, parameter_counts
 from onestop.selection.devices import COMMON_GPUS, GIB, Device
 from onestop.selection.probe import ModelShape, probe
@@ -40,6 +43,10 @@ AUTO_LOSS_CHUNK = 1024
 # NF4 weights with double quantization: 4 bits plus ~0.127 bits of constants per weight.
 NF4_BYTES_PER_PARAM = 4.127 / 8
 SHARDED_STRATEGIES = ("fsdp", "deepspeed_stage_3")
+# GPUs taken for hardware.devices=-1 (or auto: every GPU the machine has) on a GPU the estimate does not see:
+# the fewest that shard or split a batch, so a run that fits here fits on any larger count of the same GPU.
+ASSUMED_GPUS = 2
+STRATEGY_NAMES = {"fsdp": "FSDP", "ddp": "DDP", "deepspeed": "DeepSpeed"}
 
 
 class WillNotFit(OnestopError):
@@ -55,6 +62,7 @@ class MemoryBreakdown:
     activations: float
     logits: float
     overhead: float
+    weight_copies: float = 0.0
 
     @property
     def total(self) -> float:
@@ -104,10 +112,12 @@ class Estimate:
     fix: str | None = None
     """The smallest change that makes a run that does not fit, fit."""
     notes: list[str] = field(default_factory=list)
+    cannot_run: str | None = None
+    """Why training refuses this run on this device whatever its memory (QLoRA on a CPU), or None."""
 
     @property
     def fits(self) -> bool:
-        return self.memory.total <= self.device.memory_gib * GIB
+        return self.cannot_run is None and self.memory.total <= self.device.memory_gib * GIB
 
     @property
     def run_seconds(self) -> float | None:
@@ -118,6 +128,7 @@ class Estimate:
             "device": self.device.to_dict(),
             "settings": asdict(self.settings),
             "fits": self.fits,
+            "cannot_run": self.cannot_run,
             "fix": self.fix,
             "memory_gib": self.memory.gib(),
             "activations_checkpointed_gib": self.activations_checkpointed / GIB,
@@ -136,14 +147,17 @@ class Estimate:
 
 
 def settings_from_config(cfg: DictConfig, device: Device, seq_len: int | None = None) -> Settings:
-    """The run's settings on `device`: its precision where the config says auto, its device count; `seq_len`
-    is the longest batch the data makes (default: data.max_seq_len, the longest any batch can be)."""
+    """The run's settings on `device`: the precision training resolves there (its own where the config says
+    auto; fp16 mixed for bf16 on a GPU without bf16, as onestop.training.hardware.resolve_precision does), its
+    device count (`device_count`); `seq_len` is the longest batch the data makes (default: data.max_seq_len,
+    the longest any batch can be)."""
     hardware = cfg.hardware
     precision = str(hardware.precision)
     if precision == "auto":
         precision = device.precision
-    devices = hardware.devices
-    devices = devices if isinstance(devices, int) and devices > 0 else 1
+    elif device.kind == "gpu" and not device.bf16:
+        precision = without_bf16(precision)
+    devices, _ = device_count(hardware, device)
     return Settings(
         micro_batch=int(cfg.data.batch_size),
         seq_len=int(seq_len or cfg.data.max_seq_len),
@@ -155,6 +169,36 @@ def settings_from_config(cfg: DictConfig, device: Device, seq_len: int | None = 
         precision=precision,
         loss_chunk=configured_loss_chunk(cfg),
     )
+
+
+def device_count(hardware: DictConfig, device: Device) -> tuple[int, str | None]:
+    """Devices per node the run trains on with `device`, and, where the config leaves the count to the machine
+    (hardware.devices=-1 or auto: every GPU), the line saying what count was taken: the GPUs this machine has
+    for its own row, ASSUMED_GPUS for a GPU it does not have. A CPU run is one process unless it names more."""
+    devices = hardware.devices
+    if isinstance(devices, int) and devices > 0:
+        return devices, None
+    if device.kind != "gpu" or str(hardware.accelerator) == "cpu":
+        return 1, None
+    if device.count:
+        return device.count, None
+    return ASSUMED_GPUS, (
+        f"hardware.devices={devices} (every GPU of the machine) estimated as {ASSUMED_GPUS} GPUs per node; "
+        f"give the count, e.g. hardware.devices=8, to estimate yours"
+    )
+
+
+def cannot_run(cfg: DictConfig, device: Device, settings: Settings) -> str | None:
+    """Why training would refuse this run on `device` before any memory counts (onestop.models.loading
+    and onestop.training.hardware refuse the same), or None."""
+    if device.kind != "cpu":
+        return None
+    if settings.qlora:
+        return "QLoRA needs a CUDA GPU"
+    if str(cfg.hardware.accelerator) == "gpu":
+        strategy = settings.strategy.split("_")[0]
+        return f"{STRATEGY_NAMES.get(strategy, 'hardware=gpu')} needs a CUDA GPU"
+    return None
 
 
 def configured_loss_chunk(cfg: DictConfig) -> int | None:
@@ -176,7 +220,9 @@ def model_shape(cfg: DictConfig, settings: Settings) -> ModelShape:
     if settings.qlora:
         load_dtype = "bfloat16"  # the 4-bit base computes in bf16; its NF4 storage is counted in estimate()
     autocast = {"bf16": "bfloat16", "16": "float16"}.get(settings.precision.split("-")[0])
-    return probe(architecture, cfg.method, load_dtype, autocast, settings.seq_len)
+    return probe(
+        architecture, cfg.method, load_dtype, autocast, settings.seq_len, settings.precision, settings.strategy
+    )
 
 
 def estimate(cfg: DictConfig, device: Device, settings: Settings | None = None, run_steps: int | None = None):
@@ -190,6 +236,12 @@ def estimate(cfg: DictConfig, device: Device, settings: Settings | None = None, 
     tokens = settings.micro_batch * settings.seq_len
     achieved = device.peak_tflops * 1e12 * device.efficiency or math.nan
     notes = [] if device.efficiency_measured else [f"efficiency {device.efficiency:.0%} assumed, not yet measured"]
+    _, assumed = device_count(cfg.hardware, device)
+    if assumed:
+        notes.append(assumed)
+    asked = str(cfg.hardware.precision)
+    if asked.startswith("bf16") and not settings.precision.startswith("bf16"):
+        notes.append(f"{device.name} has no bf16: hardware.precision={asked} trains there in {settings.precision}")
     return Estimate(
         device=device,
         settings=settings,
@@ -201,6 +253,7 @@ def estimate(cfg: DictConfig, device: Device, settings: Settings | None = None, 
         step_seconds=settings.accumulation * (tokens * flops / achieved + device.step_overhead_s),
         run_steps=run_steps,
         notes=notes,
+        cannot_run=cannot_run(cfg, device, settings),
     )
 
 
@@ -243,6 +296,13 @@ def memory_breakdown(shape: ModelShape, settings: Settings, device: Device) -> t
         gradients /= world
         optimizer /= world
 
+    # Autocast's half-precision copies of fp32 weights stay saved for the backward pass; with checkpointing only
+    # the recomputed layer's (and the head's) are. Under FSDP the gathered layer above stands for them.
+    copies = 0.0
+    if not (shards_weights and world > 1):
+        decoder = shape.weight_copy_bytes
+        copies = (decoder / max(shape.layers, 1) if settings.checkpointing else decoder) + shape.head_copy_bytes
+
     tokens = settings.micro_batch * settings.seq_len
     plain = shape.saved_per_token * tokens
     checkpointed = shape.checkpointed_per_token * tokens
@@ -258,6 +318,7 @@ def memory_breakdown(shape: ModelShape, settings: Settings, device: Device) -> t
             activations=checkpointed if settings.checkpointing else plain,
             logits=logits,
             overhead=device.overhead_gib * GIB,
+            weight_copies=copies,
         ),
         checkpointed,
     )
@@ -286,7 +347,7 @@ def find_fix(cfg: DictConfig, device: Device, current: Settings, run_steps: int 
     """The first change, as pasteable overrides, that makes the run fit on `device`. Changes that keep what the
     recipe means come first: the head and loss in chunks, checkpointing, then a smaller micro-batch with more
     accumulation (the same examples per optimizer step); then, on a GPU, QLoRA for a LoRA run and sharding
-    across more GPUs. None when nothing tried fits."""
+    across more GPUs (not for QLoRA). None when nothing tried fits."""
     candidates: list[tuple[list[str], Settings]] = []
     kept: list[str] = []  # cheaper fixes already tried stay on in the dearer ones
     if not current.loss_chunk and can_chunk_loss(cfg):
@@ -309,7 +370,7 @@ def find_fix(cfg: DictConfig, device: Device, current: Settings, run_steps: int 
     one_batch = ["data.batch_size=1", f"trainer.accumulate_grad_batches={one.accumulation}", *kept]
     if device.kind == "gpu" and cfg.method.get("name") == "lora" and not current.qlora:
         candidates.append((["method=qlora", *one_batch], replace(one, qlora=True)))
-    if device.kind == "gpu":
+    if device.kind == "gpu" and not current.qlora:  # a 4-bit base is never sharded: each GPU loads all of it
         for gpus in (2, 4, 8):
             sharded = replace(one, devices=gpus, strategy="fsdp")
             candidates.append((["hardware=fsdp", f"hardware.devices={gpus}", *one_batch], sharded))
@@ -337,7 +398,7 @@ def estimate_devices(cfg: DictConfig, devices: list[Device], run_steps: int | No
     estimates = []
     for device in devices:
         result = estimate(cfg, device, run_steps=run_steps)
-        if not result.fits:
+        if not result.fits and not result.cannot_run:
             result.fix = find_fix(cfg, device, result.settings, run_steps)
         estimates.append(result)
     return estimates
@@ -364,6 +425,8 @@ def check_fits(cfg: DictConfig, device: Device, seq_len: int | None = None) -> E
     result = estimate(cfg, device, settings_from_config(cfg, device, seq_len))
     if result.fits:
         return result
+    if result.cannot_run:
+        raise WillNotFit(f"this run cannot train on {device.name}: {result.cannot_run}")
     fix = find_fix(cfg, device, result.settings)
     parts = sorted(result.memory.gib().items(), key=lambda kv: -kv[1])
     largest = ", ".join(f"{k} {_gib(v)}" for k, v in parts if k != "total" and v >= 0.005)[:160]

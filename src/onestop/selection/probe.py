@@ -20,6 +20,7 @@ from unittest import mock
 from omegaconf import DictConfig, OmegaConf
 
 from onestop.methods import METHOD_IDENTITY, apply_lora, method_from_config
+from onestop.models.precision import keep_fp32_master_weights
 from onestop.models.zoo import native_config, native_lora_targets
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -60,6 +61,12 @@ class ModelShape:
     """Decoder layers the backward pass goes through."""
     adapter: bool = False
     """The method trains an adapter beside the frozen base (its weights are extra) rather than the base's own."""
+    weight_copy_bytes: int = 0
+    """Half-precision copies of fp32 decoder weights that autocast makes for the matmuls and autograd keeps for
+    the backward pass (fp32 master weights under bf16-mixed, an fp32 base under 16-mixed): a fixed cost, not
+    per token, and not part of `saved_per_token`."""
+    head_copy_bytes: int = 0
+    """The same copy of the output head's weight, when it is fp32 under half-precision autocast."""
 
     @property
     def checkpointed_per_token(self) -> float:
@@ -72,10 +79,28 @@ class ModelShape:
         return asdict(self)
 
 
-def probe(architecture: dict, method: DictConfig, weights_dtype: str, autocast_dtype: str | None, seq_len: int):
-    """The ModelShape of `architecture` (a config.json dict) trained with `method` at `seq_len`."""
+def probe(
+    architecture: dict,
+    method: DictConfig,
+    weights_dtype: str,
+    autocast_dtype: str | None,
+    seq_len: int,
+    precision: str = "32-true",
+    strategy: str = "auto",
+):
+    """The ModelShape of `architecture` (a config.json dict) trained with `method` at `seq_len`, its weights
+    loaded in `weights_dtype` and, as training does under `precision` and `strategy`, the trainable ones
+    raised to fp32 master weights (onestop.models.precision.keep_fp32_master_weights)."""
     key = json.dumps(
-        [architecture, OmegaConf.to_container(method, resolve=True), weights_dtype, autocast_dtype, seq_len],
+        [
+            architecture,
+            OmegaConf.to_container(method, resolve=True),
+            weights_dtype,
+            autocast_dtype,
+            seq_len,
+            precision,
+            strategy,
+        ],
         sort_keys=True,
         default=str,
     )
@@ -87,7 +112,7 @@ def _probe(key: str) -> ModelShape:
     import torch
     from transformers import AutoModelForCausalLM
 
-    architecture, method, weights_dtype, autocast_dtype, seq_len = json.loads(key)
+    architecture, method, weights_dtype, autocast_dtype, seq_len, precision, strategy = json.loads(key)
     config = native_config(architecture)
     config.use_cache = False
     with torch.device("meta"), warnings.catch_warnings():
@@ -101,10 +126,13 @@ def _probe(key: str) -> ModelShape:
         if "target_modules" in method:  # fused projections of remote-code families are split in the native model
             method.target_modules = native_lora_targets(architecture, list(method.target_modules))
         model = apply_method(model, method)
+        keep_fp32_master_weights(model, precision, strategy)
     model.train()
 
     counts = _parameter_counts(model, embedding.weight, head.weight)
-    saved, per_layer, layer_input = _saved_activations(model, seq_len, autocast_dtype)
+    saved, per_layer, layer_input, copies = _saved_activations(model, seq_len, autocast_dtype)
+    head_weight = model.get_output_embeddings().weight
+    head_copy = head_weight.numel() * 2 if autocast_dtype and head_weight.dtype == torch.float32 else 0
     return ModelShape(
         **counts,
         layers=config.num_hidden_layers,
@@ -116,13 +144,17 @@ def _probe(key: str) -> ModelShape:
         layer_saved_per_token=per_layer / seq_len,
         layer_input_per_token=layer_input / seq_len,
         adapter=bool(method.get("adapter")),
+        weight_copy_bytes=copies,
+        head_copy_bytes=head_copy,
     )
 
 
 def apply_method(model, method: DictConfig):
-    """The method applied to a meta-device model as training applies it; QLoRA's LoRA half (its 4-bit
-    half is counted by the estimate: bitsandbytes cannot quantize a model that has no weights)."""
+    """The method applied to a meta-device model as training applies it; for QLoRA, what peft's
+    prepare_model_for_kbit_training and bitsandbytes do around the 4-bit linears, then the LoRA half (the 4-bit
+    storage is counted by the estimate: bitsandbytes cannot quantize a model that has no weights)."""
     if method.get("quantization"):
+        _as_4bit_training_holds_it(model)
         lora = {k: v for k, v in method.items() if k in {"r", "alpha", "dropout", "target_modules", "use_dora"}}
         return apply_lora(model, **lora, use_rslora=method.get("use_rslora", False))
     node = OmegaConf.create({k: v for k, v in method.items() if k not in ("quantization",)})
@@ -130,6 +162,23 @@ def apply_method(model, method: DictConfig):
     if missing:
         raise ValueError(f"method node lacks {missing}")
     return method_from_config(node)(model)
+
+
+def _as_4bit_training_holds_it(model) -> None:
+    """The bf16 meta model as QLoRA trains it: prepare_model_for_kbit_training raises every weight that is not
+    4-bit (embeddings, output head, norms, biases) to fp32, so the residual stream is fp32 too; and a
+    bitsandbytes 4-bit linear computes in bf16 but returns its input's dtype, which the hooks here mimic on the
+    decoder linears that stand in for the 4-bit ones."""
+    import torch
+
+    head = model.get_output_embeddings()
+    quantized = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    four_bit = {id(m.weight) for m in quantized}
+    for parameter in model.parameters():
+        if id(parameter) not in four_bit and parameter.dtype in (torch.bfloat16, torch.float16):
+            parameter.data = parameter.data.float()
+    for module in quantized:
+        module.register_forward_hook(lambda module, args, output: output.to(args[0].dtype) if args else output)
 
 
 def _parameter_counts(model, embedding_weight, head_weight) -> dict:
@@ -177,9 +226,9 @@ def _parameter_counts(model, embedding_weight, head_weight) -> dict:
     }
 
 
-def _saved_activations(model, seq_len: int, autocast_dtype: str | None) -> tuple[int, int, int]:
+def _saved_activations(model, seq_len: int, autocast_dtype: str | None) -> tuple[int, int, int, int]:
     """Bytes autograd saves in one forward pass of one sequence through the decoder: in total, inside the
-    largest decoder layer, and of one layer's input."""
+    largest decoder layer, of one layer's input, and, apart, the half-precision copies of weights among them."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -187,11 +236,15 @@ def _saved_activations(model, seq_len: int, autocast_dtype: str | None) -> tuple
     with FakeTensorMode(allow_non_fake_inputs=True):
         _to_fake(model)
         parameters = {p.untyped_storage()._cdata for p in model.parameters()}
+        casts = _weight_casts(parameters)
         saved: dict[int, int] = {}
+        copies: dict[int, int] = {}
 
         def pack(tensor):
             storage = tensor.untyped_storage()
-            if storage._cdata not in parameters:
+            if storage._cdata in casts.storages:
+                copies[storage._cdata] = storage.nbytes()
+            elif storage._cdata not in parameters:
                 saved[storage._cdata] = max(saved.get(storage._cdata, 0), storage.nbytes())
             return tensor
 
@@ -218,10 +271,38 @@ def _saved_activations(model, seq_len: int, autocast_dtype: str | None) -> tuple
             if autocast_dtype:
                 stack.enter_context(torch.autocast("cpu", dtype=getattr(torch, autocast_dtype)))
             stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor))
+            stack.enter_context(casts)
             base.get_decoder()(input_ids=input_ids)
         for hook in hooks:
             hook.remove()
-    return sum(saved.values()), max(layer_bytes, default=0), max(layer_inputs, default=0)
+    return sum(saved.values()), max(layer_bytes, default=0), max(layer_inputs, default=0), sum(copies.values())
+
+
+def _weight_casts(parameters: set[int]):
+    """A dispatch mode recording the storages of dtype casts of parameters (autocast's copies of fp32 weights),
+    so that the copies autograd saves are told apart from activations: they cost the same at any length."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class WeightCasts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.storages: set[int] = set()
+            self._outputs: list = []  # kept alive: a freed storage's address could come back as an activation's
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            output = func(*args, **(kwargs or {}))
+            source = args[0] if args else None
+            if (
+                func is torch.ops.aten._to_copy.default
+                and isinstance(source, torch.Tensor)
+                and source.untyped_storage()._cdata in parameters
+            ):
+                self.storages.add(output.untyped_storage()._cdata)
+                self._outputs.append(output)
+            return output
+
+    return WeightCasts()
 
 
 def _decoder_layers(base):

@@ -21,10 +21,11 @@ from onestop.config.groups import list_group_options
 from onestop.core.errors import OnestopError
 from onestop.models.zoo import architecture_config, parameter_counts
 from onestop.selection.devices import COMMON_GPUS, GIB, device_by_name, this_machine
-from onestop.selection.estimate import Estimate, estimate_devices
+from onestop.selection.estimate import Estimate, device_count, estimate_devices
 
 BREAKDOWN_ROWS = {
     "weights": "weights",
+    "weight_copies": "half-precision weight copies",
     "adapter": "adapter weights",
     "gradients": "gradients",
     "optimizer": "optimizer (AdamW)",
@@ -131,7 +132,9 @@ def run_estimate(cfg: DictConfig, as_json: bool = False, devices: str | None = N
             chosen.append(device)
     else:
         chosen += COMMON_GPUS
-    estimates = estimate_devices(cfg, chosen, run_steps=planned_steps(cfg))
+    # The steps follow the device count; where the config leaves it to the machine, the first GPU's count.
+    devices, _ = device_count(cfg.hardware, next((d for d in chosen if d.kind == "gpu"), chosen[0]))
+    estimates = estimate_devices(cfg, chosen, run_steps=planned_steps(cfg, devices))
     if as_json:
         print(json.dumps([e.to_dict() for e in estimates], indent=2))
         return estimates
@@ -148,7 +151,7 @@ def print_estimate(cfg: DictConfig, estimates: list[Estimate]) -> None:
         f"({human(shape.params_embedding)} in the embedding), [bold]method={cfg.method.name}[/] "
         f"{human(shape.params_trainable)} trainable ({shape.params_trainable / shape.params_total:.2%}); "
         f"micro-batch {settings.micro_batch} x {settings.seq_len} tokens, accumulation {settings.accumulation}, "
-        f"{settings.devices} device(s), strategy {settings.strategy}, "
+        f"strategy {settings.strategy}, "
         f"gradient checkpointing {'on' if settings.checkpointing else 'off'}"
     )
     table = Table(title="Peak memory per device (GiB)", title_justify="left")
@@ -159,27 +162,33 @@ def print_estimate(cfg: DictConfig, estimates: list[Estimate]) -> None:
         table.add_row(label, *(f"{e.memory.gib()[key]:.2f}" for e in estimates))
     table.add_row("[bold]total", *(f"[bold]{e.memory.total / GIB:.2f}" for e in estimates))
     table.add_row("device memory", *(f"{e.device.memory_gib:.1f}" for e in estimates))
-    table.add_row("fits", *("[green]yes" if e.fits else "[red]no" for e in estimates))
+    table.add_row("fits", *(_fits(e) for e in estimates))
     table.add_row("activations with checkpointing", *(f"{e.activations_checkpointed / GIB:.2f}" for e in estimates))
     console.print(table)
 
     speed = Table(title="Time", title_justify="left")
-    for column in ("device", "precision", "step (est.)", "run (est.)", "efficiency", "change that makes it fit"):
+    columns = ("device", "devices", "precision", "step (est.)", "run (est.)", "efficiency", "change that makes it fit")
+    for column in columns:
         speed.add_column(column)
     for e in estimates:
         efficiency = f"{e.device.efficiency:.0%} " + ("measured" if e.device.efficiency_measured else "assumed")
         speed.add_row(
             e.device.name,
+            str(e.settings.devices),
             e.settings.precision,
             duration(e.step_seconds),
             duration(e.run_seconds) if e.run_seconds else "-",
             efficiency,
-            "" if e.fits else (e.fix or "nothing tried fits: a smaller model, or more GPUs"),
+            "" if e.fits else (e.fix or _no_fix(e)),
         )
     console.print(speed)
-    steps = f"{first.run_steps} steps" if first.run_steps else "steps unknown (data not a local file)"
+    notes = {note: None for e in estimates for note in e.notes if not note.startswith("efficiency")}
+    for note in notes:
+        console.print(f"Note: {note}.")
+    runs = next((e for e in estimates if not e.cannot_run), first)  # the devices a run can train on
+    steps = f"{runs.run_steps} steps" if runs.run_steps else "steps unknown (data not a local file)"
     console.print(
-        f"{first.tokens_per_step:,} tokens per optimizer step, {first.flops_per_token / 1e9:.2f} GFLOPs per "
+        f"{runs.tokens_per_step:,} tokens per optimizer step, {runs.flops_per_token / 1e9:.2f} GFLOPs per "
         f"token; run: {steps}."
     )
     console.print(
@@ -189,9 +198,22 @@ def print_estimate(cfg: DictConfig, estimates: list[Estimate]) -> None:
     )
 
 
-def planned_steps(cfg: DictConfig) -> int | None:
-    """Optimizer steps the run will take: trainer.max_steps, else epochs over the training rows of a local
-    JSONL/CSV file (counted by lines); None when that cannot be known without reading a remote dataset."""
+def _fits(e: Estimate) -> str:
+    if e.cannot_run:
+        return f"[red]no: {e.cannot_run}"
+    return "[green]yes" if e.fits else "[red]no"
+
+
+def _no_fix(e: Estimate) -> str:
+    if e.cannot_run:
+        return f"cannot train here: {e.cannot_run}"
+    return "nothing tried fits: a smaller model, or more GPUs"
+
+
+def planned_steps(cfg: DictConfig, devices: int = 1) -> int | None:
+    """Optimizer steps the run will take on `devices` devices per node: trainer.max_steps, else epochs over the
+    training rows of a local JSONL/CSV file (counted by lines); None when that cannot be known without reading
+    a remote dataset."""
     if cfg.trainer.max_steps and cfg.trainer.max_steps > 0:
         return int(cfg.trainer.max_steps)
     path = Path(str(cfg.data.get("path") or ""))
@@ -201,8 +223,7 @@ def planned_steps(cfg: DictConfig) -> int | None:
         rows = sum(1 for line in lines if line.strip()) - (path.suffix == ".csv")
     if not cfg.data.val_path:
         rows -= int(rows * cfg.data.val_ratio)
-    devices = cfg.hardware.devices if isinstance(cfg.hardware.devices, int) and cfg.hardware.devices > 0 else 1
-    per_step = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * devices
+    per_step = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * devices * int(cfg.hardware.num_nodes)
     return math.ceil(rows / per_step) * int(cfg.trainer.max_epochs or 1)
 
 

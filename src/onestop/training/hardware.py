@@ -7,7 +7,12 @@ from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
 from onestop.methods.freeze import decoder_layers
-from onestop.models.precision import cpu_has_native_bf16
+from onestop.models.precision import (
+    cpu_has_native_bf16,
+    gpu_has_native_bf16,
+    keep_fp32_master_weights,
+    without_bf16,
+)
 from onestop.training.sharding import fsdp_strategy
 from onestop.training.zero import deepspeed_strategy
 
@@ -28,19 +33,27 @@ def trainer_hardware(hardware: DictConfig) -> dict:
         )
     if hardware.accelerator == "gpu" and not has_gpu:
         raise OnestopError("hardware=gpu: no CUDA GPU is visible; use hardware=cpu or hardware=auto")
-    precision = hardware.precision
-    if precision == "auto":
-        if has_gpu and hardware.accelerator != "cpu":
-            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-        else:
-            precision = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
     return {
         "accelerator": hardware.accelerator,
         "devices": hardware.devices,
         "num_nodes": hardware.num_nodes,
         "strategy": hardware.strategy,
-        "precision": precision,
+        "precision": resolve_precision(hardware),
     }
+
+
+def resolve_precision(hardware: DictConfig) -> str:
+    """The precision the run trains in: `auto` resolved for the device; on a GPU without native bf16 (a T4) a
+    bf16 precision becomes fp16 mixed precision, which `invoke estimate` shows for such a GPU too."""
+    precision = str(hardware.precision)
+    on_gpu = torch.cuda.is_available() and hardware.accelerator != "cpu"
+    if precision == "auto":
+        if on_gpu:
+            return "bf16-mixed" if gpu_has_native_bf16() else "16-mixed"
+        return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    if on_gpu and not gpu_has_native_bf16():
+        return without_bf16(precision)
+    return precision
 
 
 def share_cores(hardware: DictConfig) -> None:
@@ -74,7 +87,9 @@ def build_strategy(hardware: DictConfig, model):
 
 
 def prepare_model_for_hardware(model, hardware: DictConfig):
-    """Gradient checkpointing, as the hardware node asks."""
+    """fp32 master weights for what trains under bf16-mixed (`keep_fp32_master_weights`), and gradient
+    checkpointing, as the hardware node asks."""
+    keep_fp32_master_weights(model, resolve_precision(hardware), str(hardware.strategy))
     if hardware.gradient_checkpointing and hardware.strategy != "fsdp":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):

@@ -35,7 +35,7 @@ from onestop.data.prepare import BATCHING_KEYS, PIPELINE_VERSION, sources_of
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "datasets", "hydra-core", "lm-eval")
 # Keys of a run's config that describe where it ran, not what it computed.
-NOT_REPRODUCED = ("paths", "resume", "provenance")
+NOT_REPRODUCED = ("paths", "resume", "overwrite", "provenance")
 
 
 def package_versions() -> dict[str, str]:

@@ -433,6 +433,9 @@ class TrainConfig:
     train: FastPathsConfig = field(default_factory=FastPathsConfig)
     resume: str | None = None
     """`auto`: continue from the newest checkpoint in hydra.run.dir; or a .ckpt path."""
+    overwrite: bool = False
+    """Train into a hydra.run.dir that holds an earlier run: its files (checkpoints, weights, exports, logs,
+    evaluations) are removed first. Without it such a directory refuses, unless `resume` continues that run."""
     periodic_eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     provenance: Any = None

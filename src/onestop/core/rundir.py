@@ -12,16 +12,20 @@
       model/                     full-weight methods: a plain transformers model directory
       export-merged/             `invoke export`: the adapter folded into its base (what servers load)
       export-adapter/            `invoke export format=adapter`
+                                 (each with onestop-source.json: the fingerprint of the weights it was made from)
       eval/TIME/results.json     each `invoke eval run_dir=RUN`
       wandb/                     the W&B run
       demo.json, objective.json  the demo's before/after report; a sweep trial's objective
 
 Training writes through `RunDir`; evaluation, export, deployment, sweeps, recipes and benchmarks read
-through it, so they agree on what a finished run holds.
+through it, so they agree on what a finished run holds. A directory holds one run: training into one that
+holds a run already refuses, unless it resumes that run or is told to overwrite it (`RunDir.claim`).
 """
 
+import hashlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -34,6 +38,13 @@ from omegaconf import DictConfig, OmegaConf
 from onestop.core.errors import OnestopError
 from onestop.core.files import reported_as_user_error, write_bytes_atomic, write_json, write_text_atomic
 from onestop.core.secrets import redact
+
+SOURCE_FILE = "onestop-source.json"
+"""In a directory made from trained weights (a merged export, a serving copy): the fingerprint of what it was
+made from. A copy whose fingerprint differs from its source's now is stale: it is made again, never served."""
+
+# What a training run leaves in its directory; any of them means the directory is a run's.
+_RUN_ARTEFACTS = ("config.yaml", "checkpoints", "adapter", "model", "metrics.json", "recipe.yaml")
 
 
 def job_config(cfg: DictConfig) -> dict:
@@ -275,6 +286,56 @@ class RunDir:
         finally:
             os.unlink(tmp)
 
+    def holdings(self) -> list[str]:
+        """What of an earlier training run the directory holds (`config.yaml`, `checkpoints/`, ...); [] if none."""
+        held = []
+        for name in _RUN_ARTEFACTS:
+            path = self.path / name
+            if path.is_file() or (path.is_dir() and any(path.iterdir())):
+                held.append(f"{name}/" if path.is_dir() else name)
+        return held
+
+    def claim(self, resume: str | None, overwrite: bool) -> None:
+        """Make the directory ready for a new run, holding its lock, before any work: a directory that holds a
+        run already refuses, unless `resume` continues that run or `overwrite` removes it first.
+
+        Without this, a second run would replace the adapter and metrics, keep the first run's checkpoints and
+        logger files beside its own, and leave exports of the first run's weights to be served as its own.
+        """
+        inside = resume == "auto" or (bool(resume) and self.path in Path(resume).expanduser().absolute().parents)
+        if overwrite and inside:
+            raise OnestopError(
+                f"overwrite=true with resume={resume}: resuming continues the run in {self.path}, overwriting "
+                "removes it; choose one"
+            )
+        held = self.holdings()
+        if not held or (resume and not overwrite):
+            return
+        if not overwrite:
+            raise OnestopError(
+                f"hydra.run.dir={self.path}: already holds a run ({', '.join(held)}); continue it with resume=auto, "
+                "replace it with overwrite=true, or choose another hydra.run.dir"
+            )
+        print(f"overwrite=true: removing the earlier run in {self.path}", flush=True)
+        with reported_as_user_error(self.path, "set hydra.run.dir to a directory you can write"):
+            for entry in self.path.iterdir():
+                if not self._kept_on_overwrite(entry):
+                    _remove(entry)
+
+    def _kept_on_overwrite(self, entry: Path) -> bool:
+        # The lock is this run's; .hydra/ is Hydra's record of this very job (a sweep trial's overrides); a
+        # train.log this process writes to is the log of this run, started from `invoke ui`.
+        return entry == self.lock_file or entry.name == ".hydra" or (entry == self.log_file and _is_our_output(entry))
+
+    def weights_fingerprint(self) -> str:
+        """sha256 of the run's trained weights (every file of adapter/ or model/, the tokenizer included) and of
+        the model it trained (config.yaml's `model`): what anything made from the run is keyed to."""
+        weights = self.weights()
+        model = OmegaConf.to_container(self.model_config(), resolve=True)
+        digest = hashlib.sha256(f"{weights.kind}\0{tree_digest(weights.path)}\0".encode())
+        digest.update(json.dumps(model, sort_keys=True, default=str).encode())
+        return digest.hexdigest()
+
     def create(self) -> "RunDir":
         self.path.mkdir(parents=True, exist_ok=True)
         return self
@@ -299,6 +360,51 @@ class RunDir:
 
     def write_objective(self, record: dict) -> None:
         write_json(self.objective_file, record)
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over every file under `root` (relative names, sizes and contents); SOURCE_FILE is left out."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and p.name != SOURCE_FILE):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def made_from(directory: Path) -> str | None:
+    """The fingerprint a derived directory records (SOURCE_FILE), or None when it records none."""
+    recorded = _read_json(Path(directory) / SOURCE_FILE)
+    return recorded.get("fingerprint") if isinstance(recorded, dict) else None
+
+
+def record_source(directory: Path, fingerprint: str, **facts) -> None:
+    """Write SOURCE_FILE into `directory` (a staging directory, before it becomes the derived one)."""
+    write_json(Path(directory) / SOURCE_FILE, {"fingerprint": fingerprint, **facts})
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
+
+
+def _is_our_output(path: Path) -> bool:
+    """Whether this process's standard output or error is the file at `path`."""
+    try:
+        here = path.stat()
+    except OSError:
+        return False
+    for descriptor in (1, 2):
+        try:
+            stream = os.fstat(descriptor)
+        except OSError:  # closed
+            continue
+        if (stream.st_dev, stream.st_ino) == (here.st_dev, here.st_ino):
+            return True
+    return False
 
 
 def _create_exclusively(path: Path, text: str) -> bool:

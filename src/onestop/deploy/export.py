@@ -2,20 +2,25 @@
 
 A merged export is what servers load: weights, tokenizer with the chat template the run trained with, and
 a generation config whose stop tokens include the template's end-of-turn token, so generation ends where
-the model learned to end.
+the model learned to end. Each export records the fingerprint of the weights it was made from
+(onestop-source.json); `invoke deploy` serves RUN/export-merged only while that still matches the run.
 """
 
 # Lazy imports: torch, peft, transformers (inside the functions that need them).
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
-from onestop.core.files import copy_tree_atomic, save_pretrained_atomic
-from onestop.core.rundir import RunDir, Weights
+from onestop.core.files import staged_directory
+from onestop.core.rundir import RunDir, Weights, made_from, record_source
 from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
 from onestop.models import load_causal_lm, resolve_model_path
+from onestop.models.loading import model_identity
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:
@@ -37,6 +42,24 @@ def stop_ids_with_end_of_turn(configured, tokenizer) -> list[int]:
     return sorted({*end_of_turn_ids(tokenizer), *(i for i in configured if i is not None)})
 
 
+def export_fingerprint(run: RunDir, export_format: str = "merged", trained: str | None = None) -> str:
+    """What an export of `run` is made from: its trained weights (`trained`: their fingerprint, when already
+    taken) and, when an adapter is merged, its base."""
+    fingerprint = trained or run.weights_fingerprint()
+    if export_format != "merged" or not run.weights().is_adapter:
+        return fingerprint
+    base = json.dumps(model_identity(run.model_config()), sort_keys=True)
+    return hashlib.sha256(f"{fingerprint}\0{base}".encode()).hexdigest()
+
+
+def current_export(run: RunDir, export_format: str = "merged") -> bool:
+    """Whether RUN/export-FORMAT was made from the run's weights as they are now (an export of an earlier run
+    in the same directory, or one made before the fingerprint was recorded, is not)."""
+    if not run.has_export(export_format):
+        return False
+    return made_from(run.export_dir(export_format)) == export_fingerprint(run, export_format)
+
+
 def export_run(cfg: DictConfig) -> Path:
     """The run as `cfg.format` (merged or adapter) in `cfg.output`, by default RUN/export-FORMAT."""
     run = RunDir.existing(cfg.run_dir)
@@ -45,7 +68,11 @@ def export_run(cfg: DictConfig) -> Path:
     if cfg.format == "adapter":
         if not weights.is_adapter:
             raise OnestopError(f"export.format=adapter: {run.path} has no adapter/ (a full or freeze run)")
-        return copy_tree_atomic(weights.path, target)
+        fingerprint = export_fingerprint(run, "adapter")
+        with staged_directory(target) as staging:
+            shutil.copytree(weights.path, staging, dirs_exist_ok=True)
+            record_source(staging, fingerprint, run_dir=str(run.path), weights=str(weights.path))
+        return target
     return _export_merged(run, weights, target, cfg.dtype)
 
 
@@ -54,6 +81,7 @@ def _export_merged(run: RunDir, weights: Weights, target: Path, dtype: str) -> P
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    trained = run.weights_fingerprint()  # before they are read: weights replaced meanwhile leave a stale export
     tokenizer = AutoTokenizer.from_pretrained(weights.path)
     if weights.is_adapter:
         if PeftConfig.from_pretrained(weights.path).is_prompt_learning:
@@ -66,8 +94,12 @@ def _export_merged(run: RunDir, weights: Weights, target: Path, dtype: str) -> P
     model.config.use_cache = True
     model.generation_config.eos_token_id = stop_ids_with_end_of_turn(model.generation_config.eos_token_id, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return save_pretrained_atomic(model, tokenizer, target)
+    fingerprint = export_fingerprint(run, trained=trained)  # the base loaded: the embedded Gemma is converted now
+    with staged_directory(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        record_source(staging, fingerprint, run_dir=str(run.path), weights=str(weights.path), dtype=dtype)
+    return target
 
 
 def run_export(cfg: DictConfig) -> Path:

@@ -12,6 +12,7 @@ leaving both running; a state file under $ONESTOP_HOME/deploy/ records them for 
 
 # Lazy imports: torch, transformers, openai (inside the functions that need them).
 
+import hashlib
 import json
 import os
 import signal
@@ -31,12 +32,13 @@ from onestop.config.schema import DeployBackendConfig, DeployConfig, ModelConfig
 from onestop.core.errors import OnestopError
 from onestop.core.files import staged_directory, write_json
 from onestop.core.paths import cache_dir
-from onestop.core.rundir import RunDir
+from onestop.core.rundir import SOURCE_FILE, RunDir, made_from, record_source
 from onestop.deploy.backends import check_port_free, free_port, hf_home, transformers_command
 from onestop.deploy.conversations import ConversationLog
-from onestop.deploy.export import export_run, stop_ids_with_end_of_turn
+from onestop.deploy.export import current_export, export_run, stop_ids_with_end_of_turn
 from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
 from onestop.models import load_tokenizer, resolve_model_path
+from onestop.models.loading import directory_identity
 from onestop.models.tool_formats import tool_format
 
 
@@ -67,7 +69,8 @@ def served_name(cfg: DictConfig) -> str:
 
 
 def model_to_serve(cfg: DictConfig, backend: str) -> tuple[Path, Path | None]:
-    """(model directory, unmerged adapter or None). A run's adapter is merged once into RUN/export-merged."""
+    """(model directory, unmerged adapter or None). A run's adapter is merged once into RUN/export-merged, and
+    again whenever that export was not made from the adapter and base there now (onestop-source.json)."""
     if cfg.run_dir:
         run = RunDir.existing(cfg.run_dir)
         weights = run.weights()
@@ -76,8 +79,11 @@ def model_to_serve(cfg: DictConfig, backend: str) -> tuple[Path, Path | None]:
         if backend == "lmdeploy" and not cfg.deploy.merge_adapter:
             return Path(resolve_model_path(run.model_config())), weights.path
         merged = run.export_dir("merged")
-        if not run.has_export("merged"):
-            print(f"Merging the adapter into its base once: {merged}", flush=True)
+        if not current_export(run, "merged"):
+            if run.has_export("merged"):
+                print(f"{merged} was made from other weights than the run's: merging the adapter again", flush=True)
+            else:
+                print(f"Merging the adapter into its base once: {merged}", flush=True)
             export_run(
                 OmegaConf.create({"run_dir": str(run.path), "format": "merged", "output": None, "dtype": "float32"})
             )
@@ -89,8 +95,9 @@ def base_model_dir(model_cfg: DictConfig) -> Path:
     """A base model's directory; one whose tokenizer lacks a chat template gets a serving copy that has it.
 
     A tokenizer also gets a copy when its tool format brings a response template it lacks (so the server
-    parses tool calls). The copy's generation config stops at the template's end-of-turn token; a copy made
-    without it or without the response template (by an older onestop) is made again.
+    parses tool calls). The copy's generation config stops at the template's end-of-turn token. Each model
+    directory has its own copy, keyed to its files and to the template and stop tokens it was made with
+    (onestop-source.json): a copy that no longer matches them is made again, never served.
     """
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -101,24 +108,30 @@ def base_model_dir(model_cfg: DictConfig) -> Path:
     tokenizer = load_tokenizer(model_cfg, str(path))
     if own.chat_template and not model_cfg.chat_template and own.response_template == tokenizer.response_template:
         return path
-    serving = cache_dir() / "serving" / model_cfg.name
     has_generation_config = (path / "generation_config.json").exists()
     generation = GenerationConfig.from_pretrained(path) if has_generation_config else GenerationConfig()
     generation.eos_token_id = stop_ids_with_end_of_turn(generation.eos_token_id, tokenizer)
-    made = (serving / "tokenizer_config.json").is_file() and (serving / "generation_config.json").is_file()
-    if (
-        made
-        and GenerationConfig.from_pretrained(serving).eos_token_id == generation.eos_token_id
-        and AutoTokenizer.from_pretrained(serving).response_template == tokenizer.response_template
-    ):
+    source = {
+        "model": directory_identity(path),
+        "chat_template": tokenizer.chat_template,
+        "response_template": tokenizer.response_template,
+        "eos_token_id": generation.eos_token_id,
+    }
+    fingerprint = hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()
+    # One copy per model directory: two paths on one option never take turns replacing a copy being served.
+    directory_key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    serving = cache_dir() / "serving" / f"{model_cfg.name}-{directory_key}"
+    if made_from(serving) == fingerprint:
         return serving
 
     with staged_directory(serving) as staging:
         for item in path.iterdir():
-            if not item.name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
+            kept = ("tokenizer", "special_tokens", "chat_template", "generation_config", SOURCE_FILE)
+            if not item.name.startswith(kept):
                 (staging / item.name).symlink_to(item)
         tokenizer.save_pretrained(staging)
         generation.save_pretrained(staging)
+        record_source(staging, fingerprint, model=str(path))
     return serving
 
 

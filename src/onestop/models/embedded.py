@@ -10,11 +10,24 @@ model everywhere it is loaded.
 
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from onestop.core.files import save_pretrained_atomic
 from onestop.core.paths import cache_dir
 from onestop.models.templates import bundled_template
 
 END_OF_TURN = "<end_of_turn>"
+EMBEDDED_PATH = "gemma-3-270m-q4_k_m.gguf"
+"""`model.path` of the embedded option (conf/model/gemma3_270m.yaml): the GGUF file its package assembles."""
+
+
+def is_embedded(model_cfg: DictConfig) -> bool:
+    """Whether `model_cfg` means the embedded Gemma itself.
+
+    Only with the option's own `model.path`: a path the user names on it (`model.path=/data/my-model`) is
+    that model, loaded like any other; the option then lends it only its template and LoRA targets.
+    """
+    return model_cfg.get("source") == "embedded" and str(model_cfg.get("path")) == EMBEDDED_PATH
 
 
 def converted_gemma_dir() -> Path:

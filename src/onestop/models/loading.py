@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
 from onestop.core.hub import hub_reachable
-from onestop.models.embedded import embedded_gemma_dir
+from onestop.models.embedded import converted_gemma_dir, embedded_gemma_dir, is_embedded
 from onestop.models.templates import bundled_template
 from onestop.models.tool_formats import attach_response_template
 
@@ -17,9 +17,9 @@ from onestop.models.tool_formats import attach_response_template
 def resolve_model_path(model_cfg: DictConfig) -> str:
     """A local directory for the model, or its hub id when it must be downloaded.
 
-    Fails fast, in one line, when a hub model is neither cached nor reachable.
+    Fails fast, in one line, when a local path does not exist or a hub model is neither cached nor reachable.
     """
-    if model_cfg.source == "embedded":
+    if is_embedded(model_cfg):
         return str(embedded_gemma_dir())
     path = os.path.expanduser(model_cfg.path)
     if Path(path).is_dir():
@@ -38,6 +38,27 @@ def resolve_model_path(model_cfg: DictConfig) -> str:
             "cached; use a local copy with model.path=/path/to/model, or the offline model with model=gemma3_270m"
         )
     return path
+
+
+def model_identity(model_cfg: DictConfig) -> dict:
+    """What a model node loads, told apart without loading, downloading or converting it: the local directory
+    (the embedded Gemma's converted copy, or model.path) with the name, size and modification time of each
+    file in it, or the hub id and revision. What is made from a model (a merged export, a serving copy) is
+    keyed to it, so a model replaced in place, or another path on the same option, is never taken for it."""
+    local = converted_gemma_dir() if is_embedded(model_cfg) else Path(os.path.expanduser(model_cfg.path))
+    if not local.is_dir():
+        return {"path": str(model_cfg.path), "revision": model_cfg.get("revision")}
+    return directory_identity(local)
+
+
+def directory_identity(directory: Path) -> dict:
+    """A model directory's resolved path, and the name, size and modification time of each file in it (a hub
+    snapshot's links count as the files they point to)."""
+    files = sorted(p for p in Path(directory).iterdir() if p.is_file())
+    return {
+        "path": str(Path(directory).resolve()),
+        "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+    }
 
 
 def load_tokenizer(model_cfg: DictConfig, path: str | None = None):

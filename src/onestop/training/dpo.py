@@ -50,6 +50,7 @@ class DPOModule(CausalLMModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         terms = self.dpo_terms(batch)
         self.last_train_loss = float(terms["loss"].detach())
+        self.train_losses.append(self.last_train_loss)  # metrics.json's per-step curve, as for SFT
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         self.log("loss", terms["loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)

@@ -69,11 +69,14 @@ def train(cfg: DictConfig, callbacks: Sequence = ()) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data` with `cfg.method`; every artefact lands in `cfg.paths.run_dir`.
 
     `callbacks`: further Lightning callbacks (benchmarks measuring the steps, a page watching progress).
-    While it runs, the run directory is locked: a second run pointed at it refuses (`RunDir.locked`).
+    While it runs, the run directory is locked: a second run pointed at it refuses (`RunDir.locked`). A directory
+    that holds a finished or stopped run refuses too, unless `resume` continues it or `overwrite` replaces it.
     """
     run = RunDir(cfg.paths.run_dir)
     # One process locks for the run: the ranks Lightning or a launcher starts share the directory with it.
     with run.locked() if first_process() else contextlib.nullcontext():
+        if first_process():  # the other ranks start once rank 0 has written here
+            run.claim(cfg.resume, bool(cfg.get("overwrite")))
         return _train(cfg, run, callbacks)
 
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from onestop.core.errors import OnestopError
 from onestop.core.hub import hub_reachable
-from onestop.models.embedded import converted_gemma_dir
+from onestop.models.embedded import converted_gemma_dir, is_embedded
 
 _DIR = Path(__file__).parent
 EMBEDDED_ID = "embedded/gemma-3-270m"
@@ -121,7 +121,7 @@ def shipped_config(hub_id: str) -> dict | None:
 
 
 def _base_config(model_cfg) -> tuple[dict, str]:
-    if model_cfg.source == "embedded":
+    if is_embedded(model_cfg):
         converted = converted_gemma_dir() / "config.json"
         if converted.is_file():
             return json.loads(converted.read_text()), "local dir"

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -22,7 +23,11 @@ from conftest import ASSETS, TINY_DATA, run_invoke
 from invoke.exceptions import Exit
 
 from onestop import cli
+from onestop.config.compose import CHOICES
+from onestop.config.compose import compose as compose_config
 from onestop.core.paths import PROJECT_ROOT
+from onestop.methods import method_from_config
+from onestop.models import load_causal_lm
 
 CASES = yaml.safe_load((Path(__file__).parent / "bad_inputs" / "cases.yaml").read_text())
 TINY_MODEL = ["model=tiny", "hardware=cpu", "logger=none"]
@@ -213,6 +218,9 @@ def problem_with(case: dict, outcome: Outcome, folder: Path) -> str | None:
         return f"not one error line (plus a hint): {outcome.message!r}"
     if expected not in lines[0]:
         return f"expected {expected!r} in {lines[0]!r}"
+    left = [name for name in case.get("absent") or [] if (folder / name).exists()]
+    if left:
+        return f"refused, but left {', '.join(left)} behind in {folder}"
     return None
 
 
@@ -257,3 +265,79 @@ def test_a_huge_line_is_refused_without_reading_the_file_whole(huge_line):
 def test_the_docs_list_every_bad_input():
     listed = (PROJECT_ROOT / "docs" / "reliability.md").read_text()
     assert [case["name"] for case in CASES if f"| {case['name'].split(',')[0]}" not in listed] == []
+
+
+def refusal(task: str, *args: str) -> str:
+    """The one error line `task` ends with, run in-process through the command line's error handling."""
+    with pytest.raises(Exit) as stopped:
+        cli.run_stage(task, list(args))
+    assert stopped.value.code == 2
+    return stopped.value.message
+
+
+def test_composition_accepts_exactly_lightnings_precisions():
+    """The list `hardware.precision` is checked against at composition (without importing Lightning) is the
+    one lightning.Trainer takes, plus onestop's own `auto`."""
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+
+    lightnings = {str(value) for literal in get_args(_PRECISION_INPUT) for value in get_args(literal)}
+    assert set(CHOICES["hardware.precision"]) == lightnings | {"auto"}
+
+
+def test_one_target_module_given_alone_is_adapted_as_a_list_of_one():
+    cfg = compose_config("train", ["model=tiny", "method.target_modules=q_proj"])
+    assert list(cfg.method.target_modules) == ["q_proj"]
+    adapted = method_from_config(cfg.method)(load_causal_lm(cfg.model))
+    adapted_layers = {name.split(".lora_A")[0] for name, _ in adapted.named_parameters() if ".lora_A." in name}
+    assert adapted_layers and all(name.endswith("self_attn.q_proj") for name in adapted_layers), adapted_layers
+    several = compose_config("train", ["model=tiny", "method.target_modules=q_proj,v_proj"])
+    assert list(several.method.target_modules) == ["q_proj", "v_proj"]
+
+
+def test_a_missing_run_is_reported_before_a_busy_port(tmp_path):
+    missing = tmp_path / "missing"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        message = refusal("deploy", f"run_dir={missing}", f"port={taken.getsockname()[1]}")
+    assert message.startswith(f"onestop deploy: error: config key 'run_dir': {missing} is not a training run")
+
+
+@pytest.mark.slow  # the shared tiny tool model's deployment (conftest.py), trained once per session
+def test_a_model_the_endpoint_does_not_serve_is_refused_naming_what_it_serves(tool_deployment, tmp_path):
+    """Against the real gateway (which answers an unknown model with 404): refused before the first question."""
+    (tmp_path / "qa.jsonl").write_text('{"question": "Name a colour.", "answer": "Blue."}\n')
+    message = refusal(
+        "eval",
+        *TINY_MODEL,
+        f"endpoint={tool_deployment.base_url}",
+        "endpoint_model=no-such-model",
+        "eval=qa",
+        f"eval.path={tmp_path / 'qa.jsonl'}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    )
+    assert message == (
+        f"onestop eval: error: endpoint_model=no-such-model: {tool_deployment.base_url} does not serve it; "
+        f"it serves {tool_deployment.name}"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["models", "--json"], ["train", "--cfg", "job"]])
+def test_output_into_a_reader_that_has_gone_ends_quietly(command):
+    """`invoke models --json | head -1`: the reader closes the pipe before the task writes; the task ends
+    without a BrokenPipeError traceback."""
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the first byte, as `head` is once it has its line
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "invoke"), *command],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=PROJECT_ROOT,
+            timeout=300,
+        )
+    finally:
+        os.close(writer)
+    assert done.returncode == 1 and done.stderr == "", done.stderr[-2000:]

@@ -7,6 +7,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+from invoke.exceptions import Exit
 
 from onestop.bench.gpu import (
     GPU_TABLE_END,
@@ -17,6 +19,7 @@ from onestop.bench.gpu import (
     report_into_docs,
 )
 from onestop.bench.wheels import requirements_outside, strip_wheel
+from onestop.cli import run_gpu_benchmark
 from onestop.config.compose import compose
 from onestop.core.errors import OnestopError
 from onestop.deploy.lmdeploy import installed, run_setup
@@ -56,6 +59,20 @@ def test_smoke_run_trains_through_the_gpu_code_path_on_cpu(tmp_path, monkeypatch
 
     with pytest.raises(OnestopError, match="smoke run"):
         report_into_docs(str(tmp_path / "bench"), str(tmp_path / "benchmarks.md"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the full run is the point")
+def test_the_full_run_without_a_gpu_stops_in_one_line_and_writes_nothing(tmp_path, capsys):
+    with pytest.raises(Exit) as stopped:
+        run_gpu_benchmark(False, str(tmp_path / "bench"), None, None, None, None)
+    assert stopped.value.code == 2
+    assert stopped.value.message == (
+        "onestop bench.gpu: error: bench.gpu: no CUDA GPU is visible to torch (torch.cuda.is_available() is "
+        "false); run it on a GPU machine, or invoke bench.gpu --smoke for the same code path at its smallest size "
+        "on the CPU"
+    )
+    assert not (tmp_path / "bench").exists()
+    assert "bench.gpu: setup" not in capsys.readouterr().out  # no part was started
 
 
 def test_fast_path_switches_stay_off_where_they_cannot_run():

@@ -11,7 +11,10 @@ Invoke's parser untouched. This module imports nothing heavy, so `invoke --list`
 import atexit
 import gc
 import importlib
+import os
 import re
+import select
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -321,17 +324,38 @@ def one_line_errors(task: str):
     with no traceback unless ONESTOP_DEBUG=1; Ctrl-C (outside training, which saves a checkpoint and says
     so) with one line and status 130. Any other exception is a bug: its traceback stays, to be reported.
 
+    Output piped into a reader that stops early (`invoke models --json | head -1`) ends the task quietly,
+    status 1, as Python's documentation advises for SIGPIPE.
+
     Environment variables set but empty are dropped first: they count as unset.
     """
     drop_empty_variables()
     try:
         yield
+        sys.stdout.flush()  # a reader gone mid-output fails here, not in the interpreter's flush at exit
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise  # a pipe or socket of the task's own: a bug, with its traceback
+        # What is still buffered goes to devnull, so the interpreter's flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise Exit(code=1) from None
     except OnestopError as err:
         if debugging():
             traceback.print_exc()
         raise Exit(f"onestop {task}: error: {err}", code=2) from None
     except KeyboardInterrupt:
         raise Exit(f"onestop {task}: interrupted", code=130) from None
+
+
+def stdout_reader_gone() -> bool:
+    """True when standard output is a pipe whose reader has closed it (poll reports an error on it)."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by an object without a descriptor (a test's capture)
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _config_text(cfg, which: str) -> str:

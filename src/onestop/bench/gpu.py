@@ -141,6 +141,16 @@ def bench_gpu(
     workload = replace(workload, batch=batch or workload.batch, steps=steps or workload.steps)
     if workload.steps <= workload.warmup:
         raise OnestopError(f"bench.gpu --steps {workload.steps}: more than the {workload.warmup} warm-up steps")
+    if not smoke:
+        import torch
+
+        if not torch.cuda.is_available():
+            # The full-size parts are sized for a GPU: on the CPU each would fail or overrun on its own, into a
+            # results file that measures nothing.
+            raise OnestopError(
+                "bench.gpu: no CUDA GPU is visible to torch (torch.cuda.is_available() is false); run it on a "
+                "GPU machine, or invoke bench.gpu --smoke for the same code path at its smallest size on the CPU"
+            )
     slower = SMOKE_SLOWER if smoke else 1
     budget_s = budget_s or GPU_BUDGET_S * slower
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")

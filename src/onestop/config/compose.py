@@ -1,6 +1,8 @@
 """Compose a run's config from conf/ (and optionally a recipe) with one-line errors for bad input."""
 
+import inspect
 import re
+from dataclasses import fields
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -18,8 +20,8 @@ from omegaconf.errors import (
 )
 
 from onestop import __version__
-from onestop.config.groups import config_groups
-from onestop.config.schema import register_schemas
+from onestop.config.groups import config_groups, list_group_options
+from onestop.config.schema import TrainerConfig, register_schemas
 from onestop.core.errors import OnestopError
 from onestop.core.paths import CONF_DIR, PACKAGE_DIR, PROJECT_ROOT, RECIPES_DIR
 
@@ -84,8 +86,9 @@ def compose(
             required value left unset or settings that contradict each other.
     """
     _setup()
+    check_group_choices(overrides)
     requested = (config_name, list(overrides))
-    overrides = list(overrides)
+    overrides = [as_list_override(o) for o in overrides]
     config_dir = CONF_DIR
     recipes = [o for o in overrides if o.startswith("recipe=")]
     if recipes:
@@ -103,7 +106,7 @@ def compose(
                 if key != "hydra" and not (allow_missing and OmegaConf.is_missing(cfg, key)):
                     OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
     except MissingConfigException as err:
-        raise ConfigError(_missing_config_message(err, config_name)) from None
+        raise ConfigError(_missing_config_message(err, config_name, requested[1])) from None
     except OverrideParseException as err:
         raise ConfigError(
             f"cannot parse override {err.override!r}: expected KEY=VALUE, e.g. trainer.max_steps=5"
@@ -113,7 +116,35 @@ def compose(
     if not allow_missing:
         check_required(cfg)
     check_values(cfg)
+    check_trainer_keys(cfg)
     return cfg
+
+
+# Groups whose node has a `path` key: a path given to the group itself (model=/data/my-model) meant that key;
+# the hint names an option to choose beside it.
+PATH_GROUPS = {"model": "model=qwen", "data": "data=alpaca", "eval": "eval=qa"}
+# Keys that take a list, where one name given alone means a list of that one name.
+LIST_KEYS = ("method.target_modules",)
+
+
+def check_group_choices(overrides: list[str] | tuple[str, ...]) -> None:
+    """A directory, file or hub id given where a group option belongs (model=/data/my-model) is refused with
+    the key it was meant for; Hydra would read its slashes as nested groups."""
+    for override in overrides:
+        key, equals, value = override.partition("=")
+        if equals and key in PATH_GROUPS and value not in list_group_options(key) and ("/" in value or "\\" in value):
+            raise ConfigError(
+                f"{key}={value}: {key}= takes an option name, not a path; set the path with {key}.path={value} "
+                f"(and {key}= the option it is like, e.g. {PATH_GROUPS[key]})"
+            )
+
+
+def as_list_override(override: str) -> str:
+    """`method.target_modules=q_proj` (one name, or names joined by commas) as the list the key takes."""
+    key, equals, value = override.partition("=")
+    if equals and key.lstrip("+") in LIST_KEYS and value and not value.startswith(("[", "$", "null")):
+        return f"{key}=[{value}]"
+    return override
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -138,7 +169,24 @@ CHOICES = {
     "stage": ("sft", "pretrain", "dpo"),
     "format": ("merged", "adapter"),
     "sweep.direction": ("minimize", "maximize"),
+    # lightning.Trainer's precision values (its _PRECISION_INPUT), and onestop's own auto
+    "hardware.precision": (
+        "auto",
+        "32-true",
+        "bf16-mixed",
+        "16-mixed",
+        "bf16-true",
+        "16-true",
+        "64-true",
+        "transformer-engine",
+        "transformer-engine-float16",
+        "32",
+        "bf16",
+        "16",
+        "64",
+    ),
 }
+PORTS = range(0, 65536)
 
 
 def check_values(cfg: DictConfig) -> None:
@@ -155,6 +203,10 @@ def check_values(cfg: DictConfig) -> None:
         ngram = cfg.data.contamination.ngram
         if ngram < 1:
             raise ConfigError(f"config key 'data.contamination.ngram': expected a positive integer, got {ngram}")
+    if "port" in cfg and cfg.port not in PORTS:
+        raise ConfigError(f"config key 'port': expected a port number in 0..65535 (0 picks a free one), got {cfg.port}")
+    if "method" in cfg and "r" in cfg.method and cfg.method.r < 1:
+        raise ConfigError(f"config key 'method.r': the LoRA rank must be a positive integer, got {cfg.method.r}")
     if "optim" in cfg and cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr': expected a positive learning rate, got {cfg.optim.lr}")
     for key in ("packing", "padding_free"):
@@ -198,12 +250,63 @@ def check_values(cfg: DictConfig) -> None:
         )
 
 
-def _missing_config_message(err: MissingConfigException, config_name: str) -> str:
+# Keys onestop passes to lightning.Trainer itself, and the config key that sets each.
+TRAINER_SET_BY = {
+    "accelerator": "hardware.accelerator",
+    "devices": "hardware.devices",
+    "num_nodes": "hardware.num_nodes",
+    "strategy": "hardware.strategy",
+    "precision": "hardware.precision",
+    "default_root_dir": "hydra.run.dir",
+    "logger": "logger=",
+    "callbacks": None,
+    "plugins": None,
+    "use_distributed_sampler": None,
+    "limit_val_batches": "data.val_ratio",
+}
+
+
+def check_trainer_keys(cfg: DictConfig) -> None:
+    """Keys added under `trainer` (+trainer.KEY=VALUE) are lightning.Trainer arguments onestop does not set
+    itself; checked here, because the trainer is built only after the data is prepared and the run directory
+    made."""
+    if not isinstance(cfg.get("trainer"), DictConfig):
+        return
+    known = {f.name for f in fields(TrainerConfig)}
+    added = [str(key) for key in cfg.trainer if key not in known]
+    if not added:
+        return
+    from lightning.pytorch import Trainer  # only for a key the schema lacks: composing stays free of torch
+
+    accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    for key in added:
+        if key in TRAINER_SET_BY:
+            where = TRAINER_SET_BY[key]
+            raise ConfigError(
+                f"config key 'trainer.{key}': onestop sets it for the trainer"
+                + (f"; set {where} instead" if where else "; it cannot be overridden")
+            )
+        if key not in accepted:
+            valid = ", ".join(sorted(accepted - set(TRAINER_SET_BY)))
+            raise ConfigError(
+                f"config key 'trainer.{key}' is not an argument of lightning.Trainer; "
+                f"valid keys under 'trainer': {valid}"
+            )
+
+
+def _missing_config_message(err: MissingConfigException, config_name: str, overrides: list[str]) -> str:
     text = str(err)
     match = re.search(r"Could not find '([^']+)'", text)
     if match and "/" in match.group(1) and err.options is not None:
         group, _, option = match.group(1).rpartition("/")
         return f"{group}={option}: unknown option; valid choices for '{group}': {', '.join(sorted(err.options))}"
+    # An option inside a list (tools=[calculator,nope]): Hydra names the file it could not load, not the choices.
+    unloadable = re.search(r"Could not load '([^']+)/([^'/]+)'", text)
+    if unloadable and unloadable.group(1) in config_groups():
+        group, option = unloadable.groups()
+        given = next((o for o in reversed(overrides) if o.lstrip("+").startswith(f"{group}=")), f"{group}={option}")
+        valid = ", ".join(list_group_options(group))
+        return f"{given}: unknown option '{option}'; valid choices for '{group}': {valid}"
     return f"{config_name}: {text.splitlines()[0]}"
 
 

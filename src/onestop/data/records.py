@@ -46,6 +46,8 @@ def iter_records(path: str | Path, split: str = "train", subset: str | None = No
     if isinstance(path, str) and is_hub_dataset_id(path):
         return iter(_read_hub(path, split, subset))
     path = Path(path)
+    if path.is_dir():
+        raise OnestopError(f"{path}: a folder; expected a data file, or a glob for several such as {path / '*.jsonl'}")
     if not path.is_file():
         raise OnestopError(f"{path}: no such data file")
     if path.suffix == ".parquet":

@@ -142,6 +142,8 @@ def parses_tool_calls(model_dir: Path) -> bool:
 
 
 def start(cfg: DictConfig) -> Deployment:
+    if cfg.run_dir:
+        RunDir.existing(cfg.run_dir)  # a missing run is the error to report, even when the port is taken too
     backend = choose_backend(cfg.deploy.backend)
     limits = gateway_limits(cfg, backend)  # a bad limit fails before any model is merged or loaded
     name = served_name(cfg)

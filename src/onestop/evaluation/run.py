@@ -39,6 +39,7 @@ from onestop.evaluation.suites import PUBLIC_SUITES, local_task
 from onestop.evaluation.targets import (
     Target,
     auth_headers,
+    check_endpoint,
     describe_target,
     load_target_model,
     load_target_tokenizer,
@@ -167,6 +168,7 @@ def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> E
         mode = "generate" if target.kind == "endpoint" else "loglikelihood"
     tasks, manager = build_tasks(suite, mode, stop_strings)
     workers = scale_out(cfg, target)
+    check_endpoint(cfg, target)
     # Chat endpoints take messages, so the server's own template formats them, as it does for any client.
     chat = bool(suite.chat_template or target.kind == "endpoint")
     started = time.perf_counter()
@@ -252,6 +254,7 @@ def evaluate_tool_calls(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = 
     rows = with_system_prompt(every_row[: suite.limit] if suite.limit else every_row, suite.system_prompt)
     target = describe_target(cfg) if lm is None else Target("in-memory", {"model": cfg.model.name})
     scale_out(cfg, target)  # a misplaced eval.workers / eval.concurrency fails before any model loads
+    check_endpoint(cfg, target)
     started = time.perf_counter()
     model = None
     if target.kind == "endpoint":
@@ -296,6 +299,7 @@ def evaluate_classification(cfg: DictConfig, lm=None, tokenizer=None, quiet: boo
     prompts = [chat_prompt(row["text"], labels, suite) for row in rows]
     target = describe_target(cfg) if lm is None else Target("in-memory", {"model": cfg.model.name})
     scale_out(cfg, target)  # a misplaced eval.workers / eval.concurrency fails before any model loads
+    check_endpoint(cfg, target)
     started = time.perf_counter()
     model = None
     if target.kind == "endpoint":

@@ -53,8 +53,11 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
                 raise SuiteFileError(f"{path}:{number}: not valid JSON ({err.msg})") from None
         return rows
     if path.suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            return []  # the reader says what the file should have held
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(text)
         except json.JSONDecodeError as err:
             raise SuiteFileError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
         if not isinstance(records, list):
@@ -86,13 +89,28 @@ def read_qa(path: Path) -> list[dict]:
         if record.get("input"):
             prompt = f"{prompt}\n\n{record['input']}"
         rows.append({"prompt": prompt, "reference": text_field(record, REFERENCE_FIELDS, where)})
+    if not rows:
+        raise SuiteFileError(
+            f"eval.path={path}: the file holds no questions; expected records with a prompt "
+            f"({', '.join(PROMPT_FIELDS)}) and a reference answer ({', '.join(REFERENCE_FIELDS)})"
+        )
     return rows
 
 
 def read_mcq(path: Path) -> list[dict]:
     """Rows {question, choices, answer (index)} from JSONL/JSON, or CSV in the MMLU or C-Eval layout."""
-    if path.suffix == ".csv":
-        return _read_mcq_csv(path)
+    if not path.is_file():
+        raise SuiteFileError(f"eval.path={path}: no such file")
+    rows = _read_mcq_csv(path) if path.suffix == ".csv" else _read_mcq_records(path)
+    if not rows:
+        raise SuiteFileError(
+            f"eval.path={path}: the file holds no questions; expected records with question, choices and answer "
+            "(or the MMLU/C-Eval CSV layout)"
+        )
+    return rows
+
+
+def _read_mcq_records(path: Path) -> list[dict]:
     rows = []
     for number, record in read_rows(path):
         where = f"{path}:{number}"
@@ -108,8 +126,8 @@ def read_mcq(path: Path) -> list[dict]:
 def _read_mcq_csv(path: Path) -> list[dict]:
     with path.open(newline="", encoding="utf-8") as handle:
         table = list(csv.reader(handle))
-    if not table:
-        raise SuiteFileError(f"{path}:1: empty file")
+    if not any(cell.strip() for cells in table for cell in cells):
+        return []
     header = [cell.strip() for cell in table[0]]
     rows = []
     if "question" in header and "answer" in header:  # C-Eval: id,question,A,B,C,D,answer[,explanation]

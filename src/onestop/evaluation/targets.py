@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from onestop.core.endpoints import only_listed_model
+from onestop.core.endpoints import check_served_model, only_listed_model
 from onestop.core.errors import OnestopError
 from onestop.core.rundir import RunDir
 from onestop.models.loading import load_causal_lm, load_tokenizer
@@ -47,6 +47,13 @@ def endpoint_model(cfg: DictConfig) -> str:
     if cfg.endpoint_model:
         return cfg.endpoint_model
     return only_listed_model(cfg.endpoint, auth_headers(cfg), "endpoint", "endpoint_model")
+
+
+def check_endpoint(cfg: DictConfig, target: Target) -> None:
+    """An endpoint with a model named by `endpoint_model=` answers and lists that model: checked before the first
+    question, which would otherwise fail deep in the evaluation (connection refused, or a 404)."""
+    if target.kind == "endpoint" and cfg.endpoint_model:
+        check_served_model(cfg.endpoint, auth_headers(cfg), cfg.endpoint_model, "endpoint", "endpoint_model")
 
 
 def auth_headers(cfg: DictConfig) -> dict:

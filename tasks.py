@@ -9,8 +9,10 @@ src/onestop/; nothing heavy is imported until a task runs.
 from invoke import Collection, task
 
 from onestop import cli
+from onestop.core.quiet import quiet_third_party
 
 cli.accept_hydra_overrides()
+quiet_third_party()
 
 
 @task(iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
@@ -135,11 +137,15 @@ def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed", va
     cli.run_benchmark(overrides, steps, precisions, variants, alpaca_like, output)
 
 
-@task(name="trainers", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
+@task(
+    name="trainers",
+    iterable=[cli.OVERRIDES_ARG],
+    help={**cli.ARG_HELP, "variants": 'more onestop rows, ";"-separated overrides: "data.padding_free=false"'},
+)
 @cli.with_config_help()
-def bench_trainers(c, overrides=None, cfg=None):
+def bench_trainers(c, overrides=None, cfg=None, variants=""):
     """Same recipe trained by onestop and by transformers' Trainer, scored alike: invoke bench.trainers"""
-    cli.run_stage("bench.trainers", overrides, cfg)
+    cli.run_trainers_benchmark(overrides, variants, cfg)
 
 
 @task(name="agents", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)

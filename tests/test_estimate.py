@@ -222,3 +222,27 @@ def test_estimate_and_models_commands_print_json():
 
     unknown = run_invoke("estimate", *TINY, "--devices", "b200")
     assert unknown.returncode != 0 and "unknown device" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_the_preflight_refuses_just_above_its_estimate_and_trains_just_below(tmp_path):
+    # The pre-flight estimates with the longest example the data makes (padding-free batches hold at most
+    # batch x longest tokens), the same figure `invoke estimate` gives for that length: a limit 3% under it is
+    # refused in one line, 3% over it trains. How close the figure is to measured peaks: bench.estimate.
+    from onestop.data.prepare import prepare
+    from onestop.models import load_tokenizer
+    from onestop.selection.devices import this_machine
+
+    run = [*TINY, "logger=none", "trainer.max_steps=2"]
+    cfg = compose(*run)
+    longest = prepare(cfg.data, load_tokenizer(cfg.model)).report.max_len
+    device = this_machine(measure_speed=False)
+    predicted = estimate(cfg, device, settings_from_config(cfg, device, longest)).memory.total / GIB
+    refused = run_invoke(
+        "train", *run, f"hardware.memory_limit_gib={predicted * 0.97}", f"hydra.run.dir={tmp_path / 'a'}"
+    )
+    assert refused.returncode == 2 and "will not fit" in refused.stderr, refused.stderr[-2000:]
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    fits = run_invoke("train", *run, f"hardware.memory_limit_gib={predicted * 1.03}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert fits.returncode == 0, fits.stderr[-2000:]
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["steps"] == 2

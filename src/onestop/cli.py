@@ -140,6 +140,20 @@ def run_benchmark(
         )
 
 
+def run_trainers_benchmark(overrides: Sequence[str] | None, variants: str, print_cfg: str | None = None) -> None:
+    """`bench.trainers`, with onestop rows for each of `variants` ("data.padding_free=false;data.packing=true")."""
+    chosen = [v.strip() for v in str(variants or "").split(";") if v.strip()]
+    if not chosen or print_cfg:
+        run_stage("bench.trainers", overrides, print_cfg)
+        return
+    primary, entry, preset = STAGES["bench.trainers"]
+    with one_line_errors("bench.trainers"):
+        for variant in chosen:
+            if not all(is_override(word) and "=" in word for word in variant.split()):
+                raise OnestopError(f"--variants {variant!r}: expected KEY=VALUE overrides, e.g. data.packing=true")
+        load(entry)(load(COMPOSE)(primary, [*preset, *(overrides or [])]), chosen)
+
+
 def run_compare(paths: Sequence[str], output: str | None, rank_by: str | None = None) -> None:
     """`eval.compare` with user errors reported in one line."""
     with one_line_errors("eval.compare"):

@@ -1,7 +1,8 @@
 """`invoke bench.train`: training throughput and peak memory, one row per precision and variant.
 
 invoke bench.train                                                   # gemma3_270m LoRA, demo data, fp32 vs bf16
-invoke bench.train model=tiny --alpaca-like 400 --precisions 32-true --variants "data.padding_free=false;data.packing=true"
+invoke bench.train model=tiny --alpaca-like 400 --precisions 32-true \
+    --variants "data.padding_free=false;data.packing=true"
 invoke bench.train data.batch_size=8 --variants "train.loss_chunk_size=0;train.loss_chunk_size=1024"
 
 Each row trains in a child process of its own, so its peak memory is its own. Throughput counts real

@@ -402,10 +402,13 @@ def run_stop(cfg: DictConfig) -> None:
 
 def run_status(cfg: DictConfig) -> None:
     table = Table(title="Deployments")
-    for column in ("name", "backend", "URL", "health", "model directory", "pid"):
-        table.add_column(column)
+    for column in ("name", "backend", "URL", "health", "model directory", "conversations log", "pid"):
+        table.add_column(column, no_wrap=column in ("URL", "pid"), overflow="fold")
     for state in deployments():
+        logged = state.get("conversations_log") or "-"
         table.add_row(
-            state["name"], state["backend"], state["base_url"], health(state), state["model_dir"], str(state["pid"])
-        )
-    Console().print(table if table.row_count else "No deployment is running.")
+            state["name"], state["backend"], state["base_url"], health(state), state["model_dir"], logged,
+            str(state["pid"]),
+        )  # fmt: skip
+    # A log or pipe reports 80 columns: URLs and paths are what people copy, so they are never cut.
+    Console(width=max(Console().width, 200)).print(table if table.row_count else "No deployment is running.")

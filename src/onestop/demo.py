@@ -7,6 +7,8 @@ Before and after are measured by the eval stage (lm-evaluation-harness on the he
 same as `invoke eval run_dir=RUN eval=demo`), plus the loss on the held-out answers.
 """
 
+import copy
+
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -31,6 +33,12 @@ HEADLINE = ("exact_match", "token_f1", "contains", "rougeL", "chrf")
 def run_demo(cfg: DictConfig) -> dict:
     """Evaluate the base model, train with `cfg`, evaluate the run, print both side by side."""
     run = RunDir(cfg.paths.run_dir)
+    # Before minutes of scoring the base model: a directory that holds a run refuses now. Claimed once here,
+    # so training (told not to overwrite again) keeps the base model's scores written below.
+    with run.locked():
+        run.claim(cfg.get("resume"), bool(cfg.get("overwrite")))
+    cfg = copy.deepcopy(cfg)
+    cfg.overwrite = False
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = SFTDataModule(cfg.data, tokenizer, seed=cfg.seed)

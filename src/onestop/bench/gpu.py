@@ -391,6 +391,7 @@ def train_overrides(part: str, workload: Workload, out_dir: Path) -> list[str]:
         f"hardware={hardware}",
         "logger=none",
         f"hydra.run.dir={out_dir / 'runs' / part}",
+        "overwrite=true",  # the benchmark's own folder: run again with the same --output, it is remade
     ]
     if part in ("fsdp", "deepspeed_zero2"):
         overrides.append("hardware.devices=1")

@@ -53,6 +53,7 @@ def bench_train(
                     *overrides, *data, *variant.split(), f"hardware.precision={precision}",
                     f"trainer.max_steps={steps}", "trainer.max_epochs=1000", "logger=none", "data.val_path=null",
                     "data.val_ratio=0", f"hydra.run.dir={out_dir / f'{precision}-{index}'}",
+                    "overwrite=true",  # the benchmark's own folder: run again with the same --output, it is remade
                 ],
                 "variant": variant or "-",
             }  # fmt: skip

@@ -1,5 +1,7 @@
 """Compose a run's config from conf/ (and optionally a recipe) with one-line errors for bad input."""
 
+# Lazy imports: lightning (inside the check of trainer keys the schema lacks).
+
 import inspect
 import re
 from dataclasses import fields

@@ -38,7 +38,8 @@ GROUPS = ("model", "data", "method", "hardware", "logger")
 # Config nodes whose scalar fields the form lists, in this order; "" is the top level (seed, stage).
 NODES = ("", "data", "method", "trainer", "optim", "scheduler", "checkpoint")
 OPEN_NODES = ("", "data", "trainer", "optim")
-SKIPPED = {"name", "adapter", "resume", "provenance"}  # identities of an option, and what the form sets itself
+# Identities of an option, and what the form sets itself (it starts every run in a new folder).
+SKIPPED = {"name", "adapter", "resume", "overwrite", "provenance"}
 CHOICES = {"stage": ("sft", "pretrain", "dpo"), "data.format": ("alpaca", "sharegpt", "messages", "text", "preference")}
 LOG_LINES = 40
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 from conftest import run_invoke
 
-from onestop.cli import is_override
+from onestop.cli import is_bare_key, is_override
 from onestop.core.paths import PROJECT_ROOT
 
 
@@ -57,3 +57,13 @@ def test_stock_invoke_would_reject_the_bare_form(tmp_path):
     result = run_invoke("train", "model=qwen", cwd=tmp_path)
     assert result.returncode != 0
     assert "No idea what 'model=qwen' is!" in result.stderr
+
+
+@pytest.mark.parametrize("word", ["trainer.max_steps", "data.path", "optim.betas"])
+def test_a_key_without_its_value_goes_to_the_config_not_to_invoke(word):
+    assert is_bare_key(word, tasks={"eval.compare"})
+
+
+@pytest.mark.parametrize("word", ["eval.compare", "train", "job", "-o", "=5"])
+def test_task_names_and_flags_are_not_bare_keys(word):
+    assert not is_bare_key(word, tasks={"eval.compare"})

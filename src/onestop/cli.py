@@ -29,6 +29,7 @@ from onestop.core.errors import OnestopError
 
 OVERRIDES_ARG = "overrides"
 PATHS_ARG = "paths"  # a task with an iterable `paths` argument takes every bare word as one more path
+_BARE_KEY = re.compile(r"^[A-Za-z_][\w\-]*(?:\.[\w\-]+)+$")
 _OVERRIDE = re.compile(r"^(?:[+~]{0,2}[A-Za-z_][\w.\-/@]*=.*|~[A-Za-z_][\w.\-/@]*)$")
 
 ARG_HELP = {
@@ -42,6 +43,12 @@ def is_override(word: str) -> bool:
     return bool(_OVERRIDE.match(word))
 
 
+def is_bare_key(word: str, tasks) -> bool:
+    """A config key typed without its value (`trainer.max_steps`): composing it says what is missing in one line,
+    where Invoke would answer "No idea what ... is!". A task's own dotted name (`eval.compare`) stays a task."""
+    return bool(_BARE_KEY.match(word)) and word not in tasks
+
+
 def accept_hydra_overrides() -> None:
     """Let tasks with an iterable `overrides` argument take bare `key=value` words."""
     if getattr(ParseMachine.handle, "accepts_hydra_overrides", False):
@@ -51,7 +58,7 @@ def accept_hydra_overrides() -> None:
     def handle(machine: ParseMachine, token: str) -> None:
         context = machine.context
         if context is not None and machine.current_state != "unknown" and not machine.waiting_for_flag_value:
-            if OVERRIDES_ARG in context.args and is_override(token):
+            if OVERRIDES_ARG in context.args and (is_override(token) or is_bare_key(token, machine.contexts)):
                 context.args[OVERRIDES_ARG].value = token  # a list argument appends
                 return
             if PATHS_ARG in context.args and not token.startswith("-"):

@@ -5,8 +5,8 @@
 
 Each command runs as a fresh subprocess, as a user types it: `invoke --list` (target < 1 s),
 `invoke train model=tiny --cfg job` (< 3 s), and `invoke train model=M hardware=cpu logger=none
-trainer.max_steps=1 data.batch_size=2` timed to the end of its first optimizer step (the progress bar's
-first `loss=`) and to its exit. The median of the runs is reported. The imports that cost the light
+trainer.max_steps=1 data.batch_size=2` timed to the end of its first optimizer step (the first progress
+line, "step 1/1, ..., loss ...") and to its exit. The median of the runs is reported. The imports that cost the light
 commands most are recorded (`python -X importtime`), so a slow `invoke --list` names the package that
 made it slow.
 """
@@ -27,7 +27,7 @@ from onestop.core.files import save_figure_atomic
 from onestop.core.paths import PROJECT_ROOT
 
 TARGETS_S = {"invoke --list": 1.0, "invoke train model=tiny --cfg job": 3.0}
-FIRST_STEP_MARK = b"loss="  # the progress bar shows the loss once the first optimizer step has ended
+FIRST_STEP_MARK = b", loss "  # a log's first progress line comes once the first optimizer step has ended
 # batch 2: the default batch of 8 at Gemma's 1,024-token limit is refused by the memory pre-flight on a laptop
 FIRST_STEP_OVERRIDES = "hardware=cpu logger=none trainer.max_steps=1 data.batch_size=2"
 

@@ -35,6 +35,24 @@ def compose(*overrides: str, run_dir: Path | None = None):
     return compose_config("train", [*overrides, *extra])
 
 
+@contextmanager
+def saved_tensor_bytes(model):
+    """Bytes of each storage autograd saves for the backward pass inside the block, the model's parameters
+    excepted: what the estimate's probe predicts as activations (and weight copies)."""
+    import torch
+
+    parameters = {p.data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.data_ptr() not in parameters:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield saved
+
+
 def run_invoke(
     *args: str,
     cwd: Path = PROJECT_ROOT,

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 import yaml
-from conftest import TINY, TINY_DATA, compose, run_invoke
+from conftest import TINY, TINY_DATA, compose, run_invoke, saved_tensor_bytes
 
 from onestop.config.groups import list_group_options
 from onestop.methods import method_from_config
@@ -126,16 +126,8 @@ def test_the_meta_probe_counts_what_the_real_model_holds(method):
     assert shape.params_total == sum(p.numel() for p in unique)
     assert shape.params_trainable == sum(p.numel() for p in unique if p.requires_grad)
 
-    parameters = {p.data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor):
-        if tensor.data_ptr() not in parameters:
-            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with saved_tensor_bytes(model) as saved:
         base.get_decoder()(input_ids=torch.randint(0, 1000, (1, 64)))
     assert shape.saved_per_token * 64 == pytest.approx(sum(saved.values()), rel=0.02)
 

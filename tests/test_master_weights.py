@@ -3,7 +3,7 @@ computes in bf16, so a full fine-tune follows an fp32 run and keeps updates far 
 
 import pytest
 import torch
-from conftest import TINY, compose
+from conftest import TINY, compose, saved_tensor_bytes
 
 from onestop.methods import method_from_config
 from onestop.models import load_causal_lm
@@ -64,15 +64,7 @@ def test_the_estimate_probe_counts_what_autocast_saves_around_fp32_master_weight
     shape = probe(architecture_config(cfg.model)[0], cfg.method, "bfloat16", "bfloat16", 64, "bf16-mixed")
     model = method_from_config(cfg.method)(load_causal_lm(cfg.model, "bfloat16"))
     keep_fp32_master_weights(model, "bf16-mixed").train()
-    parameters = {p.data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor):
-        if tensor.data_ptr() not in parameters:
-            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autocast("cpu", dtype=torch.bfloat16), saved_tensor_bytes(model) as saved:
         model.get_decoder()(input_ids=torch.randint(0, 1000, (1, 64)))
     decoder_matmul_params = shape.matmul_params - (shape.params_head or shape.params_embedding)
     assert shape.weight_copy_bytes == 2 * decoder_matmul_params  # one bf16 copy of every decoder matmul weight

@@ -8,6 +8,7 @@ anything about their run; ONESTOP_DEBUG=1 brings all of it back.
 
 import logging
 import os
+import sys
 import warnings
 
 from onestop.core.environment import debugging
@@ -42,6 +43,10 @@ def quiet_third_party() -> None:
         return
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    if not sys.stderr.isatty():
+        # Other libraries' tqdm bars (lm-eval's requests) redraw with carriage returns: in a log, one line of
+        # thousands of characters. onestop's own bars pass `disable` themselves and print lines there.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
     # Lightning's own pytree helper warns on every fit about a torch API it still uses.

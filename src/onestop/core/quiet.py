@@ -54,4 +54,11 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*number of training batches .* is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers which may be a bottleneck.*")
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        # A library may set its logger's level again when imported (DeepSpeed does); a filter stays.
+        logger.addFilter(_errors_only)
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR

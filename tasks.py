@@ -53,7 +53,7 @@ def evaluate(c, overrides=None, cfg=None):
 )
 def eval_compare(c, paths=None, output=None, rank_by=None):
     """Side-by-side table and PNG of evaluations, best first: invoke eval.compare DIR_A DIR_B --rank-by qa/token_f1"""
-    cli.run_compare(paths or [], output, rank_by)
+    cli.run("eval.compare", paths, output, rank_by)
 
 
 @task(name="deploy", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
@@ -98,13 +98,13 @@ def agent(c, overrides=None, cfg=None):
 @cli.with_config_help()
 def sweep(c, overrides=None):
     """Hyperparameter sweep: invoke sweep model=tiny method.r=4,8 optim.lr=1e-4,3e-4 [sweeper=optuna]"""
-    cli.run_sweep(overrides)
+    cli.run("sweep", overrides)
 
 
 @task(name="diff", iterable=[cli.PATHS_ARG], help={cli.PATHS_ARG: "two recipe names, files or run directories"})
 def recipe_diff(c, paths=None):
     """What differs between two recipes or runs: invoke recipe.diff RUN_A RUN_B"""
-    cli.run_recipe_diff(paths or [])
+    cli.run("recipe.diff", *(paths or []))
 
 
 @task(name="prepare", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
@@ -134,7 +134,7 @@ def data_qa(c, overrides=None, cfg=None):
 )
 def bench_train(c, overrides=None, steps=10, precisions="32-true,bf16-mixed", variants="", alpaca_like=0, output=None):
     """Benchmark training throughput and memory: invoke bench.train model=gemma3_270m data.batch_size=8"""
-    cli.run_benchmark(overrides, steps, precisions, variants, alpaca_like, output)
+    cli.run("bench.train", overrides, steps, precisions, variants, alpaca_like, output)
 
 
 @task(
@@ -158,7 +158,7 @@ def bench_agents(c, overrides=None, cfg=None):
 @task(help={"json": "print the rows as JSON"})
 def models(c, json=False):
     """The model zoo: parameters, layers, vocabulary, context, template, tool format, licence, offline?"""
-    cli.run_models(json)
+    cli.run("models", json)
 
 
 @task(
@@ -172,7 +172,7 @@ def models(c, json=False):
 @cli.with_config_help()
 def estimate(c, overrides=None, json=False, devices=None):
     """Peak memory and time of a training run before it starts: invoke estimate model=qwen7b method=lora"""
-    cli.run_estimate(overrides, json, devices)
+    cli.run_stage("estimate", overrides, None, json, devices)
 
 
 @task(
@@ -185,7 +185,7 @@ def estimate(c, overrides=None, json=False, devices=None):
 )
 def bench_estimate(c, models="tiny,gemma3_270m", steps=4, output=None):
     """Estimated vs measured peak memory and step time over a grid of methods, lengths, checkpointing"""
-    cli.run_estimate_benchmark(models, steps, output)
+    cli.run("bench.estimate", models, steps, output)
 
 
 @task(
@@ -200,7 +200,7 @@ def bench_estimate(c, models="tiny,gemma3_270m", steps=4, output=None):
 )
 def bench_load(c, overrides=None, requests=1000, concurrency=32, output=None):
     """Load and abuse test of a fresh deployment: invoke bench.load run_dir=RUN (one in ten requests malformed)"""
-    cli.run_load_benchmark(overrides, requests, concurrency, output)
+    cli.run("bench.load", overrides, requests, concurrency, output)
 
 
 @task(
@@ -216,7 +216,7 @@ def bench_load(c, overrides=None, requests=1000, concurrency=32, output=None):
 )
 def bench_serve(c, overrides=None, concurrency="1,8,32", requests=32, max_tokens=32, output=None):
     """Deployment vs its backend vs sequential generate: tok/s, TTFT p50/p99: invoke bench.serve model=gemma3_270m"""
-    cli.run_serve_benchmark(overrides, concurrency, requests, max_tokens, output)
+    cli.run("bench.serve", overrides, concurrency, requests, max_tokens, output)
 
 
 @task(
@@ -229,7 +229,7 @@ def bench_serve(c, overrides=None, concurrency="1,8,32", requests=32, max_tokens
 )
 def bench_startup(c, runs=5, models="tiny,gemma3_270m", output=None):
     """Time of invoke --list, --cfg job and a first training step, median of fresh runs: invoke bench.startup"""
-    cli.run_startup_benchmark(runs, models, output)
+    cli.run("bench.startup", runs, models, output)
 
 
 @task(
@@ -242,7 +242,7 @@ def bench_startup(c, runs=5, models="tiny,gemma3_270m", output=None):
 )
 def bench_data(c, sizes="10000,100000,1000000", model="gemma3_270m", output=None):
     """data.prepare time and peak memory as rows grow: invoke bench.data --sizes 10000,100000"""
-    cli.run_data_benchmark(sizes, model, output)
+    cli.run("bench.data", sizes, model, output)
 
 
 @task(
@@ -257,19 +257,19 @@ def bench_data(c, sizes="10000,100000,1000000", model="gemma3_270m", output=None
 )
 def ui_serve(c, host="127.0.0.1", port=8765, runs=None, token=None):
     """Web UI: runs, a run's curves, compare, new run, data preview: invoke ui [--runs DIR] (prints its URL)"""
-    cli.run_ui(host, port, runs, token)
+    cli.run("ui", host, port, runs, token)
 
 
 @task(name="screenshots", help={"output": "folder for the ui-*.png files"})
 def ui_screenshots(c, output="docs/images"):
     """A screenshot of each UI page, from a tiny run trained for it (needs /usr/bin/chromium): invoke ui.screenshots"""
-    cli.run_ui_screenshots(output)
+    cli.run("ui.screenshots", output)
 
 
 @task(name="runs", iterable=["runs"], help={"runs": "a folder of runs (repeatable; default runs/)", "json": "as JSON"})
 def list_runs(c, runs=None, json=False):
     """Every run: model, method, data, status, steps, losses, eval scores, wall time: invoke runs [--json]"""
-    cli.run_runs(runs, json)
+    cli.run("runs", runs, json)
 
 
 @task(
@@ -287,7 +287,7 @@ def list_runs(c, runs=None, json=False):
 def bench_gpu(c, smoke=False, output=None, budget=None, parts=None, batch=None, steps=None):
     """Every GPU path in one run (tokens/s, MFU, peak memory, HF Trainer ratio, QLoRA, FSDP, DeepSpeed, LMDeploy,
     pytest -m gpu): invoke bench.gpu [--smoke]"""
-    cli.run_gpu_benchmark(smoke, output, budget, parts, batch, steps)
+    cli.run("bench.gpu", smoke, output, budget, parts, batch, steps)
 
 
 @task(
@@ -297,7 +297,7 @@ def bench_gpu(c, smoke=False, output=None, budget=None, parts=None, batch=None, 
 )
 def bench_gpu_report(c, paths=None, docs=None):
     """Put a GPU run's figures into docs/benchmarks.md's bench.gpu table: invoke bench.gpu.report runs/bench/gpu/TIME"""
-    cli.run_gpu_report(paths[0] if len(paths or []) == 1 else "", docs)  # none or several: a one-line error
+    cli.run("bench.gpu.report", paths[0] if len(paths or []) == 1 else "", docs)  # none or several: a one-line error
 
 
 @task(
@@ -310,7 +310,7 @@ def bench_gpu_report(c, paths=None, docs=None):
 )
 def bench_gpu_wheels(c, dest=None, python="3.12", cuda="130"):
     """Download the wheels a GPU machine without internet needs for invoke bench.gpu: invoke bench.gpu.wheels"""
-    cli.run_gpu_wheels(dest, python, cuda)
+    cli.run("bench.gpu.wheels", dest, python, cuda)
 
 
 @task(
@@ -325,7 +325,7 @@ def bench_gpu_wheels(c, dest=None, python="3.12", cuda="130"):
 )
 def bench_eval(c, models="tiny,gemma3_270m", rows=0, workers="1,2", concurrency="1,4,8", output=None):
     """Evaluation speed: stop-aware generation vs lm-eval's, eval.workers, eval.concurrency: invoke bench.eval"""
-    cli.run_eval_benchmark(models, rows, workers, concurrency, output)
+    cli.run("bench.eval", models, rows, workers, concurrency, output)
 
 
 evaluation = Collection("eval")

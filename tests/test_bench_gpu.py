@@ -10,6 +10,7 @@ import pytest
 import torch
 from invoke.exceptions import Exit
 
+from onestop import cli
 from onestop.bench.gpu import (
     GPU_TABLE_END,
     GPU_TABLE_START,
@@ -19,7 +20,6 @@ from onestop.bench.gpu import (
     report_into_docs,
 )
 from onestop.bench.wheels import requirements_outside, strip_wheel
-from onestop.cli import run_gpu_benchmark
 from onestop.config.compose import compose
 from onestop.core.errors import OnestopError
 from onestop.deploy.lmdeploy import installed, run_setup
@@ -64,7 +64,7 @@ def test_smoke_run_trains_through_the_gpu_code_path_on_cpu(tmp_path, monkeypatch
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the full run is the point")
 def test_the_full_run_without_a_gpu_stops_in_one_line_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(Exit) as stopped:
-        run_gpu_benchmark(False, str(tmp_path / "bench"), None, None, None, None)
+        cli.run("bench.gpu", False, str(tmp_path / "bench"), None, None, None, None)
     assert stopped.value.code == 2
     assert stopped.value.message == (
         "onestop bench.gpu: error: bench.gpu: no CUDA GPU is visible to torch (torch.cuda.is_available() is "

@@ -108,10 +108,8 @@ def test_a_missing_directory_on_the_default_option_stops_every_task_in_one_line(
         overrides = [f"model.path={MISSING}", "deploy=transformers", "port=0"]
     else:
         overrides += ON_DEFAULT
-    if task == "estimate":
-        message = one_line_error(lambda: cli.run_estimate(overrides, True, "t4"))
-    else:
-        message = one_line_error(lambda: cli.run_stage(task, overrides))
+    arguments = (True, "t4") if task == "estimate" else ()
+    message = one_line_error(lambda: cli.run_stage(task, overrides, None, *arguments))
     assert message == f"onestop {task}: error: model.path={MISSING}: {NO_SUCH_DIRECTORY}"
     if task == "train":
         assert not (tmp_path / "run").exists()

@@ -18,6 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from invoke.exceptions import Exit
 from invoke.parser.parser import ParseMachine
@@ -92,8 +93,9 @@ def with_config_help(primary: str = "train") -> Callable:
     return decorate
 
 
-def run_stage(stage: str, overrides: Sequence[str] | None, print_cfg: str | None = None) -> None:
-    """Compose the config for `stage` and run it; user errors end the process with one line, status 2."""
+def run_stage(stage: str, overrides: Sequence[str] | None, print_cfg: str | None = None, *arguments) -> None:
+    """Compose the config for `stage` and run it (with `arguments` after the config); user errors end the process
+    with one line, status 2."""
     primary, entry, preset = STAGES[stage]
     with one_line_errors(stage):
         several = several_targets(overrides or []) if stage == "eval" and not print_cfg else None
@@ -106,7 +108,17 @@ def run_stage(stage: str, overrides: Sequence[str] | None, print_cfg: str | None
             return
         if stage == "eval":
             entry = EVAL_KINDS.get(cfg.eval.kind, entry)
-        load(entry)(cfg)
+        load(entry)(cfg, *arguments)
+
+
+def run(task: str, *arguments) -> None:
+    """Run a task of `TASKS`: each argument read as its entry says, then the task's function called with them;
+    user errors end the process with one line, status 2."""
+    entry = TASKS[task]
+    with one_line_errors(task):
+        if len(arguments) != len(entry.arguments):
+            raise OnestopError(f"{task}: {entry.usage or f'expected {len(entry.arguments)} arguments'}")
+        load(entry.target)(*(read(value) for read, value in zip(entry.arguments, arguments, strict=True)))
 
 
 def several_targets(overrides: Sequence[str]) -> tuple[str, list[str], list[str]] | None:
@@ -127,26 +139,6 @@ def several_targets(overrides: Sequence[str]) -> tuple[str, list[str], list[str]
     return key, values, [o for i, o in enumerate(overrides) if i != index]
 
 
-def run_benchmark(
-    overrides: Sequence[str] | None,
-    steps: int,
-    precisions: str,
-    variants: str = "",
-    alpaca_like: int = 0,
-    output: str | None = None,
-) -> None:
-    """Run `bench.train` with user errors reported like any stage's."""
-    with one_line_errors("bench.train"):
-        load("onestop.bench.throughput:bench_train")(
-            list(overrides or []),
-            int(steps),
-            [p.strip() for p in precisions.split(",") if p.strip()],
-            [v.strip() for v in str(variants).split(";")],
-            int(alpaca_like),
-            output,
-        )
-
-
 def run_trainers_benchmark(overrides: Sequence[str] | None, variants: str, print_cfg: str | None = None) -> None:
     """`bench.trainers`, with onestop rows for each of `variants` ("data.padding_free=false;data.packing=true")."""
     chosen = [v.strip() for v in str(variants or "").split(";") if v.strip()]
@@ -161,134 +153,53 @@ def run_trainers_benchmark(overrides: Sequence[str] | None, variants: str, print
         load(entry)(load(COMPOSE)(primary, [*preset, *(overrides or [])]), chosen)
 
 
-def run_compare(paths: Sequence[str], output: str | None, rank_by: str | None = None) -> None:
-    """`eval.compare` with user errors reported in one line."""
-    with one_line_errors("eval.compare"):
-        load("onestop.evaluation.report:compare")(list(paths), output, rank_by)
+def _same(value):
+    return value
 
 
-def run_estimate(overrides: Sequence[str] | None, as_json: bool, devices: str | None) -> None:
-    """`estimate`: the composed training run's memory and time on this machine and common GPUs."""
-    with one_line_errors("estimate"):
-        cfg = load(COMPOSE)("train", list(overrides or []))
-        load("onestop.selection.report:run_estimate")(cfg, as_json, devices)
+def _words(values: Sequence[str] | None) -> list[str]:
+    return list(values or [])
 
 
-def run_estimate_benchmark(models: str, steps: int, output: str | None) -> None:
-    """`bench.estimate` with user errors reported in one line."""
-    with one_line_errors("bench.estimate"):
-        names = [m.strip() for m in models.split(",") if m.strip()]
-        load("onestop.bench:bench_estimate")(names, steps, output)
+def _names(text: str) -> list[str]:
+    """`"tiny, gemma3_270m"` -> ["tiny", "gemma3_270m"]: comma-separated, blanks dropped."""
+    return [name.strip() for name in str(text).split(",") if name.strip()]
 
 
-def run_load_benchmark(overrides: Sequence[str] | None, requests: int, concurrency: int, output: str | None) -> None:
-    """`bench.load` with user errors reported in one line."""
-    with one_line_errors("bench.load"):
-        load("onestop.bench:bench_load")(list(overrides or []), requests, concurrency, output)
+def _integers(option: str) -> Callable[[str], list[int]]:
+    """Reads `--option 1,8,32` as [1, 8, 32]; anything else is a one-line error naming the option."""
+
+    def read(text: str) -> list[int]:
+        try:
+            return [int(part) for part in str(text).split(",") if part.strip()]
+        except ValueError:
+            raise OnestopError(f"{option} {text}: expected comma-separated whole numbers, e.g. 1,8,32") from None
+
+    return read
 
 
-def run_eval_benchmark(models: str, rows: int, workers: str, concurrency: str, output: str | None) -> None:
-    """`bench.eval` with user errors reported in one line."""
-    with one_line_errors("bench.eval"):
-        names = [m.strip() for m in models.split(",") if m.strip()]
-        runs = (_numbers(workers, "workers"), _numbers(concurrency, "concurrency"))
-        load("onestop.bench.eval:bench_eval")(names, int(rows) or None, *runs, output)
+def _override_sets(text: str) -> list[str]:
+    """`"data.packing=false;data.packing=true"` -> one entry per set; an empty set is the config as composed."""
+    return [overrides.strip() for overrides in str(text).split(";")]
 
 
-def _numbers(text: str, option: str) -> list[int]:
-    try:
-        return [int(n) for n in text.split(",") if n.strip()]
-    except ValueError:
-        raise OnestopError(f"--{option} {text}: expected comma-separated whole numbers, e.g. 1,2") from None
+def _optional(read: Callable) -> Callable:
+    """`read` for a value given; None for an option left out (None, "" or 0)."""
+    return lambda value: read(value) if value else None
 
 
-def run_serve_benchmark(
-    overrides: Sequence[str] | None, concurrency: str, requests: int, max_tokens: int, output: str | None
-) -> None:
-    """`bench.serve` with user errors reported in one line."""
-    with one_line_errors("bench.serve"):
-        levels = _integers(concurrency, "--concurrency")
-        load("onestop.bench.serve:bench_serve")(list(overrides or []), levels, int(requests), int(max_tokens), output)
+def _count(value) -> int | None:
+    """A whole number, where 0 (or nothing) means "the default": None."""
+    return int(value or 0) or None
 
 
-def run_startup_benchmark(runs: int, models: str, output: str | None) -> None:
-    """`bench.startup` with user errors reported in one line."""
-    with one_line_errors("bench.startup"):
-        names = [m.strip() for m in models.split(",") if m.strip()]
-        load("onestop.bench.startup:bench_startup")(int(runs), names, output)
+class Entry(NamedTuple):
+    """A task's function as "module:function", how each of the task's arguments is read before the call, and
+    what to say when the task is given the wrong number of arguments."""
 
-
-def run_data_benchmark(sizes: str, model: str, output: str | None) -> None:
-    """`bench.data` with user errors reported in one line."""
-    with one_line_errors("bench.data"):
-        load("onestop.bench.data:bench_data")(_integers(sizes, "--sizes"), model, output)
-
-
-def _integers(text: str, option: str) -> list[int]:
-    try:
-        return [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise OnestopError(f"{option} {text}: expected comma-separated whole numbers, e.g. 1,8,32") from None
-
-
-def run_gpu_benchmark(
-    smoke: bool, output: str | None, budget: float | None, parts: str | None, batch: int | None, steps: int | None
-) -> None:
-    """`bench.gpu` with user errors reported in one line."""
-    with one_line_errors("bench.gpu"):
-        names = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
-        budget, batch, steps = (float(budget) if budget else None), (int(batch) if batch else None), int(steps or 0)
-        load("onestop.bench.gpu:bench_gpu")(smoke, output, budget, names, batch, steps or None)
-
-
-def run_gpu_report(path: str, docs: str | None) -> None:
-    """`bench.gpu.report FILE`: a GPU run's figures into docs/benchmarks.md."""
-    with one_line_errors("bench.gpu.report"):
-        load("onestop.bench.gpu:report_into_docs")(path, docs)
-
-
-def run_gpu_wheels(dest: str | None, python: str, cuda: str) -> None:
-    """`bench.gpu.wheels`: the wheels a GPU machine without internet needs."""
-    with one_line_errors("bench.gpu.wheels"):
-        load("onestop.bench.wheels:download_wheels")(dest, python, cuda)
-
-
-def run_models(as_json: bool) -> None:
-    """`models`: every model/ option with its architecture facts."""
-    with one_line_errors("models"):
-        load("onestop.selection.report:run_models")(as_json)
-
-
-def run_sweep(overrides: Sequence[str] | None) -> None:
-    """`sweep` with user errors reported in one line."""
-    with one_line_errors("sweep"):
-        load("onestop.sweep.runner:run_sweep")(list(overrides or []))
-
-
-def run_ui(host: str, port: int, runs: Sequence[str] | None, token: str | None) -> None:
-    """`ui`: the web UI over the runs under `runs` (default ./runs), until Ctrl-C."""
-    with one_line_errors("ui"):
-        load("onestop.ui.server:serve")(host, int(port), list(runs or []), token)
-
-
-def run_ui_screenshots(output: str) -> None:
-    """`ui.screenshots`: a PNG of each page, from a tiny run trained for the purpose."""
-    with one_line_errors("ui.screenshots"):
-        load("onestop.ui.screenshots:take_screenshots")(output)
-
-
-def run_runs(runs: Sequence[str] | None, as_json: bool) -> None:
-    """`runs`: every run under the run folders, as a table or JSON."""
-    with one_line_errors("runs"):
-        load("onestop.evaluation.runs:print_runs")(list(runs or []), as_json)
-
-
-def run_recipe_diff(paths: Sequence[str]) -> None:
-    """`recipe.diff A B` with user errors reported in one line."""
-    with one_line_errors("recipe.diff"):
-        if len(paths) != 2:
-            raise OnestopError("recipe.diff: give exactly two recipes or run directories")
-        load("onestop.recipes:run_diff")(*paths)
+    target: str
+    arguments: tuple[Callable, ...]
+    usage: str = ""
 
 
 # Each task's code is named here as "module:function" and imported when the task runs: the stages pull in
@@ -313,11 +224,41 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "onestop.bench:compare_agent_libraries",
         ("hydra.run.dir=runs/bench/agents/${now:%Y-%m-%d_%H-%M-%S}",),
     ),
+    "estimate": ("train", "onestop.selection.report:run_estimate", ()),
     "bench.trainers": (
         "train",
         "onestop.bench:compare_trainers",
         ("recipe=gemma3_270m_lora_demo", "logger=none", "hydra.run.dir=runs/bench/trainers/${now:%Y-%m-%d_%H-%M-%S}"),
     ),
+}
+
+# Tasks that only read their arguments and call one function: task -> Entry. `run(task, *arguments)` runs them.
+TASKS: dict[str, Entry] = {
+    "eval.compare": Entry("onestop.evaluation.report:compare", (_words, _same, _same)),
+    "bench.train": Entry(
+        "onestop.bench.throughput:bench_train",
+        (_words, int, _names, _override_sets, int, _same),
+    ),
+    "bench.estimate": Entry("onestop.bench:bench_estimate", (_names, _same, _same)),
+    "bench.load": Entry("onestop.bench:bench_load", (_words, _same, _same, _same)),
+    "bench.eval": Entry(
+        "onestop.bench.eval:bench_eval", (_names, _count, _integers("--workers"), _integers("--concurrency"), _same)
+    ),
+    "bench.serve": Entry("onestop.bench.serve:bench_serve", (_words, _integers("--concurrency"), int, int, _same)),
+    "bench.startup": Entry("onestop.bench.startup:bench_startup", (int, _names, _same)),
+    "bench.data": Entry("onestop.bench.data:bench_data", (_integers("--sizes"), _same, _same)),
+    "bench.gpu": Entry(
+        "onestop.bench.gpu:bench_gpu",
+        (_same, _same, _optional(float), _optional(_names), _optional(int), _count),
+    ),
+    "bench.gpu.report": Entry("onestop.bench.gpu:report_into_docs", (_same, _same)),
+    "bench.gpu.wheels": Entry("onestop.bench.wheels:download_wheels", (_same, _same, _same)),
+    "models": Entry("onestop.selection.report:run_models", (_same,)),
+    "sweep": Entry("onestop.sweep.runner:run_sweep", (_words,)),
+    "ui": Entry("onestop.ui.server:serve", (_same, int, _words, _same)),
+    "ui.screenshots": Entry("onestop.ui.screenshots:take_screenshots", (_same,)),
+    "runs": Entry("onestop.evaluation.runs:print_runs", (_words, _same)),
+    "recipe.diff": Entry("onestop.recipes:run_diff", (_same, _same), "give exactly two recipes or run directories"),
 }
 
 # `invoke eval model=a,b,c` (or run_dir=A,B): one evaluation per target, then compared.

@@ -3,14 +3,14 @@
     from onestop.ui.app import create_app
     app = create_app([Path("runs")], Path("."), token=None)   # then: uvicorn.run(app, host="127.0.0.1")
 
-Each page lives in its own module exposing `router = fastapi.APIRouter()`; the app includes those that
-exist, so a page added later plugs in by creating its module. Settings are on `app.state` (`run_roots`,
+Each page lives in its own module exposing `router = fastapi.APIRouter()`, named in `PAGE_MODULES`; a page
+added later plugs in by creating its module and naming it there. A named module that cannot be imported is
+an error at start, never a page silently missing. Settings are on `app.state` (`run_roots`,
 `project_dir`, `token`), read in handlers through `request.app.state`.
 """
 
 import hmac
 import importlib
-import importlib.util
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -18,7 +18,7 @@ from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).parent / "static"
-# Page modules, in the order their routes are matched; a module that is not there yet is skipped.
+# Page modules, in the order their routes are matched.
 PAGE_MODULES = (
     "onestop.ui.runs",
     "onestop.ui.launch",
@@ -38,8 +38,7 @@ def create_app(run_roots: list[Path], project_dir: Path, token: str | None) -> F
     app.state.token = token or None
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for name in PAGE_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            app.include_router(importlib.import_module(name).router)
+        app.include_router(importlib.import_module(name).router)
 
     @app.middleware("http")
     async def require_token(request: Request, call_next) -> Response:

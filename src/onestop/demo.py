@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onestop.core.errors import OnestopError
-from onestop.core.rundir import RunDir
+from onestop.core.rundir import RunDir, results_file
 from onestop.data.sft import SFTDataModule
 from onestop.deploy.service import ask_served
 from onestop.evaluation.generation import end_of_turn, in_process_lm
@@ -67,7 +67,7 @@ def run_demo(cfg: DictConfig) -> dict:
     report = {
         "before": {"heldout_loss": before_loss, **before.flat()},
         "after": {"heldout_loss": after_loss, **after.flat()},
-        "results": {"before": str(before.output_dir / "results.json"), "after": str(after.output_dir / "results.json")},
+        "results": {"before": str(results_file(before.output_dir)), "after": str(results_file(after.output_dir))},
     }
     result.run.write_demo_report(report)
     print_comparison(report, before, after)

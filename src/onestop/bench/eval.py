@@ -13,7 +13,6 @@ Three tables, each with a check that the faster way gives the same answers or sc
 
 # Lazy imports: lm_eval (inside the functions that need them).
 
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from rich.table import Table
 
 from onestop.config.compose import compose
 from onestop.core.files import write_json
+from onestop.core.rundir import read_results
 from onestop.data.sft import SFTDataModule
 from onestop.deploy.service import serving
 from onestop.evaluation.generation import end_of_turn, in_process_lm
@@ -146,7 +146,7 @@ def timed_eval(overrides: list[str], system_prompt: str | None):
     cfg = compose("eval", overrides)
     cfg.eval.system_prompt = system_prompt  # set here: a prompt's punctuation needs no override quoting
     result = evaluate(cfg)
-    seconds = json.loads((result.output_dir / "results.json").read_text())["seconds"]
+    seconds = read_results(result.output_dir)["seconds"]
     return result, seconds
 
 

@@ -43,6 +43,10 @@ SOURCE_FILE = "onestop-source.json"
 """In a directory made from trained weights (a merged export, a serving copy): the fingerprint of what it was
 made from. A copy whose fingerprint differs from its source's now is stale: it is made again, never served."""
 
+RESULTS_FILE = "results.json"
+"""An evaluation's record (scores, config, model identity, samples), in the evaluation's output directory:
+RUN/eval/TIME/ for a run's evaluation, runs/eval/TIME/ for another."""
+
 # What a training run leaves in its directory; any of them means the directory is a run's.
 _RUN_ARTEFACTS = ("config.yaml", "checkpoints", "adapter", "model", "metrics.json", "recipe.yaml")
 
@@ -226,7 +230,7 @@ class RunDir:
 
     def eval_results(self) -> list[Path]:
         """results.json of every evaluation of this run, oldest first."""
-        return sorted(self.eval_dir.glob("*/results.json"), key=lambda p: p.stat().st_mtime)
+        return sorted(self.eval_dir.glob(f"*/{RESULTS_FILE}"), key=lambda p: p.stat().st_mtime)
 
     def recipe_or_config(self) -> Path | None:
         """recipe.yaml, else config.yaml (a run that stopped before writing its recipe), else None."""
@@ -360,6 +364,23 @@ class RunDir:
 
     def write_objective(self, record: dict) -> None:
         write_json(self.objective_file, record)
+
+
+def results_file(output_dir: str | Path) -> Path:
+    """The results.json of the evaluation written to `output_dir`."""
+    return Path(output_dir) / RESULTS_FILE
+
+
+def write_results_file(output_dir: str | Path, record: dict) -> Path:
+    """The one writer of results.json: `record` as JSON (a value JSON has no type for as its text), atomically."""
+    path = results_file(output_dir)
+    write_json(path, json.loads(json.dumps(record, default=str)))
+    return path
+
+
+def read_results(output_dir: str | Path) -> dict:
+    """The results.json of the evaluation written to `output_dir`."""
+    return json.loads(results_file(output_dir).read_text())
 
 
 def tree_digest(root: Path) -> str:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from onestop.core.errors import OnestopError
 from onestop.core.files import save_figure_atomic
-from onestop.core.rundir import RunDir
+from onestop.core.rundir import RunDir, results_file
 
 # Metrics where less is better; every other metric ranks higher first.
 LOWER_IS_BETTER = {"word_perplexity", "byte_perplexity", "bits_per_byte", "unparsed", "server_errors", "tool_errors"}
@@ -54,8 +54,8 @@ def find_results(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_file():
         return path
-    if (path / "results.json").is_file():
-        return path / "results.json"
+    if results_file(path).is_file():
+        return results_file(path)
     found = RunDir(path).eval_results()
     if found:
         return found[-1]

@@ -27,10 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from onestop import __version__
 from onestop.config.schema import EvalConfig, EvalSuiteConfig
 from onestop.core.errors import OnestopError
-from onestop.core.files import write_json
 from onestop.core.hub import hub_reachable
 from onestop.core.paths import CONF_DIR
-from onestop.core.rundir import RunDir, job_config
+from onestop.core.rundir import RunDir, job_config, write_results_file
 from onestop.core.wandb_mode import wandb_mode
 from onestop.evaluation.classify import UNPARSED, chat_prompt, read_labelled, reply_label, resolve_labels, score_labels
 from onestop.evaluation.generation import end_of_turn, generate_greedy, in_process_lm, stop_token_ids
@@ -407,10 +406,10 @@ def write_results(
         "config": job_config(cfg),
         "samples": result.samples,
     } | (extra or {})
-    write_json(result.output_dir / "results.json", json.loads(json.dumps(payload, default=str)))
+    saved = write_results_file(result.output_dir, payload)
     print_metrics(f"{cfg.eval.name} on {describe(target)}", result.metrics)
     log_to_wandb(cfg, target, result)
-    print(f"Results: {result.output_dir / 'results.json'}", flush=True)
+    print(f"Results: {saved}", flush=True)
 
 
 def endpoint_replies(cfg: DictConfig, target: Target, suite, asked: list[dict], on_error: str) -> list:

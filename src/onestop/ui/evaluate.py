@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 
 from onestop.config.groups import list_group_options
 from onestop.core.errors import OnestopError
-from onestop.core.rundir import RunDir
+from onestop.core.rundir import RESULTS_FILE, RunDir
 from onestop.evaluation.report import COUNTS, LOWER_IS_BETTER, compare, plot_bars
 from onestop.evaluation.runs import list_runs
 from onestop.ui.pages import inside, render, run_path, run_ref, run_roots, start_invoke
@@ -105,7 +105,7 @@ def chart(request: Request, out: str) -> FileResponse:
 def comparison(folder: Path) -> dict | None:
     """The scores of each evaluated run side by side (best first by the first shared metric), and the chart:
     `eval.compare`'s for several runs, the same bars for one."""
-    files = sorted(folder.glob("results.json")) or sorted(folder.glob("*/results.json"))
+    files = sorted(folder.glob(RESULTS_FILE)) or sorted(folder.glob(f"*/{RESULTS_FILE}"))
     if not files:
         return None
     loaded = [json.loads(f.read_text()) for f in files]
@@ -166,7 +166,7 @@ def _job_view(request: Request, out: Path) -> dict:
     elif code not in (None, 0):
         status = "failed"
     else:
-        status = "finished" if (list(out.glob("results.json")) or list(out.glob("*/results.json"))) else "failed"
+        status = "finished" if (list(out.glob(RESULTS_FILE)) or list(out.glob(f"*/{RESULTS_FILE}"))) else "failed"
     return {
         "out": run_ref(request, out),
         "path": str(out),

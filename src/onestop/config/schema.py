@@ -64,7 +64,8 @@ class DataConfig:
     name: str = MISSING
     """Short name of the option, used in run names."""
     format: str = "alpaca"
-    """Record layout: alpaca, sharegpt, messages, text or preference."""
+    """Record layout: alpaca, sharegpt, messages, text, preference (prompt/chosen/rejected), unpaired
+    (prompt/completion/label, for stage=kto) or feedback (the web UI's feedback.jsonl, read as unpaired)."""
     path: str = MISSING
     """A JSON/JSONL/CSV/Parquet file, a glob of them, or a Hugging Face dataset id (online)."""
     columns: dict[str, str] = field(default_factory=dict)
@@ -93,6 +94,9 @@ class DataConfig:
     """Processes that tokenize during preparation: a number, or auto (every allowed core, at most 8, from 20,000
     examples on; one below, where starting processes would cost more than it saves). The result is the same."""
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
+    curate: list[Any] = field(default_factory=list)
+    """Curation steps run in order before tokenizing, each a name or {name: {key: value}}: near_duplicates,
+    quality, repair, personal_data, language, safety (docs/curation.md). Empty: none; every removal is counted."""
     padding_free: Any = "auto"
     """Lay each micro-batch's examples end to end in one row, with no padding: the same examples per step, the
     same steps per epoch and the same loss as padded batches, with less compute and memory. Attention and
@@ -220,6 +224,10 @@ class HardwareConfig:
     fit the device (invoke estimate shows the breakdown)."""
     memory_limit_gib: float | None = None
     """Memory a run may use per device; default the GPU's free memory, or the RAM available now on a CPU."""
+    rendezvous_timeout_s: float = 600.0
+    """Seconds a process of a multi-node run waits to meet the others at MASTER_ADDR:MASTER_PORT (a node for node 0,
+    node 0 for every node) before it stops in one line naming that address; later collectives keep Lightning's
+    30 minutes."""
 
 
 @dataclass
@@ -315,6 +323,36 @@ class SchedulerConfig:
 class DPOConfig:
     beta: float = 0.1
     """Strength of the pull towards the reference model; lower lets the policy drift further."""
+    loss_type: str = "sigmoid"
+    """sigmoid (DPO), ipo (squared distance to 1 / (2 beta), on per-token means: does not overfit
+    deterministic preferences) or hinge (SLiC: zero loss past a margin of 1 / beta)."""
+    label_smoothing: float = 0.0
+    """sigmoid only: the share of pairs assumed mislabelled (cDPO); 0 trusts every pair."""
+
+
+@dataclass
+class KTOConfig:
+    beta: float = 0.1
+    """Strength of the pull towards the reference model, as dpo.beta."""
+    desirable_weight: float = 1.0
+    """Weight of desirable answers' losses; raise it when there are fewer desirable than undesirable ones
+    (the KTO paper keeps desirable_weight x desirable / (undesirable_weight x undesirable) in [1, 4/3])."""
+    undesirable_weight: float = 1.0
+    """Weight of undesirable answers' losses."""
+
+
+@dataclass
+class ORPOConfig:
+    beta: float = 0.1
+    """Weight of the odds-ratio penalty beside the chosen answers' cross-entropy (the paper's lambda)."""
+
+
+@dataclass
+class SimPOConfig:
+    beta: float = 2.0
+    """Scale of the reward (the per-token mean log-probability); the paper uses 2 to 2.5."""
+    gamma_beta_ratio: float = 0.5
+    """Target margin between chosen and rejected rewards, as a fraction of beta (gamma = beta x this)."""
 
 
 @dataclass
@@ -427,8 +465,13 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     stage: str = "sft"
-    """sft (supervised fine-tuning), pretrain (raw text, loss on every token) or dpo (preference pairs)."""
+    """sft (supervised fine-tuning), pretrain (raw text, loss on every token), dpo, orpo or simpo (preference
+    pairs; orpo and simpo need no reference model) or kto (answers rated desirable or not); one module each in
+    onestop/training/stages."""
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    kto: KTOConfig = field(default_factory=KTOConfig)
+    orpo: ORPOConfig = field(default_factory=ORPOConfig)
+    simpo: SimPOConfig = field(default_factory=SimPOConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: FastPathsConfig = field(default_factory=FastPathsConfig)
     resume: str | None = None

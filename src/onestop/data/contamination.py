@@ -41,7 +41,7 @@ def contamination_report(train: list[dict], validation: list[dict], data_cfg: Di
     n = settings.ngram
     eval_sets = {"validation": [prompt_text(e) for e in validation]}
     for path in settings.eval_paths:
-        eval_sets[str(path)] = _eval_texts(path)
+        eval_sets[str(path)] = eval_texts(path)
     # The evaluation prompts' n-grams are held and the training text streams past them: memory follows the
     # evaluation sets, not the training corpus (a million training rows hold about a hundred million n-grams).
     owners: dict[tuple[str, ...], list[tuple[str, int]]] = {}
@@ -62,7 +62,7 @@ def contamination_report(train: list[dict], validation: list[dict], data_cfg: Di
     return report
 
 
-def _eval_texts(path: str) -> list[str]:
+def eval_texts(path: str) -> list[str]:
     """Prompts of an evaluation file in any layout: a question/prompt/instruction field, else all strings."""
     texts = []
     for record in read_records(path):

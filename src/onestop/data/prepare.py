@@ -26,7 +26,8 @@ from onestop.core.errors import OnestopError
 from onestop.core.files import save_figure_atomic, staged_directory
 from onestop.core.paths import cache_dir
 from onestop.core.progress import progress
-from onestop.data.contamination import contamination_report
+from onestop.data.contamination import contamination_report, eval_texts, prompt_text
+from onestop.data.curate import Context, curate, curation_steps
 from onestop.data.formats import CONVERSATION_FORMATS, RecordError, converter, map_columns
 from onestop.data.records import is_hub_dataset_id, iter_records
 from onestop.data.token_rows import TokenRows, TokenRowsBuilder
@@ -62,6 +63,7 @@ class DataReport:
     max_seq_len: int = 0
     overlength: str = "truncate"
     contamination: dict = field(default_factory=dict)
+    curation: list[dict] = field(default_factory=list)
     fingerprint: str = ""
     cache_hit: bool = False
 
@@ -77,6 +79,10 @@ class DataReport:
         notes = [f"{n} dropped: {reason}" for reason, n in sorted(self.dropped.items())]
         if self.duplicates:
             notes.append(f"{self.duplicates} exact duplicates dropped")
+        for step in self.curation:
+            counts = {o: sum(c[o] for c in step["sources"].values()) for o in ("removed", "changed", "flagged")}
+            done = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
+            notes.append(f"curate {step['step']}: {done or 'nothing to do'}")
         if self.truncated:
             notes.append(f"{self.truncated} truncated to max_seq_len {self.max_seq_len}")
         if self.dropped_overlength:
@@ -216,10 +222,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def data_fingerprint(data_cfg: DictConfig, tokenizer, seed: int) -> str:
-    """Changes when the sources' contents, the data config, the tokenizer or the seed change."""
+    """Changes when the sources' contents, the data config (data.curate too), the tokenizer or the seed change."""
     config = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items() if k not in BATCHING_KEYS}
     digest = hashlib.sha256()
     digest.update(json.dumps([PIPELINE_VERSION, config, seed], sort_keys=True).encode())
+    for step in curation_steps(data_cfg):  # the libraries' versions and the blocklists' contents
+        digest.update(json.dumps(step.fingerprint()).encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     paths = [s.path for s in sources_of(data_cfg)]
     if data_cfg.val_path:
@@ -240,6 +248,7 @@ def prepared_dir(fingerprint: str) -> Path:
 
 def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = True) -> PreparedData:
     """Prepared train/validation data for `data_cfg` and `tokenizer`, from the cache when unchanged."""
+    steps = curation_steps(data_cfg)  # a wrong data.curate entry stops here, before any file is read
     fingerprint = data_fingerprint(data_cfg, tokenizer, seed)
     directory = prepared_dir(fingerprint)
     if use_cache and data_cfg.cache and (directory / "report.json").is_file():
@@ -254,7 +263,12 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
         val_examples = [example for group in val_groups for example in group]
         for reason, count in val_report.dropped.items():
             report.dropped[f"validation: {reason}"] = count
-    else:
+    if steps:
+        eval_sets = {"validation": [prompt_text(e) for e in val_examples]} if data_cfg.val_path else {}
+        eval_sets.update({str(path): eval_texts(path) for path in data_cfg.contamination.eval_paths})
+        context = Context(sources=[source.path for source in sources], eval_sets=eval_sets)
+        per_source, report.curation = curate(per_source, steps, context)
+    if not data_cfg.val_path:
         if not 0 <= data_cfg.val_ratio < 1:
             raise OnestopError(f"config key 'data.val_ratio': expected 0 <= ratio < 1, got {data_cfg.val_ratio}")
         rng = random.Random(seed)
@@ -268,6 +282,8 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
     train_examples = apply_weights(per_source, sources, seed, report)
     if not train_examples:
         dropped = "; ".join(f"{n} dropped: {reason}" for reason, n in sorted(report.dropped.items()))
+        curated = [f"{removed} removed by data.curate {step['step']}" for step, removed in curation_removals(report)]
+        dropped = "; ".join(part for part in [dropped, *curated] if part)
         raise OnestopError(
             f"{sources[0].path}: no training records left of {report.records_read} read "
             f"({dropped or 'none valid'}; {len(val_examples)} held out for validation, data.val_ratio)"
@@ -421,6 +437,8 @@ def _save(prepared: PreparedData, lengths: np.ndarray) -> None:
             for example in prepared.val_examples:
                 handle.write(json.dumps(example, ensure_ascii=False) + "\n")
         plot_lengths(lengths, prepared.report.max_seq_len, staging / "lengths.png")
+        if prepared.report.curation:
+            plot_curation(prepared.report, staging / "curation.png")
         (staging / "report.json").write_text(json.dumps(asdict(prepared.report), indent=2, ensure_ascii=False))
 
 
@@ -447,6 +465,37 @@ def plot_lengths(lengths: np.ndarray, max_seq_len: int, path: Path) -> None:
     axes.set_xlabel("tokens per example")
     axes.set_ylabel("examples")
     axes.set_title(f"{len(lengths)} training examples")
+    axes.legend()
+    figure.tight_layout()
+
+    save_figure_atomic(figure, path, dpi=100)
+    plt.close(figure)
+
+
+def curation_removals(report: DataReport) -> list[tuple[dict, int]]:
+    """Each curation step of `report` with the records it removed, for those that removed any."""
+    removals = [(step, sum(c["removed"] for c in step["sources"].values())) for step in report.curation]
+    return [(step, n) for step, n in removals if n]
+
+
+def plot_curation(report: DataReport, path: Path) -> None:
+    """Bar chart of the records each curation step removed, changed and flagged, in the steps' order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [step["step"] for step in report.curation]
+    figure, axes = plt.subplots(figsize=(7, 4))
+    positions = np.arange(len(names))
+    bars_of = (("removed", "#c44e52", -0.27), ("changed", "#4c72b0", 0.0), ("flagged", "#dd8452", 0.27))
+    for outcome, colour, offset in bars_of:
+        counts = [sum(c[outcome] for c in step["sources"].values()) for step in report.curation]
+        bars = axes.bar(positions + offset, counts, width=0.27, color=colour, label=outcome)
+        axes.bar_label(bars, fontsize=8)
+    axes.set_xticks(positions, names)
+    axes.set_ylabel("records")
+    axes.set_title(f"data.curate on {report.records_read} records, in order")
     axes.legend()
     figure.tight_layout()
 

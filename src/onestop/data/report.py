@@ -20,6 +20,9 @@ def report_table(report: DataReport):
     for reason, count in sorted(report.dropped.items()):
         table.add_row(f"dropped: {reason}", str(count))
     table.add_row("dropped: exact duplicates", str(report.duplicates))
+    for step in report.curation:
+        for row in curation_rows(step, several_sources=len(report.sources) > 1):
+            table.add_row(*row)
     verb = "dropped" if report.overlength == "drop" else "truncated"
     over = report.dropped_overlength if report.overlength == "drop" else report.truncated
     table.add_row(f"over max_seq_len {report.max_seq_len}: {verb}", str(over))
@@ -39,12 +42,39 @@ def report_table(report: DataReport):
     return table
 
 
+def curation_rows(step: dict, several_sources: bool) -> list[tuple[str, str]]:
+    """Rows of one curation step: kept / removed / changed / flagged (per source when several), then per reason."""
+    rows = []
+    outcomes = ("kept", "removed", "changed", "flagged")
+    totals = {o: sum(c[o] for c in step["sources"].values()) for o in outcomes}
+    for source, counts in [("", totals)] + (list(step["sources"].items()) if several_sources else []):
+        shown = " / ".join(f"{counts[o]} {o}" for o in outcomes if counts[o] or o == "kept")
+        rows.append((f"curate {step['step']}" + (f": {source}" if source else ""), shown))
+    for reason, count in sorted(step["reasons"].items()):
+        rows.append((f"curate {step['step']}: {reason}", str(count)))
+    return rows
+
+
+def curation_examples(report: DataReport) -> list[str]:
+    """One line per curation example in the report: step, what happened and why, and an excerpt."""
+    lines = []
+    for step in report.curation:
+        for example in step["examples"]:
+            text = example.get("text") or f"{example.get('before')!r} -> {example.get('after')!r}"
+            lines.append(f"  {step['step']} {example['outcome']} ({example['reason']}): {text[:150]!r}")
+    return lines
+
+
 def print_report(prepared: PreparedData | None) -> None:
     if prepared is None:  # a streamed corpus is never prepared as a whole
         return
 
     console = Console(width=max(Console().width, 100))
     console.print(report_table(prepared.report))
+    if prepared.report.curation:
+        console.print("Curation examples (all in report.json, a chart in curation.png):", highlight=False)
+        for line in curation_examples(prepared.report):
+            console.print(line, highlight=False, markup=False)
     state = "reused from cache" if prepared.report.cache_hit else "written"
     console.print(f"Prepared data ({state}, fingerprint {prepared.report.fingerprint}): {prepared.directory}")
 

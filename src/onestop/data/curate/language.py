@@ -1,0 +1,68 @@
+"""Language: keep records written in the listed languages, detected offline with lingua.
+
+lingua (lingua-language-detector) ships its models in the wheel, so detection needs no network. The
+detector chooses among `candidates` and the kept languages: every language it knows would take it about ten
+seconds to load and more memory, and a language it is not offered is reported as the nearest one offered.
+A record too short to tell (a number, one word) is kept or removed by `keep_undetected`.
+"""
+
+# Lazy imports: lingua (only when the step runs).
+
+from dataclasses import dataclass, field
+
+from onestop.data.curate.steps import Step, StepConfigError
+from onestop.data.curate.text import full_text, snippet
+
+# Widely written languages the detector tells apart besides the kept ones (ISO 639-1).
+CANDIDATES = ["en", "zh", "es", "fr", "de", "pt", "ru", "ja", "ko", "ar", "it", "nl", "tr", "vi", "hi", "id", "pl"]
+
+
+@dataclass
+class Language(Step):
+    name = "language"
+
+    languages: list[str]
+    """Languages to keep, as ISO 639-1 codes: [en, zh]."""
+    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
+    """Languages the detector chooses among, besides `languages`."""
+    keep_undetected: bool = True
+    """Keep a record whose language cannot be told (digits, symbols, a word or two)."""
+
+    def __post_init__(self):
+        from lingua import IsoCode639_1
+
+        if not self.languages:
+            raise StepConfigError("languages", "expected a list of ISO 639-1 codes, e.g. [en,zh]")
+        codes = {}
+        for key in ("languages", "candidates"):
+            for code in getattr(self, key):
+                try:
+                    codes[code.lower()] = IsoCode639_1.from_str(code.lower())
+                except ValueError:
+                    raise StepConfigError(key, f"expected ISO 639-1 codes such as en, zh; got {code!r}") from None
+        self._codes = list(codes.values())
+        self._keep = {code.lower() for code in self.languages}
+        self._detector = None
+
+    def fingerprint(self) -> list[str]:
+        from importlib.metadata import version
+
+        return [f"lingua {version('lingua-language-detector')}"]
+
+    def apply(self, example: dict) -> tuple[dict | None, str, dict | None]:
+        text = full_text(example)
+        detected = self.detect(text)
+        if detected is None:
+            return (example, "", None) if self.keep_undetected else (None, "language undetected", snippet(text))
+        if detected in self._keep:
+            return example, "", None
+        return None, f"language {detected}", snippet(text)
+
+    def detect(self, text: str) -> str | None:
+        """The ISO 639-1 code of `text`'s language, or None when it cannot be told."""
+        if self._detector is None:
+            from lingua import LanguageDetectorBuilder
+
+            self._detector = LanguageDetectorBuilder.from_iso_codes_639_1(*self._codes).build()
+        language = self._detector.detect_language_of(text)
+        return None if language is None else language.iso_code_639_1.name.lower()

@@ -1,0 +1,151 @@
+"""data.curate: each step on a raw export with planted problems, counted exactly, nothing else touched."""
+
+import json
+
+import pytest
+from conftest import ASSETS, compose, run_invoke
+
+from onestop.core.errors import OnestopError
+from onestop.data.curate import Context, curate, curation_steps
+from onestop.data.curate.personal_data import PersonalData
+from onestop.data.prepare import prepare
+from onestop.data.report import run_prepare
+
+CURATE = ASSETS / "data" / "curate"
+RAW = CURATE / "raw.jsonl"  # 26 records; tests/assets/data/curate/raw.jsonl says what each one plants
+EVAL = CURATE / "eval.jsonl"
+ALL_STEPS = (
+    "data.curate=[repair,personal_data,near_duplicates,quality,{language:{languages:[en,zh]}},"
+    f"{{safety:{{blocklist:[{CURATE / 'blocklist.txt'}]}}}}]"
+)
+CLEAN = [json.loads(line) for line in RAW.read_text().splitlines()[:8]]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONESTOP_HOME", str(tmp_path / "onestop-home"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ASSETS / "tiny-qwen2")
+
+
+def config(*overrides: str):
+    base = ("data=alpaca", f"data.path={RAW}", "data.val_ratio=0", f"data.contamination.eval_paths=[{EVAL}]")
+    return compose("model=tiny", *base, *overrides)
+
+
+def data_cfg(*overrides: str):
+    return config(*overrides).data
+
+
+def by_step(report) -> dict[str, dict]:
+    return {step["step"]: step for step in report.curation}
+
+
+def test_every_step_counts_exactly_what_it_planted(tokenizer, capsys):
+    prepared = run_prepare(config(ALL_STEPS))  # what invoke data.prepare runs
+    printed = capsys.readouterr().out
+    assert "curate near_duplicates: removed: near-duplicate of an earlier record" in printed
+    assert "personal_data changed (masked ip)" in printed
+    report, steps = prepared.report, by_step(prepared.report)
+    source = str(RAW)
+    assert report.records_read == 26 and report.duplicates == 1  # the exact copy goes before curation
+    assert steps["repair"]["reasons"] == {"changed: encoding": 1, "changed: control characters": 1}
+    assert steps["personal_data"]["reasons"] == {
+        "changed: masked email, phone": 1,
+        "changed: masked ip": 1,
+        "changed: masked credit_card": 1,
+        "changed: masked id": 1,
+        "changed: masked phone": 1,
+    }
+    assert steps["near_duplicates"]["reasons"] == {
+        "removed: near-duplicate of an earlier record": 2,
+        f"removed: near-duplicate of an evaluation prompt ({EVAL})": 1,
+    }
+    assert steps["quality"]["reasons"] == {
+        "removed: over 30% boilerplate lines": 1,
+        "removed: over 30% repeated lines": 1,
+        "removed: fewer than 3 words": 1,
+    }
+    assert steps["language"]["reasons"] == {"removed: language de": 1, "removed: language fr": 1}
+    assert steps["safety"]["reasons"] == {"removed: blocked term": 1}
+    assert steps["safety"]["sources"][source] == {"kept": 16, "removed": 1, "changed": 0, "flagged": 0}
+    assert report.train_records == 16 and "curate quality: 3 removed" in report.summary()
+
+    trained = [tokenizer.decode(row["input_ids"]) for row in prepared.train]
+    for record in CLEAN:  # the eight clean records reach training as written
+        assert sum(record["output"] in text for text in trained) == 1
+    joined = "\n".join(trained)
+    for mask in ("[EMAIL]", "[PHONE]", "[IP]", "[CREDIT_CARD]", "[ID]"):
+        assert mask in joined
+    for secret in ("jane.doe@example.com", "192.168.10.25", "4111 1111", "123-45-6789", "13812345678", "zorbex"):
+        assert secret not in joined
+    assert "1234 5678 9012 3456" in joined  # fails the Luhn check: a tracking number, not a card
+    assert "café crème" in joined and "\x07" not in joined and "北京" in joined
+    removed = [e for e in steps["near_duplicates"]["examples"] if "earlier record" in e["reason"]]
+    assert removed[0]["text"].startswith("Explain why the sky") and removed[0]["similar_to"].startswith("Explain why")
+    assert (prepared.directory / "curation.png").stat().st_size > 0
+    saved = json.loads((prepared.directory / "report.json").read_text())
+    assert [step["step"] for step in saved["curation"]] == list(steps)
+
+
+def test_the_cache_key_holds_the_curate_config_and_the_blocklist(tokenizer, tmp_path):
+    plain = prepare(data_cfg(), tokenizer)
+    assert plain.report.curation == []
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text("zorbex\n")
+    flagged = data_cfg(f"data.curate=[{{safety:{{blocklist:[{blocklist}],action:flag}}}}]")
+    first = prepare(flagged, tokenizer)
+    assert first.report.fingerprint != plain.report.fingerprint
+    assert by_step(first.report)["safety"]["reasons"] == {"flagged: blocked term": 1}
+    assert first.report.train_records == plain.report.train_records  # flagged, not removed
+    assert prepare(flagged, tokenizer).report.cache_hit
+    blocklist.write_text("zorbex\nmarathon\n")
+    again = prepare(flagged, tokenizer)
+    assert not again.report.cache_hit and by_step(again.report)["safety"]["reasons"] == {"flagged: blocked term": 2}
+
+
+def test_personal_data_drop_and_patterns_of_ones_own():
+    step = PersonalData(action="drop", patterns={"employee_id": r"EMP-\d{6}"})
+    examples = [
+        {"messages": [{"role": "user", "content": "Who is EMP-123456?"}, {"role": "assistant", "content": "Ann."}]},
+        {"messages": [{"role": "user", "content": "Version 1.2.3 of 2024-01-15?"}], "chosen": "ok", "rejected": "no"},
+        {"messages": [{"role": "user", "content": "Mail?"}], "chosen": "a@b.org", "rejected": "none"},
+    ]
+    kept, tallies = curate([examples], [step], Context(sources=["chats"]))
+    assert kept == [[examples[1]]]
+    assert tallies[0]["reasons"] == {"removed: holds employee_id": 1, "removed: holds email": 1}
+    assert PersonalData().mask("Call 020 7946 0958 or 10 000 000 times") == "Call [PHONE] or 10 000 000 times"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("[qualty]", "config key 'data.curate[0]': unknown step 'qualty'; expected one of near_duplicates, quality"),
+        ("[{near_duplicates:{threshold:1.5}}]", "'data.curate[0].near_duplicates.threshold': expected a similarity"),
+        ("[repair,{quality:{min_wordz:3}}]", "config key 'data.curate[1].quality.min_wordz': unknown parameter"),
+        ("[{personal_data:{action:hide}}]", "'data.curate[0].personal_data.action': expected mask or drop, got 'hide'"),
+        ("[language]", "config key 'data.curate[0].language.languages': required; expected a list of ISO 639-1"),
+        ("[{language:{languages:[english]}}]", "'data.curate[0].language.languages': expected ISO 639-1 codes"),
+        ("[{quality:{min_words:many}}]", "config key 'data.curate[0].quality.min_words': expected int, got 'many'"),
+        ("[safety]", "config key 'data.curate[0].safety.terms': expected at least one blocked term"),
+    ],
+)
+def test_a_wrong_step_names_its_config_key(entry, message):
+    with pytest.raises(OnestopError) as caught:
+        curation_steps(data_cfg(f"data.curate={entry}"))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_invoke_data_prepare_stops_at_a_typo_in_one_line(tmp_path):
+    args = ("data.prepare", "model=tiny", "data=alpaca", f"data.path={RAW}", "data.curate=[repair,qualty]")
+    typo = run_invoke(*args, env={"ONESTOP_HOME": str(tmp_path)})
+    assert typo.returncode != 0
+    assert typo.stderr.strip().splitlines()[-1] == (
+        "onestop data.prepare: error: config key 'data.curate[1]': unknown step 'qualty'; expected one of "
+        "near_duplicates, quality, repair, personal_data, language, safety"
+    )

@@ -1,6 +1,7 @@
 """Every fine-tuning method trains the tiny model (the training loss falls) and its output reloads exactly."""
 
 import csv
+import inspect
 import re
 
 import pytest
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from onestop.core.errors import OnestopError
 from onestop.data.packing import model_inputs
+from onestop.methods import apply_lora, lora_arguments
 from onestop.models import load_causal_lm
 from onestop.training.train import train
 
@@ -138,3 +140,11 @@ def test_an_unknown_deepspeed_strategy_names_the_known_ones(tmp_path):
         train(cfg)
     assert "deepspeed_stage_3_offload" in str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_qloras_lora_half_takes_every_argument_lora_declares():
+    """The estimate applies QLoRA's LoRA half by itself: every field apply_lora takes reaches it, and only those."""
+    node = compose("method=qlora", "method.use_rslora=true", "method.r=4").method
+    arguments = lora_arguments(node)
+    assert set(arguments) == set(inspect.signature(apply_lora).parameters) - {"model"}
+    assert arguments["r"] == 4 and arguments["use_rslora"] is True

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from onestop.config.nodes import instantiate_node
 from onestop.methods.freeze import apply_freeze, apply_full
-from onestop.methods.lora import apply_lora, apply_qlora
+from onestop.methods.lora import apply_lora, apply_qlora, lora_arguments
 from onestop.methods.prompt import apply_prompt_learning
 
 # Fields a method node declares about itself (which method, whether it trains an adapter); its function
@@ -29,5 +29,6 @@ __all__ = [
     "apply_lora",
     "apply_prompt_learning",
     "apply_qlora",
+    "lora_arguments",
     "method_from_config",
 ]

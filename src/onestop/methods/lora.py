@@ -7,6 +7,9 @@ loaded in 4-bit NF4 (see `onestop.models.loading.quantization_config`).
 
 # Lazy imports: peft (inside the functions that need them).
 
+import inspect
+from collections.abc import Mapping
+
 from onestop.core.errors import OnestopError
 
 
@@ -48,3 +51,10 @@ def apply_qlora(model, quantization: dict, gradient_checkpointing: bool = True, 
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return apply_lora(model, **lora)
+
+
+def lora_arguments(method: Mapping) -> dict:
+    """The entries of a method node that `apply_lora` takes (rank, alpha, dropout, targets, DoRA, rsLoRA, and any
+    added later), read off its signature: how QLoRA's LoRA half is applied apart from its 4-bit preparation."""
+    names = list(inspect.signature(apply_lora).parameters)[1:]  # after the model
+    return {name: method[name] for name in names if name in method}

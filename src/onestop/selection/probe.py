@@ -12,14 +12,14 @@ dropout copies) instead of a textbook formula.
 
 import json
 import warnings
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from unittest import mock
 
 from omegaconf import DictConfig, OmegaConf
 
-from onestop.methods import METHOD_IDENTITY, apply_lora, method_from_config
+from onestop.methods import METHOD_IDENTITY, apply_lora, lora_arguments, method_from_config
 from onestop.models.precision import keep_fp32_master_weights
 from onestop.models.zoo import native_config, native_lora_targets
 
@@ -155,8 +155,7 @@ def apply_method(model, method: DictConfig):
     storage is counted by the estimate: bitsandbytes cannot quantize a model that has no weights)."""
     if method.get("quantization"):
         _as_4bit_training_holds_it(model)
-        lora = {k: v for k, v in method.items() if k in {"r", "alpha", "dropout", "target_modules", "use_dora"}}
-        return apply_lora(model, **lora, use_rslora=method.get("use_rslora", False))
+        return apply_lora(model, **lora_arguments(method))
     node = OmegaConf.create({k: v for k, v in method.items() if k not in ("quantization",)})
     missing = [k for k in METHOD_IDENTITY if k not in node]
     if missing:
@@ -264,10 +263,7 @@ def _saved_activations(model, seq_len: int, autocast_dtype: str | None) -> tuple
         hooks += [layer.register_forward_hook(after_layer, with_kwargs=True) for layer in layers]
         input_ids = torch.zeros((1, seq_len), dtype=torch.long)
         with ExitStack() as stack:
-            # Packed-sequence detection reads position values, which fake tensors do not have.
-            stack.enter_context(
-                mock.patch("transformers.masking_utils.find_packed_sequence_indices", lambda *a, **k: None)
-            )
+            stack.enter_context(_one_sequence_per_row())
             if autocast_dtype:
                 stack.enter_context(torch.autocast("cpu", dtype=getattr(torch, autocast_dtype)))
             stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor))
@@ -276,6 +272,26 @@ def _saved_activations(model, seq_len: int, autocast_dtype: str | None) -> tuple
         for hook in hooks:
             hook.remove()
     return sum(saved.values()), max(layer_bytes, default=0), max(layer_inputs, default=0), sum(copies.values())
+
+
+@contextmanager
+def _one_sequence_per_row() -> Iterator[None]:
+    """While inside: transformers' packed-sequence detection answers "one sequence per row", as it does on real
+    position ids that count up from 0.
+
+    With no attention mask, transformers reads the position ids for several sequences packed into one row
+    (`transformers.masking_utils.find_packed_sequence_indices`) and, on fake tensors, whose values it cannot read,
+    assumes they are packed: a block-diagonal mask would be built and counted that training never makes. The
+    probe's row holds one sequence, so the detection's answer is known; the module's function is put back on
+    leaving, even after an error."""
+    from transformers import masking_utils
+
+    detect = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = detect
 
 
 def _weight_casts(parameters: set[int]):

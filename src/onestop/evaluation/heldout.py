@@ -1,11 +1,10 @@
-"""Scoring a model on held-out conversations: token loss, greedy answers, exact match and token F1, and
-the held-out questions as a `qa` suite file."""
+"""Scoring a model on held-out conversations: token loss, greedy answers, the normalised answer and token F1
+that the `qa` suite's metrics use, and the held-out questions as a `qa` suite file."""
 
 import json
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,21 +65,6 @@ def token_f1(prediction: str, reference: str) -> float:
         return float(pred == ref)
     precision, recall = common / len(pred), common / len(ref)
     return 2 * precision * recall / (precision + recall)
-
-
-@dataclass
-class AnswerScores:
-    exact_match: float
-    """Fraction of answers equal to the reference after normalisation."""
-    token_f1: float
-    """Mean token F1 against the reference."""
-
-
-def score_answers(predictions: list[str], references: list[str]) -> AnswerScores:
-    n = max(len(references), 1)
-    exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
-    f1 = sum(token_f1(p, r) for p, r in zip(predictions, references, strict=True))
-    return AnswerScores(exact_match=exact / n, token_f1=f1 / n)
 
 
 def heldout_questions(conversations: list[list[dict]], path: Path) -> str | None:

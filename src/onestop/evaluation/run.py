@@ -13,7 +13,7 @@ Writes results.json (metrics with standard errors, config, model identity, sampl
 directory, prints a table, and logs to W&B: into the training run's own W&B run when run_dir is given.
 """
 
-# Lazy imports: lm_eval, torch, transformers, peft, wandb (inside the functions that need them).
+# Lazy imports: lm_eval, wandb (inside the functions that need them).
 
 import json
 import os

@@ -8,7 +8,7 @@ pass is counted once, so the figure follows the real architecture (GQA, head dim
 dropout copies) instead of a textbook formula.
 """
 
-# Lazy imports: torch, transformers, peft (inside the functions that need them).
+# Lazy imports: torch, transformers (inside the functions that need them).
 
 import json
 import warnings

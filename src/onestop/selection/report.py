@@ -4,7 +4,7 @@ invoke models [--json]
 invoke estimate model=qwen7b method=lora data.max_seq_len=2048 data.batch_size=4 [--json]
 """
 
-# Lazy imports: torch, transformers, huggingface_hub (inside the functions that need them).
+# Lazy imports: huggingface_hub (inside the functions that need them).
 
 import importlib.util
 import json

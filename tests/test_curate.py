@@ -1,12 +1,14 @@
 """data.curate: each step on a raw export with planted problems, counted exactly, nothing else touched."""
 
+import dataclasses
 import json
 
 import pytest
 from conftest import ASSETS, compose, run_invoke
 
 from onestop.core.errors import OnestopError
-from onestop.data.curate import Context, curate, curation_steps
+from onestop.core.paths import PROJECT_ROOT
+from onestop.data.curate import STEPS, Context, curate, curation_steps
 from onestop.data.curate.personal_data import PersonalData
 from onestop.data.prepare import prepare
 from onestop.data.report import run_prepare
@@ -149,3 +151,11 @@ def test_invoke_data_prepare_stops_at_a_typo_in_one_line(tmp_path):
         "onestop data.prepare: error: config key 'data.curate[1]': unknown step 'qualty'; expected one of "
         "near_duplicates, quality, repair, personal_data, language, safety"
     )
+
+
+def test_the_docs_page_names_every_step_and_parameter():
+    page = (PROJECT_ROOT / "docs" / "curation.md").read_text()
+    for name, step in STEPS.items():
+        assert f"### `{name}`" in page
+        for parameter in dataclasses.fields(step):
+            assert f"`{parameter.name}`" in page, f"{name}.{parameter.name}"

@@ -486,14 +486,14 @@ def plot_curation(report: DataReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [step["step"] for step in report.curation]
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, axes = plt.subplots(figsize=(max(7, 1.4 * len(names)), 4))
     positions = np.arange(len(names))
     bars_of = (("removed", "#c44e52", -0.27), ("changed", "#4c72b0", 0.0), ("flagged", "#dd8452", 0.27))
     for outcome, colour, offset in bars_of:
         counts = [sum(c[outcome] for c in step["sources"].values()) for step in report.curation]
         bars = axes.bar(positions + offset, counts, width=0.27, color=colour, label=outcome)
-        axes.bar_label(bars, fontsize=8)
-    axes.set_xticks(positions, names)
+        axes.bar_label(bars, labels=[str(n) if n else "" for n in counts], fontsize=8)
+    axes.set_xticks(positions, names, rotation=15)
     axes.set_ylabel("records")
     axes.set_title(f"data.curate on {report.records_read} records, in order")
     axes.legend()

@@ -60,8 +60,11 @@ def curation_examples(report: DataReport) -> list[str]:
     lines = []
     for step in report.curation:
         for example in step["examples"]:
-            text = example.get("text") or f"{example.get('before')!r} -> {example.get('after')!r}"
-            lines.append(f"  {step['step']} {example['outcome']} ({example['reason']}): {text[:150]!r}")
+            if "before" in example:
+                text = f"{example['before'][:70]!r} -> {example['after'][:70]!r}"
+            else:
+                text = repr(example["text"][:140])
+            lines.append(f"  {step['step']} {example['outcome']} ({example['reason']}): {text}")
     return lines
 
 
@@ -84,5 +87,6 @@ def run_prepare(cfg: DictConfig) -> PreparedData:
     tokenizer = load_tokenizer(cfg.model, resolve_model_path(cfg.model))
     prepared = prepare(cfg.data, tokenizer, seed=cfg.seed)
     print_report(prepared)
-    print(f"Report: {prepared.directory / 'report.json'}  Lengths: {prepared.directory / 'lengths.png'}")
+    chart = f"  Curation: {prepared.directory / 'curation.png'}" if prepared.report.curation else ""
+    print(f"Report: {prepared.directory / 'report.json'}  Lengths: {prepared.directory / 'lengths.png'}{chart}")
     return prepared

@@ -110,7 +110,7 @@ class Quality(Step):
         lowered = [w.lower() for w in tokens]
         letters = sum(map(len, lowered))
         for n, limit in sorted(self.max_top_ngram_fraction.items()):
-            grams = Counter(tuple(lowered[i : i + n]) for i in range(len(lowered) - n + 1))
+            grams = Counter(zip(*(lowered[i:] for i in range(n)), strict=False))
             if grams:
                 gram, count = grams.most_common(1)[0]
                 if count > 1 and count * sum(map(len, gram)) / letters > limit:
@@ -123,7 +123,7 @@ class Quality(Step):
 
 def _duplicate_ngram_fraction(tokens: list[str], n: int, letters: int) -> float:
     """Characters of the words inside n-grams that occur more than once, over all characters (Gopher)."""
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    grams = list(zip(*(tokens[i:] for i in range(n)), strict=False))
     counts = Counter(grams)
     covered = [False] * len(tokens)
     for start, gram in enumerate(grams):

@@ -72,7 +72,7 @@ def snippet(before: str, after: str | None = None, width: int = 160) -> dict:
         return {"text": _cut(before, 0, width)}
     pairs = enumerate(zip(before, after, strict=False))
     start = next((i for i, (a, b) in pairs if a != b), min(len(before), len(after)))
-    begin = max(0, start - width // 3)
+    begin = max(0, start - 30)  # the change near the start of the excerpt, where a reader looks
     return {"before": _cut(before, begin, width), "after": _cut(after, begin, width)}
 
 

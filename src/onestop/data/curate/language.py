@@ -10,7 +10,7 @@ A record too short to tell (a number, one word) is kept or removed by `keep_unde
 
 from dataclasses import dataclass, field
 
-from onestop.data.curate.steps import Context, Step, StepConfigError, Tally
+from onestop.data.curate.steps import Context, Excerpt, Step, StepConfigError, Tally
 from onestop.data.curate.text import full_text, snippet
 
 # Records whose languages are detected in one call (in lingua's own threads).
@@ -68,16 +68,16 @@ class Language(Step):
             result.append(kept)
         return result
 
-    def apply(self, example: dict) -> tuple[dict | None, str, dict | None]:
+    def apply(self, example: dict) -> tuple[dict | None, str, Excerpt | None]:
         return self.judge(example, self.detect_all([full_text(example)])[0])
 
-    def judge(self, example: dict, detected: str | None) -> tuple[dict | None, str, dict | None]:
+    def judge(self, example: dict, detected: str | None) -> tuple[dict | None, str, Excerpt | None]:
         text = full_text(example)
         if detected is None:
-            return (example, "", None) if self.keep_undetected else (None, "language undetected", snippet(text))
+            return (example, "", None) if self.keep_undetected else (None, "language undetected", lambda: snippet(text))
         if detected in self._keep:
             return example, "", None
-        return None, f"language {detected}", snippet(text)
+        return None, f"language {detected}", lambda: snippet(text)
 
     def detect_all(self, texts: list[str]) -> list[str | None]:
         """The ISO 639-1 code of each text's language, or None where it cannot be told."""

@@ -9,7 +9,7 @@ numbers and ISBNs of the same length are left alone. `patterns` adds kinds of yo
 import re
 from dataclasses import dataclass, field
 
-from onestop.data.curate.steps import Step, StepConfigError
+from onestop.data.curate.steps import Excerpt, Step, StepConfigError
 from onestop.data.curate.text import full_text, map_texts, snippet
 
 # Kind -> pattern, in the order they are applied: an ID or card number is masked before a phone number could
@@ -65,15 +65,15 @@ class PersonalData(Step):
             except re.error as err:
                 raise StepConfigError(f"patterns.{kind}", f"expected a regular expression: {err}") from None
 
-    def apply(self, example: dict) -> tuple[dict | None, str, dict | None]:
+    def apply(self, example: dict) -> tuple[dict | None, str, Excerpt | None]:
         found: list[str] = []
         masked = map_texts(example, lambda text: self.mask(text, found))
         if masked is example:
             return example, "", None
         kinds = ", ".join(sorted(set(found)))
         if self.action == "drop":
-            return None, f"holds {kinds}", snippet(full_text(example))
-        return masked, f"masked {kinds}", snippet(full_text(example), full_text(masked))
+            return None, f"holds {kinds}", lambda: snippet(full_text(example))
+        return masked, f"masked {kinds}", lambda: snippet(full_text(example), full_text(masked))
 
     def mask(self, text: str, found: list[str] | None = None) -> str:
         """`text` with every match masked as [KIND]; the kinds found are appended to `found`."""

@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from onestop.data.curate.steps import Step, StepConfigError
+from onestop.data.curate.steps import Excerpt, Step, StepConfigError
 from onestop.data.curate.text import full_text, is_cjk, snippet, words
 
 # Lines that C4 and datatrove remove as web-page furniture; a user extends them with `boilerplate`.
@@ -75,10 +75,10 @@ class Quality(Step):
         except re.error as err:
             raise StepConfigError("boilerplate", f"expected regular expressions: {err}") from None
 
-    def apply(self, example: dict) -> tuple[dict | None, str, dict | None]:
+    def apply(self, example: dict) -> tuple[dict | None, str, Excerpt | None]:
         text = full_text(example)
         reason = self.failed_rule(text)
-        return (None, reason, snippet(text)) if reason else (example, "", None)
+        return (None, reason, lambda: snippet(text)) if reason else (example, "", None)
 
     def failed_rule(self, text: str) -> str:
         """The first rule `text` fails, in words for the report; empty when it passes them all."""

@@ -11,7 +11,7 @@ full-width characters (Chinese punctuation) and ligatures stay as written.
 import re
 from dataclasses import dataclass
 
-from onestop.data.curate.steps import Step
+from onestop.data.curate.steps import Excerpt, Step
 from onestop.data.curate.text import full_text, map_texts, snippet
 
 # C0 and C1 controls except tab and newline, plus zero-width spaces and the byte-order mark.
@@ -36,11 +36,11 @@ class Repair(Step):
 
         return [f"ftfy {version('ftfy')}"] if self.encoding else []
 
-    def apply(self, example: dict) -> tuple[dict | None, str, dict | None]:
+    def apply(self, example: dict) -> tuple[dict | None, str, Excerpt | None]:
         repaired = map_texts(example, self.repair)
         if repaired is example:
             return example, "", None
-        return repaired, self._what(example), snippet(full_text(example), full_text(repaired))
+        return repaired, self._what(example), lambda: snippet(full_text(example), full_text(repaired))
 
     def repair(self, text: str) -> str:
         if self.encoding:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onestop.data.curate.steps import Step, StepConfigError
+from onestop.data.curate.steps import Excerpt, Step, StepConfigError
 from onestop.data.curate.text import full_text, is_cjk, snippet
 
 
@@ -45,10 +45,13 @@ class Safety(Step):
     def fingerprint(self) -> list[str]:
         return [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in self.blocklist]
 
-    def apply(self, example: dict) -> tuple[dict | None, str, dict | None]:
+    def apply(self, example: dict) -> tuple[dict | None, str, Excerpt | None]:
         text = full_text(example)
         match = self._pattern.search(text)
         if match is None:
             return example, "", None
-        excerpt = {"term": match.group(), **snippet(text[max(0, match.start() - 60) :])}
+
+        def excerpt() -> dict:
+            return {"term": match.group(), **snippet(text[max(0, match.start() - 60) :])}
+
         return (None if self.action == "drop" else example), "blocked term", excerpt

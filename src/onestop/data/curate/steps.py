@@ -6,6 +6,7 @@ A step is a dataclass whose fields are its parameters (the docstring under each 
 """
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -13,6 +14,9 @@ from onestop.core.errors import OnestopError
 
 # Examples kept per step and reason for the report: enough to see what a rule catches, not a copy of the data.
 EXAMPLES_PER_REASON = 3
+
+# An excerpt of a record for the report, made only when the report keeps it (most are not kept).
+Excerpt = Callable[[], dict]
 
 
 class StepConfigError(ValueError):
@@ -41,7 +45,7 @@ class Tally:
     reasons: dict[str, int] = field(default_factory=dict)
     examples: list[dict] = field(default_factory=list)
 
-    def count(self, source: str, outcome: str, reason: str = "", example: dict | None = None) -> None:
+    def count(self, source: str, outcome: str, reason: str = "", excerpt: Excerpt | None = None) -> None:
         """Count one record of `source` as kept, removed, changed or flagged (with its reason and an excerpt)."""
         counts = self.sources.setdefault(source, {"kept": 0, "removed": 0, "changed": 0, "flagged": 0})
         counts[outcome] += 1
@@ -49,8 +53,8 @@ class Tally:
             return
         label = f"{outcome}: {reason}"
         self.reasons[label] = self.reasons.get(label, 0) + 1
-        if example is not None and self.reasons[label] <= EXAMPLES_PER_REASON:
-            self.examples.append({"source": source, "outcome": outcome, "reason": reason, **example})
+        if excerpt is not None and self.reasons[label] <= EXAMPLES_PER_REASON:
+            self.examples.append({"source": source, "outcome": outcome, "reason": reason, **excerpt()})
 
     def total(self, outcome: str) -> int:
         return sum(counts[outcome] for counts in self.sources.values())
@@ -61,7 +65,7 @@ class Step:
 
     name: ClassVar[str]
 
-    def apply(self, example: dict) -> tuple[dict | None, str, dict | None]:
+    def apply(self, example: dict) -> tuple[dict | None, str, Excerpt | None]:
         """(the example, possibly changed, or None when removed; the reason; an excerpt for the report).
 
         The same example with a reason is flagged, not changed."""

@@ -70,8 +70,11 @@ def snippet(before: str, after: str | None = None, width: int = 160) -> dict:
     """A short excerpt of a record for the report: around the first change when there is one."""
     if after is None or after == before:
         return {"text": _cut(before, 0, width)}
-    pairs = enumerate(zip(before, after, strict=False))
-    start = next((i for i, (a, b) in pairs if a != b), min(len(before), len(after)))
+    start, end = 0, min(len(before), len(after))
+    while start < end and before[start : start + 64] == after[start : start + 64]:  # 64 characters a step
+        start += 64
+    while start < end and before[start] == after[start]:
+        start += 1
     begin = max(0, start - 30)  # the change near the start of the excerpt, where a reader looks
     return {"before": _cut(before, begin, width), "after": _cut(after, begin, width)}
 

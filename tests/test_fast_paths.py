@@ -16,6 +16,8 @@ from onestop.data.packing import PACKED_POSITION_MODEL_TYPES, resolve_packing, r
 from onestop.data.prepare import prepare
 from onestop.losses import ChunkedHeadLoss, token_loss_sum
 from onestop.methods import apply_lora
+from onestop.training.plan import RunPlan
+from onestop.training.stages import STAGES, stage_of
 from onestop.training.train import train
 
 
@@ -88,8 +90,9 @@ def test_packing_auto_packs_pretraining_only_and_refuses_true_where_not_exact():
     message = "config key 'data.packing': cannot pack exactly: model=tiny (chatglm) builds its own attention mask"
     with pytest.raises(OnestopError, match=re.escape(message)):
         resolve_packing(compose(*TINY, "data.packing=true"), "chatglm")
-    with pytest.raises(OnestopError, match="stage=dpo scores each preference pair"):
-        resolve_packing(compose(*TINY, "data.packing=true", "stage=dpo"), "qwen2")
+    for stage in ("dpo", "kto", "orpo", "simpo"):  # the stage's table entry says its loss scores whole sequences
+        with pytest.raises(OnestopError, match=f"stage={stage} scores each (preference pair|rated answer)"):
+            RunPlan.batches(compose(*TINY, "data.packing=true", f"stage={stage}"), STAGES[stage], "qwen2")
 
 
 def test_padding_free_by_default_where_exact_else_padded_with_one_line():
@@ -103,7 +106,8 @@ def test_padding_free_by_default_where_exact_else_padded_with_one_line():
         ("stage=dpo", "stage=dpo scores each preference pair"),
         ("model.trust_remote_code=true", "builds its own attention mask"),
     ]:
-        enabled, note = resolve_padding_free(compose(*TINY_DEFAULTS, override), "qwen2", False)
+        cfg = compose(*TINY_DEFAULTS, override)
+        enabled, note = resolve_padding_free(cfg, "qwen2", False, stage_of(cfg).one_row_inexact)
         assert not enabled and note.startswith("padding-free batches: off, ") and reason in note
         assert note.endswith("; batches are padded")
     assert resolve_padding_free(compose(*TINY_DEFAULTS), "chatglm", False)[0] is False
@@ -177,8 +181,8 @@ def test_fast_path_keys_are_checked_when_composed():
         compose(*TINY, "train.loss_chunk_size=-1")
     with pytest.raises(ConfigError, match="config key 'train.cut_cross_entropy': train.liger_kernels already fuses"):
         compose(*TINY, "train.liger_kernels=true", "train.cut_cross_entropy=true")
-    with pytest.raises(ConfigError, match="config key 'train.loss_chunk_size': stage=dpo scores whole sequences"):
-        compose(*TINY, "stage=dpo", "train.loss_chunk_size=64")
+    with pytest.raises(OnestopError, match="config key 'train.loss_chunk_size': stage=dpo scores whole sequences"):
+        RunPlan.batches(compose(*TINY, "stage=dpo", "train.loss_chunk_size=64"), STAGES["dpo"], "qwen2")
     with pytest.raises(ConfigError, match="config key 'data.packing': expected true, false or auto"):
         compose(*TINY, "data.packing=sometimes")
     with pytest.raises(ConfigError, match="config key 'data.padding_free': expected true, false or auto"):

@@ -158,8 +158,77 @@ class CutCrossEntropyHeadLoss:
 
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed log-probability of each row's labelled tokens."""
+    return sequence_logps_and_lengths(model, batch)[0]
+
+
+def sequence_logps_and_lengths(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's labelled tokens, and how many labelled tokens each row has."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_logps * keep).sum(-1)
+    return (token_logps * keep).sum(-1), keep.sum(-1)
+
+
+# Preference losses, per pair (or per example for KTO), from the papers' formulas. Inputs are log-probabilities
+# of whole answers: `chosen`/`rejected` of the policy, `ref_*` of the frozen reference.
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def dpo_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """DPO and its variants on h = (chosen - ref_chosen) - (rejected - ref_rejected):
+
+    - sigmoid (Rafailov et al. 2023): -log sigmoid(beta h), with label smoothing eps (cDPO):
+      -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h);
+    - ipo (Azar et al. 2023): (h - 1 / (2 beta))^2, on per-token mean log-probabilities (the caller's choice);
+    - hinge (SLiC, Zhao et al. 2023): max(0, 1 - beta h).
+    """
+    h = (chosen - ref_chosen) - (rejected - ref_rejected)
+    if loss_type == "sigmoid":
+        return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    if loss_type == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * h)
+    raise ValueError(f"dpo.loss_type={loss_type!r}: expected one of {', '.join(DPO_LOSS_TYPES)}")
+
+
+def simpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """SimPO (Meng et al. 2024), reference-free: -log sigmoid(beta (chosen_mean - rejected_mean) - gamma), on
+    per-token mean log-probabilities, with the target reward margin `gamma`."""
+    return -F.logsigmoid(beta * (chosen_mean - rejected_mean) - gamma)
+
+
+def orpo_odds_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, beta: float) -> torch.Tensor:
+    """ORPO's odds-ratio term (Hong et al. 2024), reference-free, on per-token mean log-probabilities p:
+    -beta log sigmoid(log odds(chosen) - log odds(rejected)), where log odds(p) = p - log(1 - exp(p)).
+    The full ORPO loss adds the chosen answers' token cross-entropy."""
+    log_odds = (chosen_mean - rejected_mean) - (
+        torch.log1p(-torch.exp(chosen_mean)) - torch.log1p(-torch.exp(rejected_mean))
+    )
+    return -beta * F.logsigmoid(log_odds)
+
+
+def kto_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """KTO (Ethayarajh et al. 2024) per example, on r = logps - ref_logps and the reference point `kl` (z_ref):
+    desirable: w_d (1 - sigmoid(beta (r - kl))); undesirable: w_u (1 - sigmoid(beta (kl - r)))."""
+    r = logps - ref_logps
+    good = desirable_weight * (1 - torch.sigmoid(beta * (r - kl)))
+    bad = undesirable_weight * (1 - torch.sigmoid(beta * (kl - r)))
+    return torch.where(desirable.bool(), good, bad)

@@ -1,4 +1,5 @@
-"""Collating tokenized examples into padded batches: single answers, or chosen/rejected preference pairs."""
+"""Collating tokenized examples into padded batches: single answers, chosen/rejected preference pairs, or answers
+rated desirable or not."""
 
 import torch
 
@@ -24,3 +25,10 @@ def pad_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     rows = [{"input_ids": e[f"{side}_input_ids"], "labels": e[f"{side}_labels"]} for side in ("chosen", "rejected")
             for e in examples]  # fmt: skip
     return pad_batch(rows, pad_id)
+
+
+def pad_rated(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Answers rated desirable or not, right-padded, with `desirable` [N] (1 or 0)."""
+    batch = pad_batch(examples, pad_id)
+    batch["desirable"] = torch.tensor([e["desirable"][0] for e in examples], dtype=torch.long)
+    return batch

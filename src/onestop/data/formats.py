@@ -5,6 +5,7 @@
   carry OpenAI-style "tool_calls".
 - `text` -> {"text": str}
 - `preference` -> {"messages": prompt conversation ending with the user, "chosen": str, "rejected": str}
+- `unpaired` -> a conversation ending with the rated answer, and "desirable": bool (KTO)
 
 A record that does not fit raises `RecordError` naming its file and line and what was expected.
 """
@@ -242,12 +243,40 @@ def preference(record: Record, system_prompt: str | None = None) -> dict:
     return {"messages": prompt_messages, "chosen": chosen, "rejected": rejected}
 
 
+def unpaired(record: Record, system_prompt: str | None = None) -> dict:
+    """One answer rated desirable or not (KTO): prompt / completion / label (true: desirable), or a `messages`
+    conversation ending with the rated assistant turn, and `label`."""
+    label = record.fields.get("label")
+    if not isinstance(label, bool):
+        detail = "field 'label' must be true (a desirable answer) or false (an undesirable one)"
+        raise RecordError(
+            record, "label not true/false", f"{detail}; got {label!r} (unpaired records: prompt/completion/label)"
+        )
+    if "messages" in record.fields:
+        conversation = messages_format(record, system_prompt)
+        if conversation["messages"][-1]["role"] != "assistant":
+            raise RecordError(record, "not ending with assistant", "the rated conversation must end with the assistant")
+        return {**conversation, "desirable": label}
+    prompt = record.fields.get("prompt")
+    if isinstance(prompt, list):
+        conversation = messages_format(
+            Record({"messages": [*prompt, {"role": "assistant", "content": "-"}]}, record.where), system_prompt
+        )
+        messages = conversation["messages"][:-1]
+    else:
+        hint = " (unpaired records: prompt/completion/label)"
+        messages = [*_system(record, system_prompt), {"role": "user", "content": _text(record, "prompt", hint=hint)}]
+    completion = _text(record, "completion", hint=" (unpaired records: prompt/completion/label)")
+    return {"messages": [*messages, {"role": "assistant", "content": completion}], "tools": None, "desirable": label}
+
+
 FORMATS: dict[str, Callable[[Record, str | None], dict]] = {
     "alpaca": alpaca,
     "sharegpt": sharegpt,
     "messages": messages_format,
     "text": text,
     "preference": preference,
+    "unpaired": unpaired,
 }
 CONVERSATION_FORMATS = ("alpaca", "sharegpt", "messages")
 

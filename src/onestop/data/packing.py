@@ -31,13 +31,12 @@ PACKED_POSITION_MODEL_TYPES = frozenset(
 )  # fmt: skip
 
 
-def inexact_reasons(cfg: DictConfig, model_type: str) -> list[str]:
+def inexact_reasons(cfg: DictConfig, model_type: str, stage_reason: str | None = None) -> list[str]:
     """Why examples laid end to end in one row would not train exactly as the same examples padded, if they would
-    not: preference pairs are scored per pair, virtual tokens would sit in front of a row's first example only, a
-    stream cuts its own blocks, and an architecture that builds its own mask would attend across examples."""
-    reasons = []
-    if cfg.stage == "dpo":
-        reasons.append("stage=dpo scores each preference pair as a whole")
+    not: the stage scores whole sequences (`stage_reason`, from the training stage: preference pairs are scored
+    per pair), virtual tokens would sit in front of a row's first example only, a stream cuts its own blocks, and
+    an architecture that builds its own mask would attend across examples."""
+    reasons = [stage_reason] if stage_reason else []
     if "num_virtual_tokens" in cfg.method:
         reasons.append(f"the virtual tokens of method={cfg.method.name} would precede only a row's first example")
     if cfg.data.streaming:
@@ -47,7 +46,7 @@ def inexact_reasons(cfg: DictConfig, model_type: str) -> list[str]:
     return reasons
 
 
-def resolve_packing(cfg: DictConfig, model_type: str) -> bool:
+def resolve_packing(cfg: DictConfig, model_type: str, stage_reason: str | None = None) -> bool:
     """Whether a training run packs examples into rows of `data.max_seq_len` tokens: `data.packing` as set, or
     for `auto`, with stage=pretrain only, where packing is exact.
 
@@ -59,13 +58,15 @@ def resolve_packing(cfg: DictConfig, model_type: str) -> bool:
     requested = cfg.data.packing
     if requested is False or (requested == "auto" and cfg.stage != "pretrain"):
         return False
-    reasons = inexact_reasons(cfg, model_type)
+    reasons = inexact_reasons(cfg, model_type, stage_reason)
     if requested is True and reasons:
         raise OnestopError(f"config key 'data.packing': cannot pack exactly: {reasons[0]}; set data.packing=false")
     return not reasons
 
 
-def resolve_padding_free(cfg: DictConfig, model_type: str, packing: bool) -> tuple[bool, str | None]:
+def resolve_padding_free(
+    cfg: DictConfig, model_type: str, packing: bool, stage_reason: str | None = None
+) -> tuple[bool, str | None]:
     """Whether each micro-batch lays its `data.batch_size` examples end to end in one row, and the line to print
     once when `auto` falls back to padded batches.
 
@@ -76,7 +77,7 @@ def resolve_padding_free(cfg: DictConfig, model_type: str, packing: bool) -> tup
     requested = cfg.data.padding_free
     if requested is False or packing or (requested == "auto" and cfg.data.streaming):  # streamed blocks are full
         return False, None
-    reasons = inexact_reasons(cfg, model_type)
+    reasons = inexact_reasons(cfg, model_type, stage_reason)
     if requested is True and reasons:
         raise OnestopError(
             f"config key 'data.padding_free': cannot lay examples end to end exactly: {reasons[0]}; "

@@ -1,4 +1,9 @@
-"""Batching prepared data for Lightning: conversations with answer-only labels, or raw text."""
+"""Batching prepared data for Lightning: conversations with answer-only labels, raw text, preference pairs, or
+rated single answers.
+
+A training stage says which layout its loss reads (`layout`): `tokens` (any single sequences), `text` (raw text
+only), `pairs` (chosen/rejected) or `rated` (answers marked desirable or not); the data must be of that layout.
+"""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,23 +14,49 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from onestop.core.errors import OnestopError
-from onestop.data.batching import pad_batch, pad_pairs
+from onestop.data.batching import pad_batch, pad_pairs, pad_rated
 from onestop.data.packing import collate_packed, collate_padding_free, pack_examples
-from onestop.data.prepare import DataReport, prepare, sources_of
+from onestop.data.prepare import DataReport, PreparedData, prepare, sources_of
 from onestop.data.records import is_hub_dataset_id
 from onestop.data.sampler import ResumableSampler
 from onestop.data.streaming import TextBlockStream
 from onestop.data.windows import StepWindowLoader
+
+LAYOUTS = ("tokens", "text", "pairs", "rated")
+# Per layout, what data makes it: in the one-line error when a stage gets other data.
+NEEDS = {
+    "text": "raw text (data=text)",
+    "pairs": "preference pairs (data=preference)",
+    "rated": "answers rated desirable or not (data=unpaired, or data=feedback for the web UI's ratings)",
+}
+
+
+def data_layout(prepared: PreparedData) -> str:
+    """The layout prepared data has: pairs, rated, or tokens (single sequences)."""
+    if "chosen_input_ids" in prepared.train.columns:
+        return "pairs"
+    return "rated" if "desirable" in prepared.train.columns else "tokens"
 
 
 class SFTDataModule(L.LightningDataModule):
     """Train and validation examples of a `data` config node, prepared (or read from cache) for one tokenizer."""
 
     def __init__(
-        self, data_cfg: DictConfig, tokenizer, seed: int = 42, stage: str = "sft", accumulate_grad_batches: int = 1
+        self,
+        data_cfg: DictConfig,
+        tokenizer,
+        seed: int = 42,
+        stage: str = "sft",
+        accumulate_grad_batches: int = 1,
+        layout: str | None = None,
+        prepared: PreparedData | None = None,
     ):
+        """`layout`: what the stage's loss reads (LAYOUTS); None takes whatever the data is. `prepared`: the data
+        already prepared for this `data_cfg` and tokenizer (the training stage prepares before it plans)."""
         super().__init__()
         self.stage = stage
+        self.layout = layout
+        self._given = prepared
         self.accumulate_grad_batches = accumulate_grad_batches  # before a Trainer holds the module
         self.cfg = data_cfg
         self.tokenizer = tokenizer
@@ -45,20 +76,22 @@ class SFTDataModule(L.LightningDataModule):
         if self.cfg.streaming:
             self._setup_stream()
             return
-        prepared = prepare(self.cfg, self.tokenizer, seed=self.seed)
-        pairs = "chosen_input_ids" in prepared.train.columns
-        got = f"got data.format={self.cfg.format}"
-        if pairs and self.stage != "dpo":
-            raise OnestopError(f"stage={self.stage}: preference pairs train with stage=dpo; {got}")
-        if self.stage == "dpo" and not pairs:
-            raise OnestopError(f"stage=dpo: needs preference pairs (data=preference); {got}")
-        if self.stage == "pretrain" and self.cfg.format != "text":
-            raise OnestopError(f"stage=pretrain: needs raw text (data=text); {got}")
+        prepared = self._given or prepare(self.cfg, self.tokenizer, seed=self.seed)
+        has, got = data_layout(prepared), f"got data.format={self.cfg.format}"
+        self.layout = self.layout or has
+        if self.layout == "text" and self.cfg.format != "text":
+            raise OnestopError(f"stage={self.stage}: needs {NEEDS['text']}; {got}")
+        if has != self.layout and self.layout in ("pairs", "rated"):
+            raise OnestopError(f"stage={self.stage}: needs {NEEDS[self.layout]}; {got}")
+        if has in ("pairs", "rated") and self.layout in ("tokens", "text"):
+            trains = {"pairs": "stage=dpo, orpo or simpo", "rated": "stage=kto"}[has]
+            raise OnestopError(f"stage={self.stage}: {NEEDS[has].split(' (')[0]} train with {trains}; {got}")
         self.prepared, self.report = prepared, prepared.report
         self.train_set, self.val_set = prepared.train, prepared.val
         if self.cfg.packing is True:  # the training stage resolves `auto` first (onestop.data.packing.resolve_packing)
-            if self.stage == "dpo":
-                raise OnestopError("data.packing: preference pairs are not packed; set data.packing=false")
+            if self.layout in ("pairs", "rated"):
+                what = NEEDS[self.layout].split(" (")[0]
+                raise OnestopError(f"data.packing: {what} are not packed; set data.packing=false")
 
             self.train_set = pack_examples(prepared.train, self.cfg.max_seq_len, self.seed)
             tokens = int(prepared.train.example_lengths().sum())
@@ -106,8 +139,10 @@ class SFTDataModule(L.LightningDataModule):
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         if "position_ids" in examples[0]:
             return collate_packed(examples, self.tokenizer.pad_token_id)
-        if self.stage == "dpo":
+        if self.layout == "pairs":
             return pad_pairs(examples, self.tokenizer.pad_token_id)
+        if self.layout == "rated":
+            return pad_rated(examples, self.tokenizer.pad_token_id)
         if self.cfg.padding_free is True:  # the training stage resolves `auto` first (resolve_padding_free)
             return collate_padding_free(examples, self.tokenizer.pad_token_id)
         return pad_batch(examples, self.tokenizer.pad_token_id)
@@ -148,9 +183,9 @@ class SFTDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, **options) -> DataLoader:
         """The training loader: for token-level losses, one whose batches know their optimizer step's token count
-        (onestop.data.windows); preference pairs are scored per pair, so their loader is a plain one."""
+        (onestop.data.windows); pairs and rated answers are scored per sequence, so their loader is a plain one."""
         options.update(batch_size=self.cfg.batch_size, collate_fn=self.collate)
-        if self.stage == "dpo":
+        if self.layout in ("pairs", "rated"):
             return DataLoader(dataset, **options)
         accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
         return StepWindowLoader(dataset, accumulate=accumulate, batches_done=self._batches_done, **options)

@@ -76,4 +76,7 @@ def tokenize_example(tokenizer, example: dict, max_seq_len: int) -> dict:
             overlength |= result["truncated"]
         return {**out, "overlength": overlength}
     result = tokenize_conversation(tokenizer, example["messages"], max_seq_len, example.get("tools"))
-    return {"input_ids": result["input_ids"], "labels": result["labels"], "overlength": result["truncated"]}
+    tokens = {"input_ids": result["input_ids"], "labels": result["labels"], "overlength": result["truncated"]}
+    if "desirable" in example:  # a rated answer (KTO): the rating travels as a one-value column
+        tokens["desirable"] = [int(example["desirable"])]
+    return tokens

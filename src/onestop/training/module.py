@@ -1,4 +1,5 @@
-"""The LightningModule: one causal LM, its optimizer and schedule, token-weighted validation loss."""
+"""The LightningModule: one causal LM, its optimizer and schedule, and the stage's batch -> loss
+(onestop.training.stages); validation averages each micro-batch's loss weighted by what it counts."""
 
 import time
 from collections.abc import Callable
@@ -9,23 +10,23 @@ import torch
 from onestop.core.errors import OnestopError
 from onestop.data.packing import real_token_mask
 from onestop.data.windows import STEP_TOKENS
-from onestop.losses import HeadLoss, token_loss_sum
 from onestop.training.sharding import clean_name, is_sharded
+from onestop.training.stages.base import Objective
 
 
-class CausalLMModule(L.LightningModule):
-    """Trains whatever parameters of `model` require grad; checkpoints hold only those."""
+class TrainingModule(L.LightningModule):
+    """Trains whatever parameters of `model` require grad on `objective`; checkpoints hold only those."""
 
     def __init__(
         self,
         model: torch.nn.Module,
+        objective: Objective,
         optimizer: Callable,
         scheduler: Callable | None = None,
-        head_loss: HeadLoss | None = None,
     ):
         super().__init__()
         self.model = model
-        self.head_loss = head_loss  # the train node's fast path for the output head (onestop.training.fastpaths)
+        self.objective = objective
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.strict_loading = False  # checkpoints omit the frozen base weights
@@ -35,7 +36,8 @@ class CausalLMModule(L.LightningModule):
         self.train_seconds = 0.0
         self._step_started = 0.0
         self._val_loss_sum = 0.0
-        self._val_tokens = 0
+        self._val_count = 0
+        self._val_logged: dict[str, float] = {}
         self.val_history: list[dict] = []
         self._epoch_slots = 0
         self._epoch_padding = 0
@@ -52,24 +54,29 @@ class CausalLMModule(L.LightningModule):
         self._step_started = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss_sum, tokens = token_loss_sum(self.model, batch, self.head_loss)
-        mean_loss = loss_sum.detach() / max(tokens, 1)
+        terms = self.objective(self.model, batch)
+        mean_loss = terms.loss_sum.detach() / max(terms.count, 1)
         self.last_train_loss = float(mean_loss)
         self.train_losses.append(self.last_train_loss)
         self.log("train/loss", mean_loss, on_step=True, on_epoch=False)
+        for name, value in terms.logged.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         self.log("loss", mean_loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        if "accuracy" in terms.logged:
+            self.log("acc", terms.logged["accuracy"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return loss_sum * self.step_loss_scale(batch, tokens)
+        return terms.loss_sum * self.step_loss_scale(batch, terms.count)
 
-    def step_loss_scale(self, batch: dict[str, torch.Tensor], tokens: int) -> torch.Tensor | float:
+    def step_loss_scale(self, batch: dict[str, torch.Tensor], count: int) -> torch.Tensor | float:
         """What turns this micro-batch's summed loss into its share of the step's mean over every labelled token.
 
         The frameworks divide what training_step returns by the accumulation steps (Lightning, and DeepSpeed
         once more) and average gradients over ranks; this undoes both and divides by the tokens of the whole
-        step on every rank (onestop.data.windows). A batch without the count (a custom loader) keeps its own mean.
+        step on every rank (onestop.data.windows). A batch without the count (a loader of pairs or rated answers,
+        a custom loader) keeps its own mean over `count`.
         """
         if STEP_TOKENS not in batch:
-            return 1.0 / max(tokens, 1)
+            return 1.0 / max(count, 1)
         trainer = self.trainer
         step_tokens = trainer.strategy.reduce(batch[STEP_TOKENS].clone(), reduce_op="sum")
         divided_by = trainer.accumulate_grad_batches * (
@@ -89,16 +96,23 @@ class CausalLMModule(L.LightningModule):
         self.log("tokens", float(self.tokens_seen), prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss_sum, tokens = token_loss_sum(self.model, batch, self.head_loss)
-        self._val_loss_sum += float(loss_sum)
-        self._val_tokens += tokens
+        with torch.no_grad():
+            terms = self.objective(self.model, batch)
+        # Sums weighted by what each batch counts, so the epoch value does not depend on how batches split.
+        self._val_loss_sum += float(terms.loss_sum)
+        self._val_count += terms.count
+        for name, value in terms.logged.items():
+            self._val_logged[name] = self._val_logged.get(name, 0.0) + float(value) * terms.count
 
     def on_validation_epoch_end(self) -> None:
-        val_loss = self._val_loss_sum / max(self._val_tokens, 1)
+        count = max(self._val_count, 1)
+        val_loss = self._val_loss_sum / count
+        for name, total in self._val_logged.items():
+            self.log(f"val/{name}", total / count)
         self.log("val/loss", val_loss, prog_bar=True)
         if not self.trainer.sanity_checking and not any(h["step"] == self.global_step for h in self.val_history):
             self.val_history.append({"step": self.global_step, "val_loss": val_loss})
-        self._val_loss_sum, self._val_tokens = 0.0, 0
+        self._val_loss_sum, self._val_count, self._val_logged = 0.0, 0, {}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         if gradient_clip_val and is_sharded(self.trainer):

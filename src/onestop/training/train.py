@@ -1,7 +1,6 @@
 """The training stage: seed -> data -> model -> method -> trainer -> fit -> export -> metrics."""
 
 import contextlib
-import copy
 import pickle
 import time
 from collections.abc import Sequence
@@ -16,7 +15,8 @@ from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
 from onestop.core.rundir import RunDir, job_config
-from onestop.data.packing import resolve_packing, resolve_padding_free
+from onestop.data.preference import feedback_as_unpaired
+from onestop.data.prepare import prepare
 from onestop.data.report import print_report
 from onestop.data.sft import SFTDataModule
 from onestop.data.vocabulary import train_tokenizer
@@ -27,8 +27,7 @@ from onestop.models.loading import model_type, quantization_config
 from onestop.models.precision import weights_dtype
 from onestop.models.scratch import fresh_model
 from onestop.recipes import data_fingerprints, hardware_facts, provenance, provenance_warnings, recipe_text
-from onestop.training.dpo import DPOModule
-from onestop.training.fastpaths import apply_liger_kernels, check_gpu_switches, compile_decoder, head_loss
+from onestop.training.fastpaths import apply_liger_kernels, check_gpu_switches, compile_decoder
 from onestop.training.hardware import (
     build_strategy,
     prepare_model_for_hardware,
@@ -37,8 +36,8 @@ from onestop.training.hardware import (
     trainer_hardware,
 )
 from onestop.training.loggers import build_logger, finish_failed_run, wandb_sync_hint
-from onestop.training.module import CausalLMModule
-from onestop.training.preflight import memory_preflight, resolve_loss_chunk
+from onestop.training.module import TrainingModule
+from onestop.training.plan import RunPlan
 from onestop.training.progress import progress_bar
 from onestop.training.resume import (
     AtomicCheckpointIO,
@@ -49,6 +48,8 @@ from onestop.training.resume import (
     resume_path,
 )
 from onestop.training.sharding import full_parameters, parameters_per_rank, weights_sharded
+from onestop.training.stages import stage_of
+from onestop.training.stages.reference import Reference
 from onestop.training.weights import export_trained
 
 
@@ -82,6 +83,7 @@ def train(cfg: DictConfig, callbacks: Sequence = ()) -> TrainResult:
 
 def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    stage = stage_of(cfg)
     hardware = trainer_hardware(cfg.hardware)
     quantization_config(cfg.method.get("quantization"))  # a 4-bit request on a CPU fails here, before any work
     check_gpu_switches(cfg.train, cfg.hardware)
@@ -100,22 +102,24 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
         if not cfg.model.from_scratch:
             raise OnestopError("model.train_tokenizer: a new vocabulary needs model.from_scratch=true")
         tokenizer = train_tokenizer(tokenizer, cfg.data, cfg.model.train_tokenizer)
-    cfg = copy.deepcopy(cfg)  # `auto` becomes what this run does, in its config.yaml too; the caller's stays
-    family = model_type(cfg.model, model_path)
-    cfg.data.packing = resolve_packing(cfg, family)
-    cfg.data.padding_free, padded_note = resolve_padding_free(cfg, family, cfg.data.packing)
-    if padded_note:
-        print(padded_note, flush=True)
+    data_cfg = feedback_as_unpaired(cfg.data)  # the web UI's ratings are read as rated answers
+    plan = RunPlan.batches(cfg, stage, model_type(cfg.model, model_path))
+    prepared = None if cfg.data.streaming else prepare(plan.data(data_cfg), tokenizer, seed=cfg.seed)
+    print_report(prepared)
+    plan = plan.fitted(cfg, None if plan.packing or prepared is None else prepared.report.max_len or None)
+    for line in plan.notes:
+        print(line, flush=True)
+    run_cfg = plan.run_config(cfg)  # what this run does, `auto` resolved: its config.yaml and recipe
     datamodule = SFTDataModule(
-        cfg.data, tokenizer, seed=cfg.seed, stage=cfg.stage, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches
+        plan.data(data_cfg),
+        tokenizer,
+        seed=cfg.seed,
+        stage=stage.name,
+        accumulate_grad_batches=plan.accumulate_grad_batches,
+        layout=stage.layout,
+        prepared=prepared,
     )
     datamodule.setup()
-    print_report(datamodule.prepared)
-    longest = None if cfg.data.packing or datamodule.prepared is None else datamodule.report.max_len
-    cfg.train.loss_chunk_size = resolve_loss_chunk(cfg, longest or None)
-    preflight_note = memory_preflight(cfg, longest or None)
-    if preflight_note:
-        print(preflight_note, flush=True)
 
     fingerprints = data_fingerprints(datamodule.report.fingerprint, cfg.data, tokenizer, cfg.seed)
     for line in provenance_warnings(cfg.get("provenance"), fingerprints):
@@ -133,36 +137,28 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
             quantization=cfg.method.get("quantization"),
         )
     model = apply_liger_kernels(model, cfg.train)
-    reference = None
-    if cfg.stage == "dpo" and not cfg.method.adapter:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)  # adapters use the base, adapter off
+    reference = Reference.of(model, adapter=cfg.method.adapter) if stage.reference else None
     model = prepare_model_for_hardware(method_from_config(cfg.method)(model), cfg.hardware)
     model = compile_decoder(model, cfg.train)
-    if cfg.data.packing and is_prompt_learning(model):
+    if plan.packing and is_prompt_learning(model):
         raise OnestopError("data.packing: virtual tokens of method=ptuning cannot be packed; set data.packing=false")
     hardware["strategy"] = build_strategy(cfg.hardware, model)
     # Counted now: once FSDP shards the model, each rank's parameters are only its part.
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
     model.train()  # from_pretrained returns eval mode; LoRA dropout must be live while training
-    if cfg.stage == "dpo":
-        module = DPOModule(
-            model, instantiate(cfg.optim), instantiate(cfg.scheduler), beta=cfg.dpo.beta, reference=reference
-        )
-    else:
-        module = CausalLMModule(
-            model, instantiate(cfg.optim), instantiate(cfg.scheduler), head_loss=head_loss(cfg.train, model)
-        )
+    objective = stage.objective(run_cfg, model, reference)
+    module = TrainingModule(model, objective, instantiate(cfg.optim), instantiate(cfg.scheduler))
 
     # Created only now: a config, data or model error leaves no half-made run directory behind.
     run.create()
-    run.write_config(cfg)
+    run.write_config(run_cfg)
     if datamodule.prepared is not None:  # a streamed corpus is never prepared as a whole
         run.write_data_report(asdict(datamodule.report), datamodule.prepared.directory / "lengths.png")
 
     logger = build_logger(cfg.logger, run_dir)
     if logger:
-        logger.log_hyperparams(job_config(cfg))
+        logger.log_hyperparams(job_config(run_cfg))
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints_dir,
         filename="step{step:07d}",
@@ -188,6 +184,7 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
         logger=logger,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
+        accumulate_grad_batches=plan.accumulate_grad_batches,
         use_distributed_sampler=False,  # the resumable sampler shards across ranks itself
         limit_val_batches=1.0 if datamodule.val_set else 0,
     )
@@ -244,7 +241,7 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
     run.write_metrics(metrics)
 
     facts = provenance(fingerprints, hardware_facts(trainer), metrics, run_dir)
-    run.write_recipe(recipe_text(job_config(cfg), facts))
+    run.write_recipe(recipe_text(job_config(run_cfg), facts))
     if logger:
         logger.finalize("success")
         hint = wandb_sync_hint(logger)
@@ -255,7 +252,7 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
     if module.padding_history:
         print(
             f"padding: {module.padding_history[-1]['padding_fraction']:.1%} of the token slots in the last epoch "
-            f"(data.packing={str(cfg.data.packing).lower()}, data.padding_free={str(cfg.data.padding_free).lower()})",
+            f"(data.packing={str(plan.packing).lower()}, data.padding_free={str(plan.padding_free).lower()})",
             flush=True,
         )
     print(f"Run directory: {run_dir}", flush=True)

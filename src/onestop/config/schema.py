@@ -353,36 +353,6 @@ class SimPOConfig:
     """Scale of the reward (the per-token mean log-probability); the paper uses 2 to 2.5."""
     gamma_beta_ratio: float = 0.5
     """Target margin between chosen and rejected rewards, as a fraction of beta (gamma = beta x this)."""
-    loss_type: str = "sigmoid"
-    """sigmoid (DPO), ipo (squared distance to 1 / (2 beta), on per-token means: does not overfit
-    deterministic preferences) or hinge (SLiC: zero loss past a margin of 1 / beta)."""
-    label_smoothing: float = 0.0
-    """sigmoid only: the share of pairs assumed mislabelled (cDPO); 0 trusts every pair."""
-
-
-@dataclass
-class KTOConfig:
-    beta: float = 0.1
-    """Strength of the pull towards the reference model, as dpo.beta."""
-    desirable_weight: float = 1.0
-    """Weight of desirable answers' losses; raise it when there are fewer desirable than undesirable ones
-    (the KTO paper keeps desirable_weight x desirable / (undesirable_weight x undesirable) in [1, 4/3])."""
-    undesirable_weight: float = 1.0
-    """Weight of undesirable answers' losses."""
-
-
-@dataclass
-class ORPOConfig:
-    beta: float = 0.1
-    """Weight of the odds-ratio penalty beside the chosen answers' cross-entropy (the paper's lambda)."""
-
-
-@dataclass
-class SimPOConfig:
-    beta: float = 2.0
-    """Scale of the reward (the per-token mean log-probability); the paper uses 2 to 2.5."""
-    gamma_beta_ratio: float = 0.5
-    """Target margin between chosen and rejected rewards, as a fraction of beta (gamma = beta x this)."""
 
 
 @dataclass

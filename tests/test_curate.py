@@ -8,9 +8,9 @@ from conftest import ASSETS, compose, run_invoke
 
 from onestop.core.errors import OnestopError
 from onestop.core.paths import PROJECT_ROOT
-from onestop.data.curate import STEPS, Context, curate, curation_steps
+from onestop.data.curate import STEPS, Context, curate, curation_steps, near_duplicates, steps
 from onestop.data.curate.personal_data import PersonalData
-from onestop.data.prepare import prepare
+from onestop.data.prepare import DataReport, load_examples, prepare, sources_of
 from onestop.data.report import run_prepare
 
 CURATE = ASSETS / "data" / "curate"
@@ -159,3 +159,13 @@ def test_the_docs_page_names_every_step_and_parameter():
         assert f"### `{name}`" in page
         for parameter in dataclasses.fields(step):
             assert f"`{parameter.name}`" in page, f"{name}.{parameter.name}"
+
+
+def test_worker_processes_give_the_same_result(monkeypatch):
+    cfg = data_cfg("data.curate=[personal_data,{near_duplicates:{against_eval:false}}]")
+    per_source = load_examples(sources_of(cfg), cfg, DataReport())
+    one = curate(per_source, curation_steps(cfg), Context(sources=[str(RAW)]))
+    monkeypatch.setattr(steps, "CHUNK", 4)  # several chunks of a small file, so the work is split
+    monkeypatch.setattr(near_duplicates, "CHUNK", 4)
+    two = curate(per_source, curation_steps(cfg), Context(sources=[str(RAW)], processes=2))
+    assert two == one and len(one[0][0]) == 25 - 2

@@ -266,7 +266,8 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
     if steps:
         eval_sets = {"validation": [prompt_text(e) for e in val_examples]} if data_cfg.val_path else {}
         eval_sets.update({str(path): eval_texts(path) for path in data_cfg.contamination.eval_paths})
-        context = Context(sources=[source.path for source in sources], eval_sets=eval_sets)
+        processes = tokenizing_processes(data_cfg.num_proc, sum(map(len, per_source)))
+        context = Context(sources=[source.path for source in sources], eval_sets=eval_sets, processes=processes)
         per_source, report.curation = curate(per_source, steps, context)
     if not data_cfg.val_path:
         if not 0 <= data_cfg.val_ratio < 1:

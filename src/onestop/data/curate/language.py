@@ -8,9 +8,10 @@ A record too short to tell (a number, one word) is kept or removed by `keep_unde
 
 # Lazy imports: lingua (only when the step runs).
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from onestop.data.curate.steps import Context, Excerpt, Step, StepConfigError, Tally
+from onestop.data.curate.steps import Excerpt, Judgement, Step, StepConfigError
 from onestop.data.curate.text import full_text, snippet
 
 # Records whose languages are detected in one call (in lingua's own threads).
@@ -51,22 +52,13 @@ class Language(Step):
 
         return [f"lingua {version('lingua-language-detector')}"]
 
-    def run(self, per_source: list[list[dict]], context: Context, tally: Tally) -> list[list[dict]]:
-        """As every step, but the languages of a chunk of records detected at once, in lingua's threads."""
-        result = []
-        for source, examples in zip(context.sources, per_source, strict=True):
-            kept = []
-            for start in range(0, len(examples), DETECT_CHUNK):
-                chunk = examples[start : start + DETECT_CHUNK]
-                for example, detected in zip(chunk, self.detect_all([full_text(e) for e in chunk]), strict=True):
-                    new, reason, excerpt = self.judge(example, detected)
-                    if new is None:
-                        tally.count(source, "removed", reason, excerpt)
-                    else:
-                        tally.count(source, "kept")
-                        kept.append(new)
-            result.append(kept)
-        return result
+    def judge_all(self, examples: list[dict], processes: int = 1) -> Iterator[Judgement]:
+        """As every step's, but a chunk's languages detected in one call, spread over lingua's own threads."""
+        for start in range(0, len(examples), DETECT_CHUNK):
+            chunk = examples[start : start + DETECT_CHUNK]
+            for example, detected in zip(chunk, self.detect_all([full_text(e) for e in chunk]), strict=True):
+                new, reason, excerpt = self.judge(example, detected)
+                yield None, "removed" if new is None else "kept", reason, excerpt and excerpt()
 
     def apply(self, example: dict) -> tuple[dict | None, str, Excerpt | None]:
         return self.judge(example, self.detect_all([full_text(example)])[0])

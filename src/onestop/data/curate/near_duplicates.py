@@ -9,12 +9,13 @@ evaluation prompt (the validation file, data.contamination.eval_paths) is remove
 
 # Lazy imports: datasketch (only when the step runs).
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from onestop.data.curate.steps import Context, Excerpt, Step, StepConfigError, Tally
+from onestop.data.curate.steps import CHUNK, Context, Excerpt, Step, StepConfigError, Tally, in_chunks
 from onestop.data.curate.text import full_text, prompt_text, snippet, words
 
 
@@ -48,28 +49,22 @@ class NearDuplicates(Step):
     def run(self, per_source: list[list[dict]], context: Context, tally: Tally) -> list[list[dict]]:
         from datasketch import MinHash, MinHashLSH
 
-        template = MinHash(num_perm=self.num_perm, seed=1, hashfunc=zlib.crc32)  # crc32: a C call, 3x sha1's speed
+        scheme = self.template().scheme
 
-        def signature(text: str):
-            shingles = self.shingles(text)
-            if not shingles:
-                return None
-            minhash = MinHash(
-                self.num_perm, hashfunc=zlib.crc32, permutations=template.permutations, scheme=template.scheme
-            )
-            minhash.update_batch([s.encode() for s in shingles])
-            return minhash
+        def minhash(values: np.ndarray):
+            return MinHash(self.num_perm, hashvalues=values, scheme=scheme)
 
         evaluation = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
         eval_owner, eval_text = {}, {}
         if self.against_eval:
             for name, prompts in context.eval_sets.items():
-                for index, prompt in enumerate(prompts):
-                    minhash = signature(prompt)
-                    if minhash is not None:
+                for index, values in enumerate(self.signatures(prompts)):
+                    if values is not None:
                         key = f"{name}#{index}"
-                        evaluation.insert(key, minhash, check_duplication=False)
-                        eval_owner[key], eval_text[key] = minhash.hashvalues, (name, prompt)
+                        evaluation.insert(key, minhash(values), check_duplication=False)
+                        eval_owner[key], eval_text[key] = values, (name, prompts[index])
+        check_eval = self.against_eval and bool(eval_owner)
+        signer = self if check_eval else dataclasses.replace(self, against_eval=False)  # no prompt signatures
 
         seen = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
         kept_hashes: dict[int, np.ndarray] = {}  # the signatures of kept records, to confirm LSH's candidates
@@ -77,34 +72,58 @@ class NearDuplicates(Step):
         result, key = [], 0
         for source, examples in zip(context.sources, per_source, strict=True):
             survivors = []
-            for example in examples:
-                text = full_text(example)
-                if self.against_eval and eval_owner:
-                    prompt = signature(prompt_text(example))
-                    match = prompt and self._confirmed(prompt, evaluation.query(prompt), eval_owner)
+            chunks = [examples[start : start + CHUNK] for start in range(0, len(examples), CHUNK)]
+            signed = (pair for chunk in in_chunks(signer, _signed, chunks, context.processes) for pair in chunk)
+            for example, (text_values, prompt_values) in zip(examples, signed, strict=True):
+                if check_eval and prompt_values is not None:
+                    match = self._confirmed(prompt_values, evaluation.query(minhash(prompt_values)), eval_owner)
                     if match:
                         name, eval_prompt = eval_text[match]
                         excerpt = _pair(prompt_text(example), eval_prompt)
                         tally.count(source, "removed", f"near-duplicate of an evaluation prompt ({name})", excerpt)
                         continue
-                minhash = signature(text)
-                if minhash is None:
+                if text_values is None:
                     tally.count(source, "kept")
                     survivors.append(example)
                     continue
-                match = self._confirmed(minhash, seen.query(minhash), kept_hashes)
+                signature = minhash(text_values)
+                match = self._confirmed(text_values, seen.query(signature), kept_hashes)
                 if match is not None:
-                    excerpt = _pair(text, full_text(kept_examples[match]))
+                    excerpt = _pair(full_text(example), full_text(kept_examples[match]))
                     tally.count(source, "removed", "near-duplicate of an earlier record", excerpt)
                     continue
                 key += 1
-                seen.insert(key, minhash, check_duplication=False)
-                kept_hashes[key] = minhash.hashvalues
-                kept_examples[key] = example
+                seen.insert(key, signature, check_duplication=False)
+                kept_hashes[key], kept_examples[key] = text_values, example
                 tally.count(source, "kept")
                 survivors.append(example)
             result.append(survivors)
         return result
+
+    def template(self):
+        """The MinHash whose hash permutations every signature uses (the same in every process: seed 1)."""
+        from datasketch import MinHash
+
+        if getattr(self, "_template", None) is None:
+            self._template = MinHash(self.num_perm, seed=1, hashfunc=zlib.crc32)  # crc32: a C call, 3x sha1's speed
+        return self._template
+
+    def signatures(self, texts: list[str]) -> list[np.ndarray | None]:
+        """Each text's MinHash values over its shingles; None for a text without words."""
+        from datasketch import MinHash
+
+        template, values = self.template(), []
+        for text in texts:
+            shingles = self.shingles(text)
+            if not shingles:
+                values.append(None)
+                continue
+            signature = MinHash(
+                self.num_perm, hashfunc=zlib.crc32, permutations=template.permutations, scheme=template.scheme
+            )
+            signature.update_batch([s.encode() for s in shingles])
+            values.append(signature.hashvalues)
+        return values
 
     def shingles(self, text: str) -> set[str]:
         tokens = [w.lower() for w in words(text)]
@@ -112,10 +131,10 @@ class NearDuplicates(Step):
             return {" ".join(tokens)} if tokens else set()
         return {" ".join(tokens[i : i + self.shingle]) for i in range(len(tokens) - self.shingle + 1)}
 
-    def _confirmed(self, minhash, candidates: list, hashes: dict):
+    def _confirmed(self, values: np.ndarray, candidates: list, hashes: dict):
         """The first candidate whose estimated similarity reaches the threshold, or None."""
         for candidate in candidates:
-            if np.mean(hashes[candidate] == minhash.hashvalues) >= self.threshold:
+            if np.mean(hashes[candidate] == values) >= self.threshold:
                 return candidate
         return None
 
@@ -123,3 +142,10 @@ class NearDuplicates(Step):
 def _pair(text: str, similar: str) -> Excerpt:
     """The report's excerpt of a removed record and of the one it copies, made only if the report keeps it."""
     return lambda: {**snippet(text), "similar_to": snippet(similar)["text"]}
+
+
+def _signed(step: NearDuplicates, examples: list[dict]) -> list[tuple]:
+    """(the MinHash values of each example's text, of its prompt): a chunk's work, in any process."""
+    texts = step.signatures([full_text(e) for e in examples])
+    prompts = step.signatures([prompt_text(e) for e in examples]) if step.against_eval else [None] * len(examples)
+    return list(zip(texts, prompts, strict=True))

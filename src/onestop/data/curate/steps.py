@@ -6,7 +6,10 @@ A step is a dataclass whose fields are its parameters (the docstring under each 
 """
 
 import dataclasses
-from collections.abc import Callable
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -14,6 +17,8 @@ from onestop.core.errors import OnestopError
 
 # Examples kept per step and reason for the report: enough to see what a rule catches, not a copy of the data.
 EXAMPLES_PER_REASON = 3
+# Records judged per task: large enough that handing a chunk to a worker process costs little.
+CHUNK = 2000
 
 # An excerpt of a record for the report, made only when the report keeps it (most are not kept).
 Excerpt = Callable[[], dict]
@@ -33,6 +38,8 @@ class Context:
 
     sources: list[str]
     eval_sets: dict[str, list[str]] = field(default_factory=dict)
+    processes: int = 1
+    """Worker processes for steps that judge each record alone (data.num_proc: several from 20,000 records)."""
 
 
 @dataclass
@@ -45,7 +52,7 @@ class Tally:
     reasons: dict[str, int] = field(default_factory=dict)
     examples: list[dict] = field(default_factory=list)
 
-    def count(self, source: str, outcome: str, reason: str = "", excerpt: Excerpt | None = None) -> None:
+    def count(self, source: str, outcome: str, reason: str = "", excerpt: Excerpt | dict | None = None) -> None:
         """Count one record of `source` as kept, removed, changed or flagged (with its reason and an excerpt)."""
         counts = self.sources.setdefault(source, {"kept": 0, "removed": 0, "changed": 0, "flagged": 0})
         counts[outcome] += 1
@@ -54,10 +61,13 @@ class Tally:
         label = f"{outcome}: {reason}"
         self.reasons[label] = self.reasons.get(label, 0) + 1
         if excerpt is not None and self.reasons[label] <= EXAMPLES_PER_REASON:
-            self.examples.append({"source": source, "outcome": outcome, "reason": reason, **excerpt()})
+            made = excerpt() if callable(excerpt) else excerpt
+            self.examples.append({"source": source, "outcome": outcome, "reason": reason, **made})
 
-    def total(self, outcome: str) -> int:
-        return sum(counts[outcome] for counts in self.sources.values())
+
+# (the changed example, or None when it is unchanged or removed; kept, removed, changed or flagged; the reason;
+# the report's excerpt, made where the record was judged, for the first few of each reason in a chunk only)
+Judgement = tuple[dict | None, str, str, dict | None]
 
 
 class Step:
@@ -76,20 +86,67 @@ class Step:
         result = []
         for source, examples in zip(context.sources, per_source, strict=True):
             kept = []
-            for example in examples:
-                new, reason, excerpt = self.apply(example)
-                if new is None:
-                    tally.count(source, "removed", reason, excerpt)
-                    continue
-                outcome = "kept" if not reason else ("flagged" if new is example else "changed")
+            for example, (new, outcome, reason, excerpt) in zip(
+                examples, self.judge_all(examples, context.processes), strict=True
+            ):
                 tally.count(source, outcome, reason, excerpt)
-                kept.append(new)
+                if outcome != "removed":
+                    kept.append(example if new is None else new)
             result.append(kept)
         return result
+
+    def judge_all(self, examples: list[dict], processes: int = 1) -> Iterator[Judgement]:
+        """`apply` on each example, in order: in `processes` worker processes when more than one."""
+        chunks = [examples[start : start + CHUNK] for start in range(0, len(examples), CHUNK)]
+        for judgements in in_chunks(self, _judged, chunks, processes):
+            yield from judgements
 
     def fingerprint(self) -> list[str]:
         """What besides the parameters decides this step's result (library versions, files' contents)."""
         return []
+
+
+def in_chunks(step: Step, work: Callable[[Step, list], list], chunks: list[list], processes: int) -> Iterator[list]:
+    """`work(step, chunk)` for each chunk, in order: in `processes` worker processes when more than one, each
+    given the step once, at most two chunks per process in flight (the data waiting is not copied whole)."""
+    if processes <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            yield work(step, chunk)
+        return
+    # spawn, not fork: the parent may hold torch's and the tokenizer's threads, which a fork would copy mid-use
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_keep_step, initargs=(step,)) as pool:
+        pending = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_work_in_worker, work, chunk))
+            if len(pending) >= 2 * processes:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _judged(step: Step, examples: list[dict]) -> list[Judgement]:
+    judgements, shown = [], {}
+    for example in examples:
+        new, reason, excerpt = step.apply(example)
+        outcome = "removed" if new is None else "kept" if not reason else "flagged" if new is example else "changed"
+        if excerpt is not None:
+            shown[reason] = shown.get(reason, 0) + 1
+            excerpt = excerpt() if shown[reason] <= EXAMPLES_PER_REASON else None
+        judgements.append((None if new is example else new, outcome, reason, excerpt))
+    return judgements
+
+
+_worker_step: Step | None = None  # the step a worker process received once, at its start
+
+
+def _keep_step(step: Step) -> None:
+    global _worker_step
+    _worker_step = step
+
+
+def _work_in_worker(work: Callable[[Step, list], list], chunk: list) -> list:
+    return work(_worker_step, chunk)
 
 
 def parse_steps(entries: Any, registry: dict[str, type[Step]], key: str = "data.curate") -> list[Step]:

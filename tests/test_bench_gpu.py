@@ -11,14 +11,8 @@ import torch
 from invoke.exceptions import Exit
 
 from onestop import cli
-from onestop.bench.gpu import (
-    GPU_TABLE_END,
-    GPU_TABLE_START,
-    SMOKE_WORKLOAD,
-    bench_gpu,
-    fast_path,
-    report_into_docs,
-)
+from onestop.bench.gpu import SMOKE_WORKLOAD, bench_gpu, fast_path
+from onestop.bench.output import GPU_TABLE_END, GPU_TABLE_START, report_into_docs
 from onestop.bench.wheels import requirements_outside, strip_wheel
 from onestop.config.compose import compose
 from onestop.core.errors import OnestopError

@@ -221,13 +221,13 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "agent": ("agent", "onestop.agents.session:run_agent", ()),
     "bench.agents": (
         "agent",
-        "onestop.bench:compare_agent_libraries",
+        "onestop.bench.agents:compare_agent_libraries",
         ("hydra.run.dir=runs/bench/agents/${now:%Y-%m-%d_%H-%M-%S}",),
     ),
     "estimate": ("train", "onestop.selection.report:run_estimate", ()),
     "bench.trainers": (
         "train",
-        "onestop.bench:compare_trainers",
+        "onestop.bench.trainers:compare_trainers",
         ("recipe=gemma3_270m_lora_demo", "logger=none", "hydra.run.dir=runs/bench/trainers/${now:%Y-%m-%d_%H-%M-%S}"),
     ),
 }
@@ -239,8 +239,8 @@ TASKS: dict[str, Entry] = {
         "onestop.bench.throughput:bench_train",
         (_words, int, _names, _override_sets, int, _same),
     ),
-    "bench.estimate": Entry("onestop.bench:bench_estimate", (_names, _same, _same)),
-    "bench.load": Entry("onestop.bench:bench_load", (_words, _same, _same, _same)),
+    "bench.estimate": Entry("onestop.bench.estimate:bench_estimate", (_names, _same, _same)),
+    "bench.load": Entry("onestop.bench.load:bench_load", (_words, _same, _same, _same)),
     "bench.eval": Entry(
         "onestop.bench.eval:bench_eval", (_names, _count, _integers("--workers"), _integers("--concurrency"), _same)
     ),
@@ -251,7 +251,7 @@ TASKS: dict[str, Entry] = {
         "onestop.bench.gpu:bench_gpu",
         (_same, _same, _optional(float), _optional(_names), _optional(int), _count),
     ),
-    "bench.gpu.report": Entry("onestop.bench.gpu:report_into_docs", (_same, _same)),
+    "bench.gpu.report": Entry("onestop.bench.output:report_into_docs", (_same, _same)),
     "bench.gpu.wheels": Entry("onestop.bench.wheels:download_wheels", (_same, _same, _same)),
     "models": Entry("onestop.selection.report:run_models", (_same,)),
     "sweep": Entry("onestop.sweep.runner:run_sweep", (_words,)),

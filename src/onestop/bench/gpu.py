@@ -2,7 +2,7 @@
 
 invoke bench.gpu                                        # all parts, at most 8 minutes on one H100/H200
 invoke bench.gpu --smoke                                # the same code path at the smallest size, on CPU
-invoke bench.gpu.report runs/bench/gpu/TIME/gpu.json    # put the figures into docs/benchmarks.md
+invoke bench.gpu.report runs/bench/gpu/TIME/gpu.json    # put the figures into docs/benchmarks.md (output.py)
 invoke bench.gpu.wheels                                 # the wheels a GPU box without internet needs (wheels.py)
 
 Each part runs in a child process of its own, with its own time limit, so its peak memory is its own and
@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from onestop.bench.output import gpu_table, save_gpu_results
 from onestop.bench.wheels import WHEELS_DIR
 from onestop.config.compose import compose
 from onestop.core.errors import OnestopError
@@ -181,11 +181,11 @@ def bench_gpu(
         if part.name == "setup" and record.get("status") == "ok":
             results["environment"] = record.pop("environment")
         results["parts"].append({"name": part.name, "what": part.what, "limit_s": part.limit_s * slower, **record})
-        _save(results, out_dir)  # a machine taken back mid-run still leaves the parts done so far
+        save_gpu_results(results, out_dir)  # a machine taken back mid-run still leaves the parts done so far
     results["wall_s"] = time.monotonic() - started
     results["summary"] = summarize(results)
-    _save(results, out_dir)
-    print(markdown_table(results), flush=True)
+    save_gpu_results(results, out_dir)
+    print(gpu_table(results), flush=True)
     print(json.dumps(results["summary"], indent=2), flush=True)
     print(f"Results: {out_dir / 'gpu.json'}", flush=True)
     return results
@@ -207,16 +207,6 @@ def _skip_reason(part: Part, results: dict, left: float) -> str | None:
     if left < 20:
         return f"the {results['budget_s']:.0f} s budget was spent"
     return None
-
-
-def _save(results: dict, out_dir: Path) -> None:
-    write_json(out_dir / "gpu.json", results)
-    write_text_atomic(out_dir / "gpu.md", markdown_table(results))
-    if os.environ.get("OUT"):  # a lent machine's tool returns what is written under $OUT
-        target = Path(os.environ["OUT"])
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(out_dir / "gpu.json", target / "gpu.json")
-        shutil.copy2(out_dir / "gpu.md", target / "gpu.md")
 
 
 def _run_child(spec: dict, limit_s: float) -> dict:
@@ -747,89 +737,3 @@ def summarize(results: dict) -> dict:
         },
         "statuses": {name: part["status"] for name, part in parts.items()},
     }
-
-
-def _fmt(value, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
-def part_outcome(part: dict) -> str:
-    """One cell saying how a part ended and, for a test run or a deployment, what it showed."""
-    if part["status"] == "skipped":
-        return f"skipped: {part['reason']}"
-    if part["status"] != "ok":
-        return f"**{part['status']}** after {part.get('seconds', 0):.0f} s: {part.get('reason', '')}"
-    if part["name"] == "pytest_gpu":
-        counts: dict[str, int] = {}
-        for case in part["tests"]:
-            counts[case["outcome"]] = counts.get(case["outcome"], 0) + 1
-        return "ok: " + (", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no tests")
-    if part["name"] == "lmdeploy":
-        return (
-            f"ok: answered in {part['chat s']:.2f} s ({_fmt(part['decode tok/s'])} tok/s decode), tool request "
-            f"answered ({part['tool calls']} calls), started in {part['start s']:.0f} s"
-        )
-    return f"ok in {part['seconds']:.0f} s"
-
-
-def markdown_table(results: dict) -> str:
-    """The parts as a Markdown table: what ran, tokens/s, MFU, peak memory, outcome."""
-    device = results.get("environment", {}).get("device", "?")
-    lines = [
-        f"bench.gpu {results['time']} on {device}" + (" (smoke run)" if results["smoke"] else ""),
-        "",
-        "| part | what | tok/s | MFU % | peak GiB | outcome |",
-        "|---|---|---|---|---|---|",
-    ]
-    for part in results["parts"]:
-        lines.append(
-            f"| {part['name']} | {part['what']} | {_fmt(part.get('tok/s'), 0)} | {_fmt(part.get('MFU %'))} "
-            f"| {_fmt(part.get('peak GiB'), 2)} | {part_outcome(part)} |"
-        )
-    summary = results.get("summary")
-    if summary:
-        lines += ["", f"onestop LoRA vs transformers Trainer + peft: {_fmt(summary['speedup_vs_hf'], 2)}x tokens/s"]
-    return "\n".join(lines) + "\n"
-
-
-GPU_TABLE_START = "<!-- bench.gpu table: invoke bench.gpu.report FILE rewrites it -->"
-GPU_TABLE_END = "<!-- end of bench.gpu table -->"
-
-
-def report_into_docs(result_file: str, docs: str | None = None) -> Path:
-    """Replace the bench.gpu table of docs/benchmarks.md (between its markers) with the figures of a GPU run."""
-    if not result_file:
-        raise OnestopError("bench.gpu.report: name one gpu.json of invoke bench.gpu (or the folder holding it)")
-    path = Path(result_file)
-    if path.is_dir():
-        path = path / "gpu.json"
-    try:
-        results = json.loads(path.read_text())
-        parts = results["parts"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise OnestopError(f"bench.gpu.report {result_file}: expected the gpu.json of invoke bench.gpu") from None
-    if results.get("smoke") or not results.get("environment", {}).get("cuda_available"):
-        raise OnestopError(f"bench.gpu.report {result_file}: a CPU smoke run; the docs' table holds GPU runs only")
-    target = Path(docs) if docs else PROJECT_ROOT / "docs" / "benchmarks.md"
-    text = target.read_text()
-    if GPU_TABLE_START not in text or GPU_TABLE_END not in text:
-        raise OnestopError(f"bench.gpu.report: {target} has no bench.gpu table markers ({GPU_TABLE_START})")
-    environment = results["environment"]
-    versions = ", ".join(f"{n} {v}" for n, v in environment["packages"].items() if v)
-    table = markdown_table({**results, "parts": parts})
-    block = (
-        f"{GPU_TABLE_START}\nMeasured {results['time']} on {environment['device']} ({versions}); "
-        f"batch {results['workload']['batch']} x {results['workload']['seq_len']} tokens, "
-        f"{results['workload']['steps']} steps, the first {results['workload']['warmup']} not timed.\n\n"
-        + table.split("\n", 2)[2]
-        + f"{GPU_TABLE_END}"
-    )
-    before, rest = text.split(GPU_TABLE_START, 1)
-    after = rest.split(GPU_TABLE_END, 1)[1]
-    write_text_atomic(target, before + block + after)
-    print(f"bench.gpu.report: {len(parts)} parts from {path} written into {target}", flush=True)
-    return target

@@ -1,4 +1,6 @@
-"""Where a benchmark writes and what it records beside its figures: the machine, the date, the commit.
+"""Where a benchmark writes and what it records beside its figures: the machine, the date, the commit; its
+tables, printed and in Markdown; and `invoke bench.gpu.report`, which puts a GPU run's table into
+docs/benchmarks.md. Every report a benchmark writes is written here.
 
 out_dir = results_dir("serve", output)        # runs/bench/serve/<TIME>/ unless --output says otherwise
 write_results(out_dir, "serve", {"rows": rows}, rows, "Serving throughput")
@@ -7,6 +9,7 @@ write_results(out_dir, "serve", {"rows": rows}, rows, "Serving throughput")
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +22,7 @@ from rich.table import Table
 
 from onestop.core.errors import OnestopError
 from onestop.core.files import write_json, write_text_atomic
+from onestop.core.paths import PROJECT_ROOT
 from onestop.recipes import git_state, package_versions
 from onestop.selection.devices import GIB, total_ram
 
@@ -88,6 +92,13 @@ def cell(value) -> str:
     return str(value)
 
 
+def two_decimals(value) -> str:
+    """A cell with two decimals for a float: what the comparison benchmarks (trainers, agents, estimate) show."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def markdown_table(rows: list[dict], format_cell: Callable = cell) -> str:
     header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
     return header + "".join("| " + " | ".join(format_cell(v) for v in row.values()) + " |\n" for row in rows)
@@ -127,3 +138,103 @@ def write_results(out_dir: Path, stem: str, payload: dict, rows: list[dict], tit
     text = f"# {title}\n\n{markdown_table(rows)}" + (f"\n{notes.strip()}\n" if notes else "")
     write_text_atomic(out_dir / f"{stem}.md", text)
     print_table(rows, title)
+
+
+# invoke bench.gpu: its table, its files, and its figures in docs/benchmarks.md.
+
+
+def save_gpu_results(results: dict, out_dir: Path) -> None:
+    """gpu.json and gpu.md of `invoke bench.gpu` (the parts so far), copied to $OUT on a lent machine."""
+    write_json(out_dir / "gpu.json", results)
+    write_text_atomic(out_dir / "gpu.md", gpu_table(results))
+    if os.environ.get("OUT"):  # a lent machine's tool returns what is written under $OUT
+        target = Path(os.environ["OUT"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(out_dir / "gpu.json", target / "gpu.json")
+        shutil.copy2(out_dir / "gpu.md", target / "gpu.md")
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def part_outcome(part: dict) -> str:
+    """One cell saying how a part ended and, for a test run or a deployment, what it showed."""
+    if part["status"] == "skipped":
+        return f"skipped: {part['reason']}"
+    if part["status"] != "ok":
+        return f"**{part['status']}** after {part.get('seconds', 0):.0f} s: {part.get('reason', '')}"
+    if part["name"] == "pytest_gpu":
+        counts: dict[str, int] = {}
+        for case in part["tests"]:
+            counts[case["outcome"]] = counts.get(case["outcome"], 0) + 1
+        return "ok: " + (", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no tests")
+    if part["name"] == "lmdeploy":
+        return (
+            f"ok: answered in {part['chat s']:.2f} s ({_fmt(part['decode tok/s'])} tok/s decode), tool request "
+            f"answered ({part['tool calls']} calls), started in {part['start s']:.0f} s"
+        )
+    return f"ok in {part['seconds']:.0f} s"
+
+
+def gpu_table(results: dict) -> str:
+    """The parts as a Markdown table: what ran, tokens/s, MFU, peak memory, outcome."""
+    device = results.get("environment", {}).get("device", "?")
+    lines = [
+        f"bench.gpu {results['time']} on {device}" + (" (smoke run)" if results["smoke"] else ""),
+        "",
+        "| part | what | tok/s | MFU % | peak GiB | outcome |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part in results["parts"]:
+        lines.append(
+            f"| {part['name']} | {part['what']} | {_fmt(part.get('tok/s'), 0)} | {_fmt(part.get('MFU %'))} "
+            f"| {_fmt(part.get('peak GiB'), 2)} | {part_outcome(part)} |"
+        )
+    summary = results.get("summary")
+    if summary:
+        lines += ["", f"onestop LoRA vs transformers Trainer + peft: {_fmt(summary['speedup_vs_hf'], 2)}x tokens/s"]
+    return "\n".join(lines) + "\n"
+
+
+GPU_TABLE_START = "<!-- bench.gpu table: invoke bench.gpu.report FILE rewrites it -->"
+GPU_TABLE_END = "<!-- end of bench.gpu table -->"
+
+
+def report_into_docs(result_file: str, docs: str | None = None) -> Path:
+    """Replace the bench.gpu table of docs/benchmarks.md (between its markers) with the figures of a GPU run."""
+    if not result_file:
+        raise OnestopError("bench.gpu.report: name one gpu.json of invoke bench.gpu (or the folder holding it)")
+    path = Path(result_file)
+    if path.is_dir():
+        path = path / "gpu.json"
+    try:
+        results = json.loads(path.read_text())
+        parts = results["parts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OnestopError(f"bench.gpu.report {result_file}: expected the gpu.json of invoke bench.gpu") from None
+    if results.get("smoke") or not results.get("environment", {}).get("cuda_available"):
+        raise OnestopError(f"bench.gpu.report {result_file}: a CPU smoke run; the docs' table holds GPU runs only")
+    target = Path(docs) if docs else PROJECT_ROOT / "docs" / "benchmarks.md"
+    text = target.read_text()
+    if GPU_TABLE_START not in text or GPU_TABLE_END not in text:
+        raise OnestopError(f"bench.gpu.report: {target} has no bench.gpu table markers ({GPU_TABLE_START})")
+    environment = results["environment"]
+    versions = ", ".join(f"{n} {v}" for n, v in environment["packages"].items() if v)
+    table = gpu_table({**results, "parts": parts})
+    block = (
+        f"{GPU_TABLE_START}\nMeasured {results['time']} on {environment['device']} ({versions}); "
+        f"batch {results['workload']['batch']} x {results['workload']['seq_len']} tokens, "
+        f"{results['workload']['steps']} steps, the first {results['workload']['warmup']} not timed.\n\n"
+        + table.split("\n", 2)[2]
+        + f"{GPU_TABLE_END}"
+    )
+    before, rest = text.split(GPU_TABLE_START, 1)
+    after = rest.split(GPU_TABLE_END, 1)[1]
+    write_text_atomic(target, before + block + after)
+    print(f"bench.gpu.report: {len(parts)} parts from {path} written into {target}", flush=True)
+    return target

@@ -13,6 +13,7 @@ from onestop.models.precision import (
     keep_fp32_master_weights,
     without_bf16,
 )
+from onestop.training.rendezvous import TimedDDPStrategy
 from onestop.training.sharding import fsdp_strategy
 from onestop.training.zero import deepspeed_strategy
 
@@ -75,15 +76,20 @@ def shards_weights(hardware: DictConfig) -> bool:
 
 
 def build_strategy(hardware: DictConfig, model):
-    """The Lightning strategy; FSDP wraps (and, with gradient checkpointing, recomputes) each decoder layer."""
+    """The Lightning strategy; FSDP wraps (and, with gradient checkpointing, recomputes) each decoder layer. DDP and
+    FSDP meet the other processes within `hardware.rendezvous_timeout_s` (see `rendezvous.py`)."""
     strategy = str(hardware.strategy)
     if strategy.startswith("deepspeed"):
         return deepspeed_strategy(strategy, hardware.accelerator)
+    if strategy == "ddp":
+        return TimedDDPStrategy(rendezvous_timeout_s=hardware.rendezvous_timeout_s)
     if strategy != "fsdp":
         return strategy
 
     layer_types = {type(decoder_layers(model)[0])}
-    return fsdp_strategy(layer_types, hardware.accelerator, hardware.gradient_checkpointing)
+    return fsdp_strategy(
+        layer_types, hardware.accelerator, hardware.gradient_checkpointing, hardware.rendezvous_timeout_s
+    )
 
 
 def prepare_model_for_hardware(model, hardware: DictConfig):

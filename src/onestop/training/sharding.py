@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.strategies import fsdp as lightning_fsdp
 
+from onestop.training.rendezvous import BoundedRendezvous
 from onestop.training.zero import gathered_parameters, held_elements, is_zero3
 
 # The attribute under which FSDP and activation checkpointing keep the module they wrap: one more
@@ -35,15 +36,19 @@ def _innermost(module: torch.nn.Module) -> torch.nn.Module:
         module = inner
 
 
-def fsdp_strategy(layer_types: set[type], accelerator: str, activation_checkpointing: bool) -> FSDPStrategy:
+def fsdp_strategy(
+    layer_types: set[type], accelerator: str, activation_checkpointing: bool, rendezvous_timeout_s: float
+) -> FSDPStrategy:
     """One FSDP unit per decoder layer; full (not sharded) checkpoints, so `resume=` and exports read one file."""
     strategy_class = CPUFSDPStrategy if accelerator == "cpu" else ShardedStrategy
-    return strategy_class(
+    strategy = strategy_class(
         auto_wrap_policy=layer_types,
         activation_checkpointing_policy=layer_types if activation_checkpointing else None,
         state_dict_type="full",
         use_orig_params=True,  # adapters: frozen and trainable weights share the flat parameters
     )
+    strategy.rendezvous_timeout_s = rendezvous_timeout_s
+    return strategy
 
 
 @contextlib.contextmanager
@@ -69,8 +74,9 @@ def _gather_without_offload():
         lightning_fsdp._get_full_state_dict_context = original
 
 
-class ShardedStrategy(FSDPStrategy):
-    """Lightning's FSDP strategy, wrapping the module once per run.
+class ShardedStrategy(BoundedRendezvous, FSDPStrategy):
+    """Lightning's FSDP strategy, wrapping the module once per run, meeting the other processes within
+    `rendezvous_timeout_s` (`BoundedRendezvous`).
 
     `trainer.validate` after `trainer.fit` sets the strategy up again; Lightning would then see the
     already-wrapped decoder layers and skip the root wrapper, leaving the embeddings as empty shard views.

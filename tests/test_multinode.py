@@ -288,11 +288,12 @@ def test_fsdp_shards_across_two_nodes_and_ends_where_ddp_ends(tmp_path, torchrun
 
 @pytest.mark.slow
 def test_a_node_that_cannot_meet_the_others_stops_in_one_line(tmp_path):
-    """Node 1 of a SLURM job whose node 0 never started, and node 0 of a torchrun-less launch (Lightning's own
-    MASTER_ADDR / MASTER_PORT / NODE_RANK) whose node 1 never comes: each stops in its timeout, in one line."""
+    """Node 1 of a SLURM job whose node 0 never started, and node 0 of a launch through Lightning's own variables
+    (MASTER_ADDR, MASTER_PORT, NODE_RANK) whose node 1 never comes: each stops in its timeout, in one line.
+    Under torchrun, torchrun meets the other nodes before training starts; `--rdzv-conf=timeout=N` bounds
+    that, and its error (a traceback) ends naming the address."""
     job_id = slurm_job_id()
-    port = 15000 + int(job_id[-4:])
-    lonely_port = free_port()
+    slurm_port, lonely_port, torchrun_port = 15000 + int(job_id[-4:]), free_port(), free_port()
     timeout = ["hardware.rendezvous_timeout_s=3"]
     with nodes(tmp_path / "logs") as cluster:
         started = time.monotonic()
@@ -304,17 +305,31 @@ def test_a_node_that_cannot_meet_the_others_stops_in_one_line(tmp_path):
             [str(BIN / "invoke"), *train_overrides(tmp_path / "master", *timeout)],
             node_environment(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(lonely_port), NODE_RANK="0"),
         )
+        cluster.start(
+            [
+                str(BIN / "torchrun"),
+                "--nnodes=2",
+                "--node_rank=1",
+                "--master_addr=127.0.0.1",
+                f"--master_port={torchrun_port}",
+                "--rdzv-conf=timeout=3",
+                str(BIN / "invoke"),
+                *train_overrides(tmp_path / "torchrun"),
+            ],
+            node_environment(),
+        )
         for process in cluster.processes:
             process.wait(timeout=120)
         took = time.monotonic() - started
-    worker, master = (cluster.output(i).strip().splitlines()[-1] for i in (0, 1))
     assert all(process.returncode != 0 for process in cluster.processes)
+    worker, master, torchrun_node = (cluster.output(i).strip().splitlines()[-1] for i in range(3))
     assert worker == (
         f"onestop train: error: hardware.rendezvous_timeout_s=3: rank 1 of 2 could not reach the rendezvous at "
-        f"127.0.0.1:{port}; start node 0 there (or correct MASTER_ADDR / MASTER_PORT), check the firewall"
+        f"127.0.0.1:{slurm_port}; start node 0 there (or correct MASTER_ADDR / MASTER_PORT), check the firewall"
     )
     assert master.startswith("onestop train: error: hardware.rendezvous_timeout_s=3: rank 0 waited at the rendezvous ")
     assert f" 127.0.0.1:{lonely_port} " in master
     for index in (0, 1):
         assert "Traceback" not in cluster.output(index) and "frame #" not in cluster.output(index)
-    assert took < 90
+    assert f"(127.0.0.1, {torchrun_port})" in torchrun_node and "timed out" in torchrun_node
+    assert took < 90  # the default, 600 s, would have waited ten minutes

@@ -78,4 +78,6 @@ class Admission:
             "max_queued_requests": self.queue,
             # every counter, zero included: a client reading /health finds the same fields on a fresh server
             **{outcome: self.counts[outcome] for outcome in OUTCOMES},
+            # replies whose tool call the model garbled: returned as content (onestop.deploy.replies)
+            "malformed_tool_calls": self.counts["malformed_tool_calls"],
         }

@@ -32,6 +32,8 @@ from onestop.deploy.admission import Admission, Busy
 from onestop.deploy.backends import transformers_request_fields
 from onestop.deploy.conversations import ConversationLog, StreamAssembler, log_safely
 from onestop.deploy.prompts import PromptMeter
+from onestop.deploy.replies import StreamReading, read_completion
+from onestop.models.tool_formats import tool_format
 
 GENERATION_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 ROLES = ("system", "user", "assistant", "tool")
@@ -296,8 +298,8 @@ class EventRelay:
     an error event: a client reading raw events can then tell a finished answer from a cut one.
     """
 
-    def __init__(self, served_name: str, single_tool_call: bool):
-        self.served_name, self.single_tool_call = served_name, single_tool_call
+    def __init__(self, served_name: str, single_tool_call: bool, reading: StreamReading | None = None):
+        self.served_name, self.single_tool_call, self.reading = served_name, single_tool_call, reading
         self.pending = b""
         self.done = self.failed = False
         self.reply = StreamAssembler()  # what the client was sent, for the conversation log
@@ -345,6 +347,8 @@ class EventRelay:
             self.failed = self.failed or "error" in payload
             if "model" in payload:
                 payload["model"] = self.served_name
+            if self.reading is not None:
+                payload = self.reading.rewrite(payload)
             if self.single_tool_call:
                 payload = first_tool_call_only(payload)
             self.reply.feed(payload)
@@ -358,6 +362,8 @@ def build_app(state: dict):
 
     served_name, backend_name = state["model"], state["backend_model"]
     tool_support = {"tool_calls": state.get("tool_calls", False), "tool_choice": state["backend"] == "lmdeploy"}
+    # the family whose replies the gateway reads (transformers serve hands them back whole)
+    reply_format = tool_format(state.get("tool_format")) if state["backend"] == "transformers" else None
     limits = state["limits"]
     timeout_s = limits["request_timeout_s"]
     admission = Admission(limits["max_concurrent_requests"], limits["max_queued_requests"])
@@ -371,6 +377,9 @@ def build_app(state: dict):
     )
     prepared = Prepared(state)
     app = FastAPI(title="onestop")
+
+    def malformed_call() -> None:
+        admission.counts["malformed_tool_calls"] += 1
 
     def error(status: int, message: str, code: str = "invalid_request_error", headers=None) -> JSONResponse:
         payload = {"error": {"message": message, "type": code, "code": code}}
@@ -499,15 +508,19 @@ def build_app(state: dict):
                     await reply.aclose()
                     return backend_failed(reply.status_code, text)
             single_tool_call = body.get("parallel_tool_calls") is False and not tool_support["tool_choice"]
+            reads = reply_format is not None and kind == "chat"
+            offered = bool(forwarded.get("tools"))
             if forwarded.get("stream"):
                 streaming = True
-                relay = EventRelay(served_name, single_tool_call)
+                reading = StreamReading(reply_format, offered, malformed_call) if reads else None
+                relay = EventRelay(served_name, single_tool_call, reading)
                 return Relayed(relay, reply, slot, deadline, body if kind == "chat" else None)
             try:
                 payload = reply.json()
             except ValueError:
                 return error(502, "the backend's answer was not JSON", "backend_error")
             payload["model"] = served_name
+            payload = read_completion(payload, reply_format, offered, malformed_call) if reads else payload
             payload = first_tool_call_only(payload) if single_tool_call else payload
             answered = (payload.get("choices") or [{}])[0].get("message")
             if log and kind == "chat" and answered:

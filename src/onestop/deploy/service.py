@@ -39,7 +39,7 @@ from onestop.deploy.export import current_export, export_run, stop_ids_with_end_
 from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
 from onestop.models import load_tokenizer, resolve_model_path
 from onestop.models.loading import directory_identity
-from onestop.models.tool_formats import tool_format
+from onestop.models.tool_formats import ToolFormat, tool_format
 
 
 @dataclass
@@ -135,6 +135,32 @@ def base_model_dir(model_cfg: DictConfig) -> Path:
     return serving
 
 
+def whole_reply_copy(model_dir: Path, format_: ToolFormat, name: str) -> Path:
+    """A serving copy of `model_dir` whose tokenizer hands each reply back whole, control tokens spelled out
+    (`format_.whole_reply`), so that the gateway reads the family's tool calls and thinking itself; the
+    directory as it is when its tokenizer already does. Keyed to the directory's files and the template."""
+    config_file = Path(model_dir) / "tokenizer_config.json"
+    if not config_file.is_file():
+        return model_dir
+    config = json.loads(config_file.read_text())
+    if config.get("response_template") == format_.whole_reply:
+        return model_dir
+    config["response_template"] = format_.whole_reply
+    source = {"model": directory_identity(model_dir), "response_template": format_.whole_reply}
+    fingerprint = hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()
+    directory_key = hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:12]
+    serving = cache_dir() / "serving" / f"{name}-replies-{directory_key}"
+    if made_from(serving) == fingerprint:
+        return serving
+    with staged_directory(serving) as staging:
+        for item in Path(model_dir).iterdir():
+            if item.name not in (config_file.name, SOURCE_FILE):
+                (staging / item.name).symlink_to(item.resolve())
+        write_json(staging / config_file.name, config)
+        record_source(staging, fingerprint, model=str(model_dir))
+    return serving
+
+
 def parses_tool_calls(model_dir: Path) -> bool:
     """Whether `transformers serve` returns tool calls for this directory: its tokenizer has a response template."""
     config = Path(model_dir) / "tokenizer_config.json"
@@ -156,16 +182,18 @@ def start(cfg: DictConfig) -> Deployment:
     if cfg.port:
         check_port_free(cfg.host, cfg.port)
     model_dir, adapter = model_to_serve(cfg, backend)
+    format_ = tool_format((RunDir(cfg.run_dir).model_config() if cfg.run_dir else cfg.model).get("tool_format"))
     internal = free_port()
     port = cfg.port or free_port()
     log = state_dir() / f"{name}.log"
     if backend == "transformers":
+        if format_ is not None:  # the gateway reads the replies (onestop.deploy.replies)
+            model_dir = whole_reply_copy(model_dir, format_, name)
         command = transformers_command(model_dir, internal, cfg.deploy)
         backend_model, env = str(model_dir), {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home())}
-        tool_calls = parses_tool_calls(model_dir)
+        tool_calls = format_ is not None or parses_tool_calls(model_dir)
     elif backend == "lmdeploy":
         template = write_chat_template(model_dir, adapter or model_dir, state_dir() / f"{name}.lmdeploy")
-        format_ = tool_format((RunDir(cfg.run_dir).model_config() if cfg.run_dir else cfg.model).get("tool_format"))
         parser = format_.lmdeploy_parser if format_ else None
         command = lmdeploy_command(model_dir, internal, cfg.deploy, name, adapter, template, parser)
         backend_model, env, tool_calls = name, {}, parser is not None
@@ -183,6 +211,7 @@ def start(cfg: DictConfig) -> Deployment:
         "model_dir": str(model_dir),
         "adapter": str(adapter) if adapter else None,
         "tool_calls": tool_calls,
+        "tool_format": format_.name if format_ is not None and backend == "transformers" else None,
         "tokenizer_dir": str(adapter or model_dir),
         "context_length": context_length(model_dir, backend, cfg.deploy),
         "limits": limits,

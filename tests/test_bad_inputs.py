@@ -23,7 +23,7 @@ from conftest import ASSETS, TINY_DATA, run_invoke
 from invoke.exceptions import Exit
 
 from onestop import cli
-from onestop.config.compose import CHOICES
+from onestop.config.compose import CHOICES, ConfigError
 from onestop.config.compose import compose as compose_config
 from onestop.core.paths import PROJECT_ROOT
 from onestop.methods import method_from_config
@@ -341,3 +341,16 @@ def test_output_into_a_reader_that_has_gone_ends_quietly(command):
     finally:
         os.close(writer)
     assert done.returncode == 1 and done.stderr == "", done.stderr[-2000:]
+
+
+def test_one_target_module_written_alone_in_a_recipe_names_the_recipe_line_and_the_list_it_needs(tmp_path):
+    recipe = tmp_path / "one_target.yaml"
+    recipe.write_text(
+        "defaults:\n  - train\n  - override model: tiny\n  - override method: lora\n  - _self_\n"
+        "method:\n  target_modules: q_proj\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        compose_config("train", [f"recipe={recipe}"])
+    assert str(error.value) == (
+        f"{recipe}:7: config key 'method.target_modules': expected a list, e.g. target_modules: [a, b]"
+    )

@@ -114,7 +114,8 @@ def compose(
             f"cannot parse override {err.override!r}: expected KEY=VALUE, e.g. trainer.max_steps=5"
         ) from None
     except (ConfigCompositionException, OmegaConfBaseException) as err:
-        raise ConfigError(_composition_message(err, *requested)) from None
+        message = _composition_message(err, *requested)
+        raise ConfigError(_in_recipe(message, recipe_path) if recipes else message) from None
     if not allow_missing:
         check_required(cfg)
     check_values(cfg)
@@ -305,7 +306,7 @@ def _missing_config_message(err: MissingConfigException, config_name: str, overr
 
 
 def _composition_message(err: Exception, config_name: str, overrides: list[str]) -> str:
-    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    cause = _innermost_config_error(err)
     full_key = getattr(cause, "full_key", None) or _key_from_text(str(cause))
     first_line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if isinstance(cause, MissingMandatoryValue) and full_key:
@@ -315,6 +316,8 @@ def _composition_message(err: Exception, config_name: str, overrides: list[str])
         valid = _valid_keys(config_name, parent, overrides)
         where = f"under '{parent}'" if parent else "at the top level"
         return f"config key '{full_key}' does not exist; valid keys {where}: {', '.join(valid)}"
+    if isinstance(cause, ValidationError) and "is not a ListConfig" in first_line and full_key:
+        return f"config key '{full_key}': expected a list, e.g. {full_key.rpartition('.')[2]}: [a, b]"
     if isinstance(cause, ValidationError):
         match = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", first_line)
         detail = f"expected {match.group(2).lower()}, got {match.group(1)!r}" if match else first_line
@@ -322,6 +325,29 @@ def _composition_message(err: Exception, config_name: str, overrides: list[str])
     if full_key:
         return f"config key '{full_key}': {first_line}"
     return f"{config_name}: {first_line}"
+
+
+def _in_recipe(message: str, recipe: Path) -> str:
+    """`message` led by the recipe file and line that sets its key, where the recipe sets it."""
+    match = re.match(r"config key '([^']+)'", message)
+    if not match:
+        return message
+    leaf = match.group(1).rpartition(".")[2]
+    lines = recipe.read_text().splitlines()
+    number = next((i for i, line in enumerate(lines, 1) if re.match(rf"\s*{re.escape(leaf)}\s*:", line)), None)
+    return f"{recipe}:{number}: {message}" if number else message
+
+
+def _innermost_config_error(err: Exception) -> Exception:
+    """The OmegaConf error under Hydra's wrapping (the one that names the key), else `err` itself."""
+    found, link = err, err.__cause__ or err.__context__
+    while link is not None:
+        if isinstance(link, OmegaConfBaseException) and getattr(link, "full_key", None):
+            return link
+        if isinstance(link, OmegaConfBaseException) and found is err:
+            found = link
+        link = link.__cause__ or link.__context__
+    return found
 
 
 def _key_from_text(text: str) -> str | None:

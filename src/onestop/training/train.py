@@ -159,35 +159,7 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
     logger = build_logger(cfg.logger, run_dir)
     if logger:
         logger.log_hyperparams(job_config(run_cfg))
-    checkpoint = ModelCheckpoint(
-        dirpath=run.checkpoints_dir,
-        filename="step{step:07d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=cfg.checkpoint.every_n_steps,
-        save_top_k=cfg.checkpoint.keep_last if cfg.checkpoint.every_n_steps else 0,
-        monitor="step" if cfg.checkpoint.every_n_steps else None,
-        mode="max",
-        save_last=True,
-    )
-    callbacks = [TrainingPosition(datamodule), SaveOnSignal(run), checkpoint, progress_bar(), *callbacks]
-    periodic = None
-    if cfg.periodic_eval.every_n_steps:
-        # The node names its callback (an evaluation suite runner), so training never imports evaluation.
-        periodic = instantiate(cfg.periodic_eval)(
-            model_cfg=cfg.model, tokenizer=tokenizer, seed=cfg.seed, run_dir=run_dir
-        )
-        callbacks.append(periodic)
-    trainer = instantiate(
-        cfg.trainer,
-        **hardware,
-        default_root_dir=str(run_dir),
-        logger=logger,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        accumulate_grad_batches=plan.accumulate_grad_batches,
-        use_distributed_sampler=False,  # the resumable sampler shards across ranks itself
-        limit_val_batches=1.0 if datamodule.val_set else 0,
-    )
+    trainer, periodic = build_trainer(cfg, run, datamodule, tokenizer, hardware, logger, plan, callbacks)
     if resume_from:
         print(f"resuming from {resume_from}", flush=True)
     started = time.perf_counter()
@@ -243,12 +215,7 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
     facts = provenance(fingerprints, hardware_facts(trainer), metrics, run_dir)
     run.write_recipe(recipe_text(job_config(run_cfg), facts))
     if logger:
-        logger.finalize("success")
-        hint = wandb_sync_hint(logger)
-        if hint:
-            print(hint)
-        if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
-            logger.experiment.finish()
+        finish_logger(logger)
     if module.padding_history:
         print(
             f"padding: {module.padding_history[-1]['padding_fraction']:.1%} of the token slots in the last epoch "
@@ -257,6 +224,53 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
         )
     print(f"Run directory: {run_dir}", flush=True)
     return TrainResult(run, model, tokenizer, datamodule, metrics)
+
+
+def build_trainer(
+    cfg: DictConfig, run: RunDir, datamodule, tokenizer, hardware: dict, logger, plan: RunPlan, callbacks
+):
+    """The Lightning Trainer of a run: checkpoints in the run directory, resumable position and stop on signal,
+    the progress bar, the periodic evaluation if asked; returns it and that evaluation's callback (or None)."""
+    checkpoint = ModelCheckpoint(
+        dirpath=run.checkpoints_dir,
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=cfg.checkpoint.every_n_steps,
+        save_top_k=cfg.checkpoint.keep_last if cfg.checkpoint.every_n_steps else 0,
+        monitor="step" if cfg.checkpoint.every_n_steps else None,
+        mode="max",
+        save_last=True,
+    )
+    callbacks = [TrainingPosition(datamodule), SaveOnSignal(run), checkpoint, progress_bar(), *callbacks]
+    periodic = None
+    if cfg.periodic_eval.every_n_steps:
+        # The node names its callback (an evaluation suite runner), so training never imports evaluation.
+        periodic = instantiate(cfg.periodic_eval)(
+            model_cfg=cfg.model, tokenizer=tokenizer, seed=cfg.seed, run_dir=run.path
+        )
+        callbacks.append(periodic)
+    trainer = instantiate(
+        cfg.trainer,
+        **hardware,
+        default_root_dir=str(run.path),
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        accumulate_grad_batches=plan.accumulate_grad_batches,
+        use_distributed_sampler=False,  # the resumable sampler shards across ranks itself
+        limit_val_batches=1.0 if datamodule.val_set else 0,
+    )
+    return trainer, periodic
+
+
+def finish_logger(logger) -> None:
+    """Close a successful run's logger, printing how to sync an offline W&B run."""
+    logger.finalize("success")
+    hint = wandb_sync_hint(logger)
+    if hint:
+        print(hint)
+    if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
+        logger.experiment.finish()
 
 
 def unreadable_checkpoint(error: BaseException) -> bool:

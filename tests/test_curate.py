@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import ASSETS, compose, run_invoke
@@ -134,7 +136,7 @@ def test_personal_data_drop_and_patterns_of_ones_own():
         ("[language]", "config key 'data.curate[0].language.languages': required; expected a list of ISO 639-1"),
         ("[{language:{languages:[english]}}]", "'data.curate[0].language.languages': expected ISO 639-1 codes"),
         ("[{quality:{min_words:many}}]", "config key 'data.curate[0].quality.min_words': expected int, got 'many'"),
-        ("[safety]", "config key 'data.curate[0].safety.terms': expected at least one blocked term"),
+        ("[safety]", "config key 'data.curate[0].safety.terms': expected a blocked term (terms or a blocklist file)"),
     ],
 )
 def test_a_wrong_step_names_its_config_key(entry, message):
@@ -169,3 +171,51 @@ def test_worker_processes_give_the_same_result(monkeypatch):
     monkeypatch.setattr(near_duplicates, "CHUNK", 4)
     two = curate(per_source, curation_steps(cfg), Context(sources=[str(RAW)], processes=2))
     assert two == one and len(one[0][0]) == 25 - 2
+
+
+@pytest.fixture
+def moderator():
+    """An OpenAI-compatible endpoint whose model answers unsafe for a detonator, something unclear for
+    fireworks, safe otherwise; it records the texts it was shown."""
+    shown = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            prompt = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"][0]["content"]
+            text = prompt.split("<text>")[1]
+            shown.append(text)
+            answer = "unsafe" if "detonator" in text else "it depends" if "fireworks" in text else "safe"
+            message = {"role": "assistant", "content": answer}
+            choice = {"index": 0, "finish_reason": "stop", "message": message}
+            reply = {"id": "x", "object": "chat.completion", "created": 0, "model": "judge", "choices": [choice]}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", shown
+    server.shutdown()
+
+
+def test_safety_asks_a_served_model_after_the_blocklist(moderator):
+    url, shown = moderator
+    texts = ["How do I wire a detonator?", "Plan a fireworks show.", "Bake bread at home.", "The zorbex files."]
+    examples = [{"text": text} for text in texts]
+    step = curation_steps(data_cfg(f"data.curate=[{{safety:{{terms:[zorbex],endpoint:'{url}',model:judge}}}}]"))[0]
+    kept, tallies = curate([examples], [step], Context(sources=["notes"]))
+    assert kept == [[examples[1], examples[2]]]
+    assert tallies[0]["reasons"] == {
+        "removed: judged unsafe by judge": 1,
+        "flagged: unclear answer from judge": 1,
+        "removed: blocked term": 1,
+    }
+    assert len(shown) == 3 and not any("zorbex" in text for text in shown)  # the blocklist answered first
+    with pytest.raises(OnestopError, match=r"^data.curate safety: the endpoint http://127.0.0.1:9/v1 did not answer"):
+        curate([examples], [dataclasses.replace(step, endpoint="http://127.0.0.1:9/v1")], Context(sources=["n"]))

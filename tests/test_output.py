@@ -1,7 +1,7 @@
 """Output is for people: onestop's own lines, not the libraries' noise; plain lines, not redraws, in a log."""
 
 import pytest
-from conftest import TINY, run_invoke
+from conftest import ASSETS, TINY, run_invoke
 
 from onestop.core.paths import PROJECT_ROOT
 
@@ -25,6 +25,21 @@ def test_a_tiny_run_prints_its_own_lines_and_no_third_party_noise(tmp_path):
     assert "step 1/3, epoch 1/" in result.stdout  # the first step's line, then about every 30 s
     assert "step 3/3, epoch 1/" in result.stdout and "loss " in result.stdout and "tok/s" in result.stdout
     assert f"Run directory: {tmp_path / 'run'}" in result.stdout
+
+    # the run's evaluation and export, in a log: their own lines and tables, nothing else
+    run = tmp_path / "run"
+    evaluated = run_invoke(
+        "eval", f"run_dir={run}", "eval=qa", f"eval.path={ASSETS / 'eval' / 'qa.jsonl'}", "eval.limit=2",
+        "logger=none", f"hydra.run.dir={tmp_path / 'eval'}", env={"ONESTOP_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    exported = run_invoke("export", f"run_dir={run}", env={"ONESTOP_HOME": str(tmp_path / "home")})
+    for result in (evaluated, exported):
+        assert result.returncode == 0, result.stderr[-2000:]
+        printed = result.stdout + result.stderr
+        assert [noise for noise in NOISE if noise in printed] == [] and "\r" not in printed
+        assert "warning" not in printed.lower(), printed
+    assert (tmp_path / "eval" / "results.json").is_file() and "exact_match" in evaluated.stdout
+    assert exported.stdout.strip().splitlines()[-1] == f"Exported (merged): {run / 'export-merged'}"
 
     debug = run_invoke(
         "train", *TINY, "logger=none", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'debug'}",

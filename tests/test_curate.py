@@ -14,6 +14,7 @@ from onestop.data.curate import STEPS, Context, curate, curation_steps, near_dup
 from onestop.data.curate.personal_data import PersonalData
 from onestop.data.prepare import DataReport, load_examples, prepare, sources_of
 from onestop.data.report import run_prepare
+from onestop.models import load_tokenizer, resolve_model_path
 
 CURATE = ASSETS / "data" / "curate"
 RAW = CURATE / "raw.jsonl"  # 26 records; tests/assets/data/curate/raw.jsonl says what each one plants
@@ -26,15 +27,14 @@ CLEAN = [json.loads(line) for line in RAW.read_text().splitlines()[:8]]
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ONESTOP_HOME", str(tmp_path / "onestop-home"))
+def _own_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONESTOP_HOME", str(tmp_path))  # a cache of its own for each test
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(ASSETS / "tiny-qwen2")
+    model = compose("model=tiny").model
+    return load_tokenizer(model, resolve_model_path(model))
 
 
 def config(*overrides: str):

@@ -5,7 +5,9 @@ import csv
 import json
 
 import pytest
+import yaml
 from conftest import ASSETS, TINY, compose, run_invoke
+from omegaconf import OmegaConf
 
 from onestop.core.errors import OnestopError
 from onestop.deploy.feedback import FeedbackStore
@@ -59,7 +61,11 @@ def test_preference_stages_separate_the_pairs(tmp_path, stage, overrides):
         *TINY_MODEL, f"stage={stage}", "data=preference", f"data.path={PAIRS}", "data.val_ratio=0",
         "data.batch_size=5", "optim.lr=2e-2", "trainer.max_steps=4", *SHORT, *overrides, run_dir=tmp_path / "run",
     )  # fmt: skip
+    composed = OmegaConf.to_yaml(cfg)
     result = train(cfg)
+    assert OmegaConf.to_yaml(cfg) == composed  # the run's choices are a plan; the config is never changed
+    written = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert cfg.data.padding_free == "auto" and written["data"]["padding_free"] is False  # what the run did
     accuracy = logged(result.run_dir, "train/accuracy")
     losses = result.metrics["train_losses"]
     assert len(losses) == 4 and losses[-1] < losses[0], losses

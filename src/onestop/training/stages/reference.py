@@ -3,6 +3,7 @@ computed once per distinct sequence and kept for every later epoch."""
 
 import contextlib
 import copy
+import hashlib
 
 import torch
 
@@ -52,4 +53,6 @@ def _rows(batch: dict[str, torch.Tensor]):
 def _row_key(ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> bytes:
     """A row's tokens and labels without its padding: the same sequence in any batch has the same key."""
     real = mask.bool()
-    return ids[real].cpu().numpy().tobytes() + b"|" + labels[real].cpu().numpy().tobytes()
+    digest = hashlib.blake2b(ids[real].cpu().numpy().tobytes(), digest_size=16)  # 16 bytes, not the sequence
+    digest.update(labels[real].cpu().numpy().tobytes())
+    return digest.digest()

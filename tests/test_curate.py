@@ -95,6 +95,10 @@ def test_every_step_counts_exactly_what_it_planted(tokenizer, capsys):
     assert (prepared.directory / "curation.png").stat().st_size > 0
     saved = json.loads((prepared.directory / "report.json").read_text())
     assert [step["step"] for step in saved["curation"]] == list(steps)
+    curated = prepared.directory / "curated.jsonl"
+    assert f"Curated records: {curated} (to train on them as they are: data=messages" in printed
+    again = prepare(compose("model=tiny", "data=messages", f"data.path={curated}", "data.val_ratio=0").data, tokenizer)
+    assert [tokenizer.decode(row["input_ids"]) for row in again.train] == trained
 
 
 def test_the_cache_key_holds_the_curate_config_and_the_blocklist(tokenizer, tmp_path):

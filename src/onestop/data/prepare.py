@@ -27,7 +27,7 @@ from onestop.core.files import save_figure_atomic, staged_directory
 from onestop.core.paths import cache_dir
 from onestop.core.progress import progress
 from onestop.data.contamination import contamination_report, eval_texts, prompt_text
-from onestop.data.curate import Context, curate, curation_steps
+from onestop.data.curate import Context, as_record, curate, curation_steps
 from onestop.data.formats import CONVERSATION_FORMATS, RecordError, converter, map_columns
 from onestop.data.records import is_hub_dataset_id, iter_records
 from onestop.data.token_rows import TokenRows, TokenRowsBuilder
@@ -39,6 +39,14 @@ PIPELINE_VERSION = 2
 BATCHING_KEYS = ("batch_size", "num_workers", "packing", "streaming", "num_proc")
 # Examples tokenized per task: large enough that handing a chunk to a worker process costs little.
 TOKENIZE_CHUNK = 2000
+# Source format -> the data option that reads its curated records back (curated.jsonl).
+CURATED_FORMATS = {
+    "alpaca": "messages",
+    "sharegpt": "messages",
+    "messages": "messages",
+    "text": "text",
+    "preference": "preference",
+}
 # From this many examples on, `data.num_proc=auto` tokenizes in every allowed core and a progress bar shows.
 LARGE_DATA_EXAMPLES = 20_000
 
@@ -64,6 +72,7 @@ class DataReport:
     overlength: str = "truncate"
     contamination: dict = field(default_factory=dict)
     curation: list[dict] = field(default_factory=list)
+    curated_format: str = ""  # the data option that reads curated.jsonl back: messages, text or preference
     fingerprint: str = ""
     cache_hit: bool = False
 
@@ -101,6 +110,7 @@ class PreparedData:
     val_examples: list[dict]
     report: DataReport
     directory: Path
+    curated: list[dict] | None = None  # with data.curate: every curated record, before the split, to save
 
 
 @dataclass(frozen=True)
@@ -269,6 +279,8 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
         processes = tokenizing_processes(data_cfg.num_proc, sum(map(len, per_source)))
         context = Context(sources=[source.path for source in sources], eval_sets=eval_sets, processes=processes)
         per_source, report.curation = curate(per_source, steps, context)
+        curated = [example for examples in per_source for example in examples]  # before the split moves them
+        report.curated_format = "/".join(sorted({CURATED_FORMATS.get(s.format, s.format) for s in sources}))
     if not data_cfg.val_path:
         if not 0 <= data_cfg.val_ratio < 1:
             raise OnestopError(f"config key 'data.val_ratio': expected 0 <= ratio < 1, got {data_cfg.val_ratio}")
@@ -303,7 +315,7 @@ def prepare(data_cfg: DictConfig, tokenizer, seed: int = 42, use_cache: bool = T
     report.max_len = int(lengths[-1])
 
     report.contamination = contamination_report(train_examples, val_examples, data_cfg)
-    prepared = PreparedData(train, val, val_examples, report, directory)
+    prepared = PreparedData(train, val, val_examples, report, directory, curated if steps else None)
     if data_cfg.cache:
         _save(prepared, lengths)
     return prepared
@@ -438,8 +450,11 @@ def _save(prepared: PreparedData, lengths: np.ndarray) -> None:
             for example in prepared.val_examples:
                 handle.write(json.dumps(example, ensure_ascii=False) + "\n")
         plot_lengths(lengths, prepared.report.max_seq_len, staging / "lengths.png")
-        if prepared.report.curation:
+        if prepared.curated is not None:
             plot_curation(prepared.report, staging / "curation.png")
+            with open(staging / "curated.jsonl", "w", encoding="utf-8") as handle:
+                for example in prepared.curated:
+                    handle.write(json.dumps(as_record(example), ensure_ascii=False) + "\n")
         (staging / "report.json").write_text(json.dumps(asdict(prepared.report), indent=2, ensure_ascii=False))
 
 

@@ -89,4 +89,9 @@ def run_prepare(cfg: DictConfig) -> PreparedData:
     print_report(prepared)
     chart = f"  Curation: {prepared.directory / 'curation.png'}" if prepared.report.curation else ""
     print(f"Report: {prepared.directory / 'report.json'}  Lengths: {prepared.directory / 'lengths.png'}{chart}")
+    if prepared.report.curated_format:
+        print(
+            f"Curated records: {prepared.directory / 'curated.jsonl'} "
+            f"(to train on them as they are: data={prepared.report.curated_format} data.path=THAT_FILE)"
+        )
     return prepared

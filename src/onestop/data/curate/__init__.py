@@ -21,7 +21,7 @@ STEPS: dict[str, type[Step]] = {
     step.name: step for step in (NearDuplicates, Quality, Repair, PersonalData, Language, Safety)
 }
 
-__all__ = ["STEPS", "Context", "Step", "Tally", "curate", "curation_steps"]
+__all__ = ["STEPS", "Context", "Step", "Tally", "as_record", "curate", "curation_steps"]
 
 
 def curation_steps(data_cfg: DictConfig) -> list[Step]:
@@ -42,3 +42,12 @@ def curate(per_source: list[list[dict]], steps: list[Step], context: Context) ->
         per_source = step.run(per_source, context, tally)
         tallies.append(asdict(tally))
     return per_source, tallies
+
+
+def as_record(example: dict) -> dict:
+    """A normalised example as a record onestop reads back: data=messages, data=text or data=preference."""
+    if "text" in example:
+        return {"text": example["text"]}
+    if "chosen" in example:
+        return {"prompt": example["messages"], "chosen": example["chosen"], "rejected": example["rejected"]}
+    return {"messages": example["messages"], **({"tools": example["tools"]} if example.get("tools") else {})}

@@ -93,7 +93,9 @@ def test_every_step_counts_exactly_what_it_planted(tokenizer, capsys):
     removed = [e for e in steps["near_duplicates"]["examples"] if "earlier record" in e["reason"]]
     assert removed[0]["text"].startswith("Explain why the sky") and removed[0]["similar_to"].startswith("Explain why")
     assert (prepared.directory / "curation.png").stat().st_size > 0
-    saved = json.loads((prepared.directory / "report.json").read_text())
+    saved_text = (prepared.directory / "report.json").read_text()
+    assert "[EMAIL]" in saved_text and "jane.doe@example.com" not in saved_text  # the report shows masked text
+    saved = json.loads(saved_text)
     assert [step["step"] for step in saved["curation"]] == list(steps)
     curated = prepared.directory / "curated.jsonl"
     assert f"Curated records: {curated} (to train on them as they are: data=messages" in printed

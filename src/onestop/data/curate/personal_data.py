@@ -1,9 +1,9 @@
 """Personal data: e-mail addresses, phone numbers, IP addresses, card and ID numbers, masked or dropped.
 
 `action: mask` (the default) replaces each match with its kind in brackets (`[EMAIL]`) and keeps the record,
-counted as changed; `action: drop` removes the record. A card number must pass the Luhn check, so order
-numbers and ISBNs of the same length are left alone. `patterns` adds kinds of your own: {EMPLOYEE_ID:
-'EMP-\\d{6}'} masks them as `[EMPLOYEE_ID]`.
+counted as changed; `action: drop` removes the record. The report's excerpts show the masked text either
+way. A card number must pass the Luhn check, so order numbers and ISBNs of the same length are left alone.
+`patterns` adds kinds of your own: {EMPLOYEE_ID: 'EMP-\\d{6}'} masks them as `[EMPLOYEE_ID]`.
 """
 
 import re
@@ -28,6 +28,8 @@ PATTERNS = {
     r"(?![\w-]|[ .-]\d)"
     r"|(?<!\d)1[3-9]\d{9}(?!\d)",
 }
+
+_MASK = re.compile(r"\[[A-Z0-9_]+\]")
 
 
 def luhn_ok(number: str) -> bool:
@@ -71,9 +73,13 @@ class PersonalData(Step):
         if masked is example:
             return example, "", None
         kinds = ", ".join(sorted(set(found)))
-        if self.action == "drop":
-            return None, f"holds {kinds}", lambda: snippet(full_text(example))
-        return masked, f"masked {kinds}", lambda: snippet(full_text(example), full_text(masked))
+
+        def excerpt() -> dict:  # the masked text only: the report is saved with the run, and must not leak
+            text = full_text(masked)
+            first = _MASK.search(text)
+            return snippet(text, at=first.start() if first else 0)
+
+        return (None, f"holds {kinds}", excerpt) if self.action == "drop" else (masked, f"masked {kinds}", excerpt)
 
     def mask(self, text: str, found: list[str] | None = None) -> str:
         """`text` with every match masked as [KIND]; the kinds found are appended to `found`."""

@@ -85,7 +85,7 @@ class Safety(Step):
             return example, "", None
 
         def excerpt() -> dict:
-            return {"term": match.group(), **snippet(text[max(0, match.start() - 60) :])}
+            return {"term": match.group(), **snippet(text, at=match.start())}
 
         return (None if self.action == "drop" else example), "blocked term", excerpt
 

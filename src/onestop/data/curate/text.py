@@ -66,10 +66,10 @@ def is_cjk(word: str) -> bool:
     return bool(_CJK.fullmatch(word))
 
 
-def snippet(before: str, after: str | None = None, width: int = 160) -> dict:
-    """A short excerpt of a record for the report: around the first change when there is one."""
+def snippet(before: str, after: str | None = None, width: int = 160, at: int = 0) -> dict:
+    """A short excerpt of a record for the report: around the first change when there is one, else around `at`."""
     if after is None or after == before:
-        return {"text": _cut(before, 0, width)}
+        return {"text": _cut(before, max(0, at - 30), width)}
     start, end = 0, min(len(before), len(after))
     while start < end and before[start : start + 64] == after[start : start + 64]:  # 64 characters a step
         start += 64

@@ -5,7 +5,8 @@ rendezvous on loopback, or the variables `srun` gives each task (set here by han
 nodes train the tiny model over gloo: they end with the same weights, only global rank 0 writes
 checkpoints, a run whose node is killed continues with `resume=auto` once both are started again and ends
 bitwise where the unbroken run ends, and FSDP shards across the nodes. A node that cannot meet the others
-stops within `hardware.rendezvous_timeout_s` in one line naming the address. What one machine cannot show
+stops within `hardware.rendezvous_timeout_s` in one line naming the address, and the collectives after it
+keep Lightning's 30 minutes. What one machine cannot show
 (a real network, NCCL, GPUs) is listed in docs/hardware.md as unproven.
 """
 
@@ -18,14 +19,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY
+from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.pytorch.accelerators import CPUAccelerator
 from safetensors.torch import load_file
 
 from onestop.core.paths import PROJECT_ROOT
+from onestop.training.rendezvous import TimedDDPStrategy
 
 BIN = Path(sys.executable).parent
 # 18 training records, two per rank and step: 4 steps an epoch, so 12 steps cross epochs and the resumed
@@ -333,3 +338,26 @@ def test_a_node_that_cannot_meet_the_others_stops_in_one_line(tmp_path):
         assert "Traceback" not in cluster.output(index) and "frame #" not in cluster.output(index)
     assert f"(127.0.0.1, {torchrun_port})" in torchrun_node and "timed out" in torchrun_node
     assert took < 90  # the default, 600 s, would have waited ten minutes
+
+
+def test_the_rendezvous_limit_leaves_the_collectives_their_timeout(monkeypatch):
+    """After meeting within `rendezvous_timeout_s`, the process group keeps Lightning's 30 minutes for every
+    collective: a rank may wait long at a barrier while rank 0 writes a big checkpoint."""
+    for name in [n for n in os.environ if n.startswith(LAUNCH_VARIABLES)]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    strategy = TimedDDPStrategy(
+        rendezvous_timeout_s=5,
+        accelerator=CPUAccelerator(),
+        parallel_devices=[torch.device("cpu")],
+        cluster_environment=LightningEnvironment(),
+        process_group_backend="gloo",
+    )
+    try:
+        strategy.setup_distributed()
+        gloo = torch.distributed.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+        assert gloo.options._timeout == strategy._timeout == timedelta(minutes=30)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

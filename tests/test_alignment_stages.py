@@ -1,5 +1,5 @@
 """The alignment stages end to end on the tiny model: KTO on the web UI's feedback file as the UI writes it,
-ORPO and SimPO (reference-free) and DPO's IPO variant on preference pairs, and their bad inputs in one line."""
+ORPO and SimPO (reference-free), DPO's IPO variant and KTO on preference pairs, and their bad inputs in one line."""
 
 import csv
 import json
@@ -40,7 +40,7 @@ def test_invoke_train_kto_on_the_uis_feedback_moves_the_rated_answers_the_intend
     run_dir = tmp_path / "run"
     result = run_invoke(
         "train", *TINY_MODEL, "stage=kto", "data=feedback", f"data.path={feedback}", "data.val_ratio=0",
-        "data.batch_size=5", "optim.lr=2e-2", "trainer.max_steps=6", *SHORT, f"hydra.run.dir={run_dir}",
+        "data.batch_size=5", "optim.lr=2e-2", "trainer.max_steps=5", *SHORT, f"hydra.run.dir={run_dir}",
         env={"ONESTOP_HOME": str(tmp_path / "home")},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -54,7 +54,8 @@ def test_invoke_train_kto_on_the_uis_feedback_moves_the_rated_answers_the_intend
 
 
 @pytest.mark.parametrize(
-    ("stage", "overrides"), [("orpo", ["orpo.beta=0.5"]), ("simpo", []), ("dpo", ["dpo.loss_type=ipo"])]
+    ("stage", "overrides"),
+    [("orpo", ["orpo.beta=0.5"]), ("simpo", []), ("dpo", ["dpo.loss_type=ipo"]), ("kto", [])],
 )
 def test_preference_stages_separate_the_pairs(tmp_path, stage, overrides):
     cfg = compose(
@@ -66,9 +67,16 @@ def test_preference_stages_separate_the_pairs(tmp_path, stage, overrides):
     assert OmegaConf.to_yaml(cfg) == composed  # the run's choices are a plan; the config is never changed
     written = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert cfg.data.padding_free == "auto" and written["data"]["padding_free"] is False  # what the run did
-    accuracy = logged(result.run_dir, "train/accuracy")
     losses = result.metrics["train_losses"]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
+    if stage == "kto":  # the pairs' two sides as rated answers: chosen desirable, rejected not
+        desirable, undesirable = (
+            logged(result.run_dir, "train/desirable_reward"),
+            logged(result.run_dir, "train/undesirable_reward"),
+        )
+        assert desirable[-1] > 0 > undesirable[-1], (desirable, undesirable)
+        return
+    accuracy = logged(result.run_dir, "train/accuracy")
     assert accuracy[-1] >= 0.8 and accuracy[-1] > accuracy[0], accuracy  # 5 pairs: at least 4 now ranked right
     if stage == "dpo":  # IPO: the margin, on per-token means, moves towards 1 / (2 beta) = 5
         assert 0 < logged(result.run_dir, "train/margin")[-1] / 0.1 < 5
@@ -76,7 +84,7 @@ def test_preference_stages_separate_the_pairs(tmp_path, stage, overrides):
 
 def test_stages_refuse_data_of_another_layout_in_one_line(tmp_path):
     with pytest.raises(OnestopError, match=r"^stage=kto: needs answers rated desirable or not \(data=unpaired"):
-        train(compose(*TINY_MODEL, "stage=kto", "data=preference", f"data.path={PAIRS}", run_dir=tmp_path / "a"))
+        train(compose(*TINY, "stage=kto", run_dir=tmp_path / "a"))
     feedback = rated_feedback(tmp_path)
     with pytest.raises(OnestopError, match=r"^stage=orpo: needs preference pairs \(data=preference\)"):
         train(compose(*TINY_MODEL, "stage=orpo", "data=feedback", f"data.path={feedback}", run_dir=tmp_path / "b"))

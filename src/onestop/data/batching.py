@@ -28,7 +28,14 @@ def pad_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def pad_rated(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Answers rated desirable or not, right-padded, with `desirable` [N] (1 or 0)."""
+    """Answers rated desirable or not, right-padded, with `desirable` [N] (1 or 0). Preference pairs are rated
+    answers too: each chosen answer desirable, each rejected one not (2N rows)."""
+    if "chosen_input_ids" in examples[0]:
+        examples = [
+            {"input_ids": e[f"{side}_input_ids"], "labels": e[f"{side}_labels"], "desirable": [int(side == "chosen")]}
+            for side in ("chosen", "rejected")
+            for e in examples
+        ]
     batch = pad_batch(examples, pad_id)
     batch["desirable"] = torch.tensor([e["desirable"][0] for e in examples], dtype=torch.long)
     return batch

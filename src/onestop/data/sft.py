@@ -27,7 +27,8 @@ LAYOUTS = ("tokens", "text", "pairs", "rated")
 NEEDS = {
     "text": "raw text (data=text)",
     "pairs": "preference pairs (data=preference)",
-    "rated": "answers rated desirable or not (data=unpaired, or data=feedback for the web UI's ratings)",
+    "rated": "answers rated desirable or not (data=unpaired, data=feedback for the web UI's ratings, or the two sides "
+    "of preference pairs)",
 }
 
 
@@ -81,10 +82,11 @@ class SFTDataModule(L.LightningDataModule):
         self.layout = self.layout or has
         if self.layout == "text" and self.cfg.format != "text":
             raise OnestopError(f"stage={self.stage}: needs {NEEDS['text']}; {got}")
-        if has != self.layout and self.layout in ("pairs", "rated"):
+        pairs_as_rated = self.layout == "rated" and has == "pairs"  # each chosen answer desirable, rejected not
+        if has != self.layout and self.layout in ("pairs", "rated") and not pairs_as_rated:
             raise OnestopError(f"stage={self.stage}: needs {NEEDS[self.layout]}; {got}")
         if has in ("pairs", "rated") and self.layout in ("tokens", "text"):
-            trains = {"pairs": "stage=dpo, orpo or simpo", "rated": "stage=kto"}[has]
+            trains = {"pairs": "stage=dpo, orpo, simpo or kto", "rated": "stage=kto"}[has]
             raise OnestopError(f"stage={self.stage}: {NEEDS[has].split(' (')[0]} train with {trains}; {got}")
         self.prepared, self.report = prepared, prepared.report
         self.train_set, self.val_set = prepared.train, prepared.val

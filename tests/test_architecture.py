@@ -16,6 +16,7 @@ HEAVY = {
     "agents", "smolagents",  # the OpenAI Agents SDK (its package is named `agents`); smolagents, only benchmarked
     "liger_kernel", "cut_cross_entropy", "flash_attn",  # optional GPU kernels
     "playwright",  # the UI's screenshots drive a browser
+    "datasketch",  # data.curate near_duplicates: it imports scipy
 }  # fmt: skip
 LAZY_MARKER = "# Lazy imports:"
 

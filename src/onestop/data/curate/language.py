@@ -6,10 +6,11 @@ seconds to load and more memory, and a language it is not offered is reported as
 A record too short to tell (a number, one word) is kept or removed by `keep_undetected`.
 """
 
-# Lazy imports: lingua (only when the step runs).
-
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version
+
+from lingua import IsoCode639_1, LanguageDetectorBuilder
 
 from onestop.data.curate.steps import Excerpt, Judgement, Step, StepConfigError
 from onestop.data.curate.text import full_text, snippet
@@ -32,8 +33,6 @@ class Language(Step):
     """Keep a record whose language cannot be told (digits, symbols, a word or two)."""
 
     def __post_init__(self):
-        from lingua import IsoCode639_1
-
         if not self.languages:
             raise StepConfigError("languages", "expected a list of ISO 639-1 codes, e.g. [en,zh]")
         codes = {}
@@ -48,8 +47,6 @@ class Language(Step):
         self._detector = None
 
     def fingerprint(self) -> list[str]:
-        from importlib.metadata import version
-
         return [f"lingua {version('lingua-language-detector')}"]
 
     def judge_all(self, examples: list[dict], processes: int = 1) -> Iterator[Judgement]:
@@ -74,8 +71,6 @@ class Language(Step):
     def detect_all(self, texts: list[str]) -> list[str | None]:
         """The ISO 639-1 code of each text's language, or None where it cannot be told."""
         if self._detector is None:
-            from lingua import LanguageDetectorBuilder
-
             self._detector = LanguageDetectorBuilder.from_iso_codes_639_1(*self._codes).build()
         languages = self._detector.detect_languages_in_parallel_of(texts)
         return [None if language is None else language.iso_code_639_1.name.lower() for language in languages]

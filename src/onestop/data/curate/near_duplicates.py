@@ -7,11 +7,12 @@ estimated similarity before anything is removed. A training record whose prompt 
 evaluation prompt (the validation file, data.contamination.eval_paths) is removed too.
 """
 
-# Lazy imports: datasketch (only when the step runs).
+# Lazy imports: datasketch (it imports scipy: a second at start-up, paid only when the step runs).
 
 import dataclasses
 import zlib
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import numpy as np
 
@@ -42,8 +43,6 @@ class NearDuplicates(Step):
             raise StepConfigError("num_perm", f"expected at least 16 hash functions, got {self.num_perm}")
 
     def fingerprint(self) -> list[str]:
-        from importlib.metadata import version
-
         return [f"datasketch {version('datasketch')}"]
 
     def run(self, per_source: list[list[dict]], context: Context, tally: Tally) -> list[list[dict]]:

@@ -6,10 +6,11 @@ blank space of the whole text. ftfy runs without the fixes that change intended 
 full-width characters (Chinese punctuation) and ligatures stay as written.
 """
 
-# Lazy imports: ftfy (only when the step runs).
-
 import re
 from dataclasses import dataclass
+from importlib.metadata import version
+
+import ftfy
 
 from onestop.data.curate.steps import Excerpt, Step
 from onestop.data.curate.text import full_text, map_texts, snippet
@@ -32,8 +33,6 @@ class Repair(Step):
     """Strip trailing spaces of lines and of the text, and squeeze runs of blank lines to one."""
 
     def fingerprint(self) -> list[str]:
-        from importlib.metadata import version
-
         return [f"ftfy {version('ftfy')}"] if self.encoding else []
 
     def apply(self, example: dict) -> tuple[dict | None, str, Excerpt | None]:
@@ -59,25 +58,17 @@ class Repair(Step):
         return "whitespace"
 
 
-_FIXER = None
+# ftfy's fixes but those that change characters written on purpose.
+FTFY_CONFIG = ftfy.TextFixerConfig(
+    uncurl_quotes=False,
+    fix_character_width=False,
+    fix_latin_ligatures=False,
+    fix_line_breaks=False,
+    remove_control_chars=False,
+    normalization=None,
+    explain=False,
+)
 
 
 def _fix_encoding(text: str) -> str:
-    global _FIXER
-    if _FIXER is None:
-        import ftfy
-
-        _FIXER = (
-            ftfy.fix_text,
-            ftfy.TextFixerConfig(
-                uncurl_quotes=False,
-                fix_character_width=False,
-                fix_latin_ligatures=False,
-                fix_line_breaks=False,
-                remove_control_chars=False,
-                normalization=None,
-                explain=False,
-            ),
-        )
-    fix, config = _FIXER
-    return fix(text, config)
+    return ftfy.fix_text(text, FTFY_CONFIG)

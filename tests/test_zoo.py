@@ -27,6 +27,7 @@ from onestop.models.zoo import (
 )
 
 MODEL_OPTIONS = list_group_options("model")
+TINY_DIRS = {"tiny": "tiny-qwen2", "tiny_vl": "tiny-llava"}  # random test models committed under tests/assets
 
 # Total parameters in billions as published, and where. "Hub" is the model size the Hugging Face Hub shows
 # on the model page, counted from the checkpoint's safetensors headers (a tied weight counted once).
@@ -63,15 +64,15 @@ def test_parameter_count_matches_the_published_one(option):
     model_cfg = compose(f"model={option}").model
     config, origin = architecture_config(model_cfg)
     counts = parameter_counts(config)
-    if option == "tiny":
+    if option in TINY_DIRS:
         assert origin == "local dir"
-        assert counts["total"] == committed_parameters(ASSETS / "tiny-qwen2")
+        assert counts["total"] == committed_parameters(ASSETS / TINY_DIRS[option])
         return
     assert origin in ({"shipped", "local dir"} if model_cfg.source == "embedded" else {"shipped"})
     assert option in PUBLISHED, f"add the published parameter count of model={option} to PUBLISHED"
     published, _source = PUBLISHED[option]
     assert counts["total"] == pytest.approx(published * 1e9, rel=0.03)
-    parts = counts["embedding"] + counts["head"] + counts["layers"] * counts["per_layer"]
+    parts = counts["embedding"] + counts["head"] + counts["layers"] * counts["per_layer"] + counts["vision"]
     assert parts <= counts["total"] < 1.001 * parts  # the rest is the final norm
 
 
@@ -194,5 +195,5 @@ def test_the_family_template_renders_its_format_prefix_by_prefix(option, tiny_to
 def test_every_zoo_option_names_its_licence_and_a_known_tool_format():
     for option in MODEL_OPTIONS:
         model_cfg = compose(f"model={option}").model
-        assert option == "tiny" or model_cfg.licence, f"model={option}: set licence"
+        assert option in TINY_DIRS or model_cfg.licence, f"model={option}: set licence"
         tool_format(model_cfg.tool_format)  # an unknown name raises

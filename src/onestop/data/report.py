@@ -5,7 +5,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onestop.data.prepare import DataReport, PreparedData, prepare
-from onestop.models import load_tokenizer, resolve_model_path
+from onestop.models import load_processor, resolve_model_path
 
 
 def report_table(report: DataReport):
@@ -84,7 +84,7 @@ def print_report(prepared: PreparedData | None) -> None:
 
 def run_prepare(cfg: DictConfig) -> PreparedData:
     """Prepare `cfg.data` for `cfg.model`'s tokenizer (no model weights are loaded) and report."""
-    tokenizer = load_tokenizer(cfg.model, resolve_model_path(cfg.model))
+    tokenizer = load_processor(cfg.model, resolve_model_path(cfg.model))
     prepared = prepare(cfg.data, tokenizer, seed=cfg.seed)
     print_report(prepared)
     chart = f"  Curation: {prepared.directory / 'curation.png'}" if prepared.report.curation else ""

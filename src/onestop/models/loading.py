@@ -82,6 +82,18 @@ def load_tokenizer(model_cfg: DictConfig, path: str | None = None):
     return tokenizer
 
 
+def is_vision_language(model_cfg: DictConfig, path: str | None = None) -> bool:
+    """Whether the model reads images: its config has a vision tower (read from its config alone)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        path or resolve_model_path(model_cfg),
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    return getattr(config, "vision_config", None) is not None
+
+
 def quantization_config(quantization: DictConfig | dict | None):
     """A transformers `BitsAndBytesConfig` for a method's `quantization` node; CUDA and bitsandbytes only."""
     if not quantization or not quantization.get("load_in_4bit"):
@@ -143,13 +155,15 @@ def attention_kwargs(model_cfg: DictConfig) -> dict:
 def load_causal_lm(model_cfg: DictConfig, dtype: str = "float32", path: str | None = None, quantization=None):
     """The pretrained causal LM in `dtype` (`float32` or `bfloat16`), or 4-bit when `quantization` asks."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     bnb = quantization_config(quantization)
     path = path or resolve_model_path(model_cfg)
     extra = {"quantization_config": bnb, "device_map": {"": torch.cuda.current_device()}} if bnb else {}
     extra |= attention_kwargs(model_cfg)
-    model = AutoModelForCausalLM.from_pretrained(
+    # a vision-language model: its vision tower, projector and language model, the same causal LM interface
+    auto = AutoModelForImageTextToText if is_vision_language(model_cfg, path) else AutoModelForCausalLM
+    model = auto.from_pretrained(
         path,
         revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,

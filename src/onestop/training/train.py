@@ -22,7 +22,7 @@ from onestop.data.sft import SFTDataModule
 from onestop.data.vocabulary import train_tokenizer
 from onestop.methods import method_from_config
 from onestop.methods.prompt import is_prompt_learning
-from onestop.models import load_causal_lm, load_tokenizer, resolve_model_path
+from onestop.models import load_causal_lm, load_processor, resolve_model_path
 from onestop.models.loading import model_type, quantization_config
 from onestop.models.precision import weights_dtype
 from onestop.models.scratch import fresh_model
@@ -97,7 +97,7 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
         )
 
     model_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, model_path)
+    tokenizer = load_processor(cfg.model, model_path)  # a text model's tokenizer; with images, its processor
     if cfg.model.train_tokenizer:
         if not cfg.model.from_scratch:
             raise OnestopError("model.train_tokenizer: a new vocabulary needs model.from_scratch=true")

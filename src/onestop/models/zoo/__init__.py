@@ -181,12 +181,14 @@ def native_config(config: dict):
     would rather not run to count parameters), so families that need it (ChatGLM, InternLM2/3, Baichuan,
     MiniCPM) map to the native architecture whose weights have the same shapes: ChatGLM to GLM, the
     others to Llama. Settings that hold no weights (RoPE, norm scaling) are left out of that mapping. A
-    multimodal Gemma 3 config yields its text model's.
+    multimodal Gemma 3 config, and any vision-language config, yields its language model's.
     """
     from transformers import CONFIG_MAPPING, AutoConfig
 
     if config.get("model_type") == "gemma3" and "text_config" in config:
         config = {"model_type": "gemma3_text", **config["text_config"]}
+    elif is_vision_language_config(config):  # its language model; the vision tower is counted apart
+        config = {**config["text_config"]}
     model_type = config.get("model_type")
     if model_type in _REMOTE_EQUIVALENTS:
         native_type, equivalent = _REMOTE_EQUIVALENTS[model_type]
@@ -231,11 +233,36 @@ def _parameter_counts(key: str) -> tuple[tuple[str, int], ...]:
     return tuple(counts.items())
 
 
+def is_vision_language_config(config: dict) -> bool:
+    """Whether a config.json dict is a vision-language model's: a vision tower beside a language model."""
+    return "vision_config" in config and "text_config" in config
+
+
+@functools.lru_cache(maxsize=16)
+def _vision_parameters(key: str) -> int:
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = json.loads(key)
+    fields = {k: v for k, v in config.items() if k not in {"model_type", "auto_map", "architectures"}}
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.for_model(config["model_type"], **fields))
+    language = model.get_decoder()
+    output = model.get_output_embeddings()
+    outside = {id(p) for p in language.parameters()} | ({id(output.weight)} if output is not None else set())
+    return sum(p.numel() for p in model.parameters() if id(p) not in outside)
+
+
 def parameter_counts(config: dict) -> dict:
     """Parameters of the architecture in `config` (a config.json dict), counted without any weights.
 
     Returns:
         `total`, `embedding` (input embeddings), `head` (output head; 0 when tied to the embeddings),
-        `per_layer` (one decoder layer) and `layers` (how many).
+        `per_layer` (one decoder layer), `layers` (how many) and `vision` (a vision-language model's vision
+        tower and projector, in `total` too; 0 for a text model).
     """
-    return dict(_parameter_counts(json.dumps(config, sort_keys=True)))
+    key = json.dumps(config, sort_keys=True)
+    counts = dict(_parameter_counts(key))
+    counts["vision"] = _vision_parameters(key) if is_vision_language_config(config) else 0
+    counts["total"] += counts["vision"]
+    return counts

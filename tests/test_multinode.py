@@ -6,8 +6,8 @@ nodes train the tiny model over gloo: they end with the same weights, only globa
 checkpoints, a run whose node is killed continues with `resume=auto` once both are started again and ends
 bitwise where the unbroken run ends, and FSDP shards across the nodes. A node that cannot meet the others
 stops within `hardware.rendezvous_timeout_s` in one line naming the address, and the collectives after it
-keep Lightning's 30 minutes. What one machine cannot show
-(a real network, NCCL, GPUs) is listed in docs/hardware.md as unproven.
+keep Lightning's 30 minutes. What one machine cannot show (a real network, NCCL, GPUs) is listed in
+docs/hardware.md as unproven.
 """
 
 import contextlib

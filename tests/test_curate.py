@@ -225,3 +225,8 @@ def test_safety_asks_a_served_model_after_the_blocklist(moderator):
     assert len(shown) == 3 and not any("zorbex" in text for text in shown)  # the blocklist answered first
     with pytest.raises(OnestopError, match=r"^data.curate safety: the endpoint http://127.0.0.1:9/v1 did not answer"):
         curate([examples], [dataclasses.replace(step, endpoint="http://127.0.0.1:9/v1")], Context(sources=["n"]))
+
+
+def test_the_raw_export_option_curates_with_the_four_everyday_steps():
+    cfg = compose("model=tiny", "data=raw_export", f"data.path={RAW}").data
+    assert [step.name for step in curation_steps(cfg)] == ["repair", "personal_data", "near_duplicates", "quality"]

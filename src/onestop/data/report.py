@@ -87,9 +87,11 @@ def run_prepare(cfg: DictConfig) -> PreparedData:
     tokenizer = load_processor(cfg.model, resolve_model_path(cfg.model))
     prepared = prepare(cfg.data, tokenizer, seed=cfg.seed)
     print_report(prepared)
-    chart = f"  Curation: {prepared.directory / 'curation.png'}" if prepared.report.curation else ""
+    chart = (
+        f"  Curation: {prepared.directory / 'curation.png'}" if (prepared.directory / "curation.png").is_file() else ""
+    )
     print(f"Report: {prepared.directory / 'report.json'}  Lengths: {prepared.directory / 'lengths.png'}{chart}")
-    if prepared.report.curated_format:
+    if (prepared.directory / "curated.jsonl").is_file():  # with data.curate and data.cache
         print(
             f"Curated records: {prepared.directory / 'curated.jsonl'} "
             f"(to train on them as they are: data={prepared.report.curated_format} data.path=THAT_FILE)"

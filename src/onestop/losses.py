@@ -232,3 +232,9 @@ def kto_loss(
     good = desirable_weight * (1 - torch.sigmoid(beta * (r - kl)))
     bad = undesirable_weight * (1 - torch.sigmoid(beta * (kl - r)))
     return torch.where(desirable.bool(), good, bad)
+
+
+def pairwise_reward_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """A reward model's Bradley-Terry loss per pair (Ouyang et al. 2022; the margin as in Llama 2):
+    -log sigmoid(r_chosen - r_rejected - margin), on the scalar scores r the model gives each whole sequence."""
+    return -F.logsigmoid(chosen - rejected - margin)

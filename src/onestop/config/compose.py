@@ -170,7 +170,7 @@ CHOICES = {
     "model.source": ("hub", "embedded"),
     "model.attn_implementation": ("eager", "sdpa", "flash_attention_2", "flex_attention"),
     # onestop.training.stages.STAGES, the table that runs them (a test keeps the two equal)
-    "stage": ("sft", "pretrain", "dpo", "kto", "orpo", "simpo"),
+    "stage": ("sft", "pretrain", "dpo", "kto", "orpo", "simpo", "rm"),
     "dpo.loss_type": ("sigmoid", "ipo", "hinge"),
     "format": ("merged", "adapter"),
     "sweep.direction": ("minimize", "maximize"),

@@ -356,6 +356,13 @@ class SimPOConfig:
 
 
 @dataclass
+class RMConfig:
+    margin: float = 0.0
+    """Score gap the chosen answer must clear over the rejected one before a pair stops pulling (Llama 2's
+    margin, one for every pair); 0 is the plain Bradley-Terry loss."""
+
+
+@dataclass
 class CheckpointConfig:
     every_n_steps: int | None = None
     """Save a checkpoint every N optimizer steps; None saves at the end of each epoch only."""
@@ -466,12 +473,13 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     stage: str = "sft"
     """sft (supervised fine-tuning), pretrain (raw text, loss on every token), dpo, orpo or simpo (preference
-    pairs; orpo and simpo need no reference model) or kto (answers rated desirable or not); one module each in
-    onestop/training/stages."""
+    pairs; orpo and simpo need no reference model), kto (answers rated desirable or not) or rm (a reward model:
+    a score head trained on preference pairs); one module each in onestop/training/stages."""
     dpo: DPOConfig = field(default_factory=DPOConfig)
     kto: KTOConfig = field(default_factory=KTOConfig)
     orpo: ORPOConfig = field(default_factory=ORPOConfig)
     simpo: SimPOConfig = field(default_factory=SimPOConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: FastPathsConfig = field(default_factory=FastPathsConfig)
     resume: str | None = None

@@ -183,6 +183,11 @@ class RunDir:
     def model_config(self) -> DictConfig:
         return self.config().model
 
+    def is_reward_model(self) -> bool:
+        """Whether the run trained a reward model (`stage: rm` in its config): a score head on its base, not a
+        language model, so it is scored with eval=rm and never generates or is served as a chat model."""
+        return self.config().get("stage") == "rm"
+
     def metrics(self) -> dict | None:
         return _read_json(self.metrics_file)
 

@@ -33,7 +33,8 @@ def apply_lora(
         target_modules=targets[0] if targets == ["all-linear"] else targets,
         use_dora=use_dora,
         use_rslora=use_rslora,
-        task_type="CAUSAL_LM",
+        # a reward model's score head (stage=rm) is new: peft trains and saves it whole beside the adapter
+        task_type="SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM",
     )
     try:
         return get_peft_model(model, config)

@@ -130,7 +130,7 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
             cfg.model, model_path, tokenizer, weights_dtype(hardware["precision"], cfg.hardware.strategy)
         )
     else:
-        model = load_causal_lm(
+        model = (stage.load_model or load_causal_lm)(
             cfg.model,
             weights_dtype(hardware["precision"], cfg.hardware.strategy),
             model_path,

@@ -45,6 +45,9 @@ class Stage:
     """What the loss scores as a whole (`preference pair`, `rated answer`); None: a loss per labelled token.
     Such losses take the whole output head (no chunked loss) and padded batches (examples laid end to end in
     one row would not be scored apart)."""
+    load_model: Callable | None = None
+    """What trains, from (model node, dtype, path, quantization=...) when not the causal LM
+    (onestop.models.load_causal_lm): a reward model's score head on it (onestop.models.reward.load_reward_model)."""
 
     @property
     def one_row_inexact(self) -> str | None:

@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import ASSETS, compose, run_invoke
+from omegaconf import OmegaConf
 
 from onestop.core.errors import OnestopError
 from onestop.core.paths import PROJECT_ROOT
@@ -230,3 +231,16 @@ def test_safety_asks_a_served_model_after_the_blocklist(moderator):
 def test_the_raw_export_option_curates_with_the_four_everyday_steps():
     cfg = compose("model=tiny", "data=raw_export", f"data.path={RAW}").data
     assert [step.name for step in curation_steps(cfg)] == ["repair", "personal_data", "near_duplicates", "quality"]
+
+
+@pytest.mark.parametrize(("data", "reads_back"), [("sharegpt", "messages"), ("preference", "preference")])
+def test_curated_records_of_every_kind_read_back_as_they_trained(tokenizer, data, reads_back):
+    path = ASSETS / "data" / f"{data}.jsonl"
+    cfg = compose("model=tiny", f"data={data}", f"data.path={path}", "data.val_ratio=0", "data.max_seq_len=2048")
+    prepared = prepare(OmegaConf.merge(cfg.data, {"curate": ["repair", "personal_data", "quality"]}), tokenizer)
+    assert prepared.report.curated_format == reads_back and prepared.report.train_records == 5
+    curated = prepared.directory / "curated.jsonl"
+    again = prepare(OmegaConf.merge(cfg.data, {"format": reads_back, "path": str(curated)}), tokenizer)
+    assert again.train.columns == prepared.train.columns
+    rows = [[list(row[column]) for column in sorted(row)] for row in prepared.train]
+    assert [[list(row[column]) for column in sorted(row)] for row in again.train] == rows

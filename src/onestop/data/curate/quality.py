@@ -3,8 +3,8 @@
 A record is removed by the first rule it fails, and counted under that rule. The defaults are Gopher's
 (Rae et al. 2021, appendix A) except two: instruction data is short, so the length floor is 3 words where
 Gopher's web pages need 50, and it holds numbers (arithmetic), so half its words need a letter, not 80%. The
-repetition rules only judge texts of `repetition_min_words` words
-or more (a two-line answer repeating "the answer" is not a spam page).
+rules Gopher measured on web pages (mean word length, symbols, repetition) judge only records of
+`page_rules_min_words` words or more: "2 + 3? 5." has short words and is no spam page.
 """
 
 import re
@@ -47,8 +47,8 @@ class Quality(Step):
     min_alpha_word_fraction: float = 0.5
     """Fewest words holding a letter, as a fraction: below it, tables of numbers. Gopher's 0.8 suits web pages;
     instruction data with arithmetic holds more numbers."""
-    repetition_min_words: int = 50
-    """Records shorter than this skip the repetition rules below."""
+    page_rules_min_words: int = 50
+    """Records of fewer words skip the rules Gopher made for web pages: word length, symbols, repetition."""
     max_duplicate_line_fraction: float = 0.3
     """Most lines that repeat an earlier line, as a fraction of the lines (Gopher: 0.3)."""
     max_top_ngram_fraction: dict = field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
@@ -87,6 +87,15 @@ class Quality(Step):
             return f"fewer than {self.min_words} words"
         if len(tokens) > self.max_words:
             return f"more than {self.max_words} words"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if sum(any(c.isalpha() for c in w) for w in tokens) / len(tokens) < self.min_alpha_word_fraction:
+            return f"under {self.min_alpha_word_fraction:.0%} of words with a letter"
+        if lines and sum(bool(self._boilerplate.search(line)) for line in lines) / len(lines) > (
+            self.max_boilerplate_line_fraction
+        ):
+            return f"over {self.max_boilerplate_line_fraction:.0%} boilerplate lines"
+        if len(tokens) < self.page_rules_min_words:
+            return ""
         latin = [w for w in tokens if not is_cjk(w)]
         if latin:
             mean = sum(map(len, latin)) / len(latin)
@@ -96,15 +105,6 @@ class Quality(Step):
                 return f"mean word length above {self.max_mean_word_length:g}"
         if len(_SYMBOLS.findall(text)) / len(tokens) > self.max_symbol_word_ratio:
             return f"more than {self.max_symbol_word_ratio:g} '#' or '...' per word"
-        if sum(any(c.isalpha() for c in w) for w in tokens) / len(tokens) < self.min_alpha_word_fraction:
-            return f"under {self.min_alpha_word_fraction:.0%} of words with a letter"
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        if lines and sum(bool(self._boilerplate.search(line)) for line in lines) / len(lines) > (
-            self.max_boilerplate_line_fraction
-        ):
-            return f"over {self.max_boilerplate_line_fraction:.0%} boilerplate lines"
-        if len(tokens) < self.repetition_min_words:
-            return ""
         if lines and 1 - len(set(lines)) / len(lines) > self.max_duplicate_line_fraction:
             return f"over {self.max_duplicate_line_fraction:.0%} repeated lines"
         lowered = [w.lower() for w in tokens]

@@ -382,8 +382,8 @@ class EvalSuiteConfig:
     """Short name of the suite, used in results and W&B keys."""
     kind: str = "qa"
     """public (lm-eval benchmarks in `tasks`), mcq, qa or ppl (the user's own file in `path`), classify (replies
-    read as labels), tools (tool calls scored against the expected call) or agent (tasks run through the agent
-    loop on a served model)."""
+    read as labels), tools (tool calls scored against the expected call), agent (tasks run through the agent
+    loop on a served model) or rm (a reward model's pairwise accuracy on preference pairs)."""
     tasks: list[str] = field(default_factory=list)
     """lm-eval task or group names of a public suite."""
     hub_dataset: str | None = None

@@ -21,6 +21,7 @@ from onestop.core.rundir import RunDir, Weights, made_from, record_source
 from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
 from onestop.models import load_causal_lm, resolve_model_path
 from onestop.models.loading import model_identity
+from onestop.models.reward import refuse_reward_model
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:
@@ -63,6 +64,7 @@ def current_export(run: RunDir, export_format: str = "merged") -> bool:
 def export_run(cfg: DictConfig) -> Path:
     """The run as `cfg.format` (merged or adapter) in `cfg.output`, by default RUN/export-FORMAT."""
     run = RunDir.existing(cfg.run_dir)
+    refuse_reward_model(run, "exported as a language model")
     target = Path(cfg.output) if cfg.output else run.export_dir(cfg.format)
     weights = run.weights()
     if cfg.format == "adapter":

@@ -39,6 +39,7 @@ from onestop.deploy.export import current_export, export_run, stop_ids_with_end_
 from onestop.deploy.lmdeploy import lmdeploy_command, write_chat_template
 from onestop.models import load_tokenizer, resolve_model_path
 from onestop.models.loading import directory_identity
+from onestop.models.reward import refuse_reward_model
 from onestop.models.tool_formats import ToolFormat, tool_format
 
 
@@ -168,8 +169,8 @@ def parses_tool_calls(model_dir: Path) -> bool:
 
 
 def start(cfg: DictConfig) -> Deployment:
-    if cfg.run_dir:
-        RunDir.existing(cfg.run_dir)  # a missing run is the error to report, even when the port is taken too
+    if cfg.run_dir:  # a missing run, or a reward model, is the error to report, even when the port is taken too
+        refuse_reward_model(RunDir.existing(cfg.run_dir), "served as a chat model")
     backend = choose_backend(cfg.deploy.backend)
     limits = gateway_limits(cfg, backend)  # a bad limit fails before any model is merged or loaded
     name = served_name(cfg)

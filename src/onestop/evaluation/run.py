@@ -34,12 +34,14 @@ from onestop.core.wandb_mode import wandb_mode
 from onestop.evaluation.classify import UNPARSED, chat_prompt, read_labelled, reply_label, resolve_labels, score_labels
 from onestop.evaluation.generation import end_of_turn, generate_greedy, in_process_lm, stop_token_ids
 from onestop.evaluation.report import plot_confusion, print_metrics
+from onestop.evaluation.reward import load_scorer, read_pairs, score_pairs
 from onestop.evaluation.suites import PUBLIC_SUITES, local_task
 from onestop.evaluation.targets import (
     Target,
     auth_headers,
     check_endpoint,
     describe_target,
+    device,
     load_target_model,
     load_target_tokenizer,
 )
@@ -149,6 +151,8 @@ def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> E
         return evaluate_tool_calls(cfg, lm, tokenizer, quiet)
     if suite.kind == "classify":
         return evaluate_classification(cfg, lm, tokenizer, quiet)
+    if suite.kind == "rm":
+        return evaluate_reward_model(cfg, quiet)
     import lm_eval
     from lm_eval import simple_evaluate
 
@@ -334,6 +338,28 @@ def evaluate_classification(cfg: DictConfig, lm=None, tokenizer=None, quiet: boo
         seconds = time.perf_counter() - started
         write_results(result, cfg, target, seconds, counts, {"onestop": __version__}, model, {"confusion": confusion})
         print(f"Confusion matrix: {png}", flush=True)
+    return result
+
+
+def evaluate_reward_model(cfg: DictConfig, quiet: bool = False) -> EvalResult:
+    """The `rm` suite (reward.py): the pairs checked before any model loads, each side scored by the run's reward
+    model (or the base's untrained head), pairwise accuracy and mean margin."""
+    suite = cfg.eval
+    if not suite.path:
+        raise OnestopError(f"eval={suite.name}: set eval.path=FILE (preference pairs)")
+    every_row = read_pairs(Path(suite.path).expanduser())
+    rows = every_row[: suite.limit] if suite.limit else every_row
+    target = describe_target(cfg)
+    started = time.perf_counter()
+    scorer = load_scorer(cfg, target, device(cfg))
+    metrics, samples = score_pairs(scorer, rows)
+    result = EvalResult(
+        Path(cfg.output_dir).absolute(), {suite.name: metrics}, {suite.name: samples} if suite.log_samples else {}
+    )
+    if not quiet:
+        counts = {suite.name: {"original": len(every_row), "effective": len(rows)}}
+        seconds = time.perf_counter() - started
+        write_results(result, cfg, target, seconds, counts, {"onestop": __version__}, scorer.model)
     return result
 
 

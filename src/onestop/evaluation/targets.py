@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from onestop.core.endpoints import check_served_model, only_listed_model
 from onestop.core.errors import OnestopError
@@ -30,11 +30,22 @@ class Target:
 def describe_target(cfg: DictConfig) -> Target:
     if cfg.endpoint and cfg.run_dir:
         raise OnestopError("endpoint= and run_dir= both set: evaluate one target at a time")
+    if cfg.endpoint and OmegaConf.select(cfg, "eval.kind") == "rm":
+        raise OnestopError("endpoint=: eval=rm scores a reward model in-process; give run_dir= of a stage=rm run")
     if cfg.endpoint:
         return Target("endpoint", {"endpoint": cfg.endpoint, "endpoint_model": endpoint_model(cfg)})
     if cfg.run_dir:
         run = RunDir.existing(cfg.run_dir)
         run_config = run.config()
+        reward_suite = OmegaConf.select(cfg, "eval.kind") == "rm"
+        if run.is_reward_model() != reward_suite:
+            raise OnestopError(
+                f"run_dir={run.path}: a reward model (stage=rm) scores answers and never generates; evaluate it with "
+                "eval=rm eval.path=PAIRS"
+                if run.is_reward_model()
+                else f"run_dir={run.path}: eval=rm scores a reward model (invoke train stage=rm), and this run trained "
+                f"a language model (stage={run_config.get('stage')}); evaluate it with another suite"
+            )
         weights = run.weights()
         identity = {"run_dir": str(run.path), "model": run_config.model.name, "model_path": run_config.model.path}
         where = {"adapter": str(weights.path)} if weights.is_adapter else {"model_dir": str(weights.path)}

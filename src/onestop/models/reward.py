@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
 from onestop.core.rundir import RunDir
-from onestop.models.loading import attention_kwargs, quantization_config, resolve_model_path
+from onestop.models.loading import attention_kwargs, load_tokenizer, quantization_config, resolve_model_path
 
 
 def load_reward_model(model_cfg: DictConfig, dtype: str = "float32", path: str | None = None, quantization=None):
@@ -81,6 +81,16 @@ class RewardModel:
         tokenizer = AutoTokenizer.from_pretrained(run.weights().path)
         return cls(model, tokenizer, int(run.config().model.max_seq_len), batch_size)
 
+    @classmethod
+    def untrained(cls, model_cfg: DictConfig, seed: int, device: str = "cpu", batch_size: int = 8) -> "RewardModel":
+        """The base model with a fresh head (random weights drawn with `seed`): what scores at chance."""
+        import torch
+
+        torch.manual_seed(seed)
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        model = load_reward_model(model_cfg, dtype).to(device).eval()
+        return cls(model, load_tokenizer(model_cfg), int(model_cfg.max_seq_len), batch_size)
+
     def score(self, texts: list[str]) -> list[float]:
         """One score per text, each text exactly as the model reads it (its chat template already applied);
         a text longer than the model's max_seq_len is scored on its first max_seq_len tokens."""
@@ -112,6 +122,16 @@ class RewardModel:
             messages.append({"role": "assistant", "content": reply})
             texts.append(self.tokenizer.apply_chat_template(messages, tokenize=False))
         return self.score(texts)
+
+
+def refuse_reward_model(run: RunDir, what: str) -> None:
+    """Stop, in one line, where a run is about to be loaded as a language model (`what`: served, exported) and is
+    a reward model (stage=rm)."""
+    if run.is_reward_model():
+        raise OnestopError(
+            f"run_dir={run.path}: a reward model (stage=rm) scores answers and does not generate, so it is not {what}; "
+            "score with invoke eval run_dir=RUN eval=rm, or onestop.models.reward.RewardModel.load(RUN).score(texts)"
+        )
 
 
 def load_reward_run(run: RunDir, dtype: str = "float32"):

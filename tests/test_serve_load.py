@@ -19,9 +19,10 @@ from conftest import ASSETS
 from onestop.config.compose import compose as compose_config
 from onestop.core.errors import OnestopError
 from onestop.deploy.backends import free_port
-from onestop.deploy.gateway import RequestError, build_app, fit_context, parse_body, validate
+from onestop.deploy.gateway import build_app
 from onestop.deploy.loadtest import malformed_requests, run_load
 from onestop.deploy.prompts import PromptMeter
+from onestop.deploy.requests import RequestError, fit_context, parse_body, validate
 from onestop.deploy.service import gateway_limits, start
 
 LIMITS = {

@@ -9,7 +9,8 @@ from conftest import compose
 from transformers.cli.serving.utils import BaseHandler, Modality
 
 from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
-from onestop.deploy.gateway import EventRelay, RequestError, first_tool_call_only, validate
+from onestop.deploy.relay import EventRelay, first_tool_call_only
+from onestop.deploy.requests import RequestError, validate
 from onestop.models import load_tokenizer, resolve_model_path
 from onestop.models.tool_formats import TOOL_FORMATS, parse_tool_calls, tool_format
 

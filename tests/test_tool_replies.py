@@ -13,7 +13,7 @@ from openai import OpenAI
 from test_tool_formats import TOOL_CONVERSATION, TOOLS
 from transformers import AutoTokenizer
 
-from onestop.deploy.gateway import EventRelay
+from onestop.deploy.relay import EventRelay
 from onestop.deploy.replies import StreamReading, read_completion
 from onestop.models.templates import bundled_template
 from onestop.models.tool_formats import TOOL_FORMATS, ReplyStream, parse_tool_calls, read_reply

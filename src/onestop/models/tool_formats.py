@@ -241,11 +241,8 @@ class ToolFormat:
         start = self.call_start(text)
         if start is not None:
             return start
-        for marker in self.markers:  # a marker's first characters at the end may become it
-            for length in range(min(len(marker) - 1, len(text)), 0, -1):
-                if text.endswith(marker[:length]):
-                    return len(text) - length
-        return len(text)
+        # a marker's first characters at the end may become it
+        return min((_before_partial(text, marker) for marker in self.markers), default=len(text))
 
 
 def _llama3_may_open(text: str) -> bool:

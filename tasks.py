@@ -77,7 +77,7 @@ def deploy_status(c, overrides=None, cfg=None):
 
 @task(name="setup", iterable=[cli.OVERRIDES_ARG], help=cli.ARG_HELP)
 def deploy_setup(c, overrides=None, cfg=None):
-    """Create (once) the isolated LMDeploy environment for deploy=lmdeploy: invoke deploy.setup"""
+    """Create (once) a backend's isolated environment: invoke deploy.setup [deploy=vllm] (default lmdeploy)"""
     cli.run_stage("deploy.setup", overrides, cfg)
 
 

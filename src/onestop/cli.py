@@ -216,7 +216,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "deploy": ("deploy", "onestop.deploy.service:run_deploy", ()),
     "deploy.stop": ("deploy", "onestop.deploy.service:run_stop", ()),
     "deploy.status": ("deploy", "onestop.deploy.service:run_status", ()),
-    "deploy.setup": ("deploy", "onestop.deploy.lmdeploy:run_setup", ("deploy=lmdeploy",)),
+    "deploy.setup": ("deploy", "onestop.deploy.backends:run_setup", ("deploy=lmdeploy",)),
     "chat": ("chat", "onestop.deploy.chat:run_chat", ()),
     "agent": ("agent", "onestop.agents.session:run_agent", ()),
     "bench.agents": (

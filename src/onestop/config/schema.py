@@ -575,13 +575,13 @@ class ExportConfig:
 @dataclass
 class DeployBackendConfig:
     backend: str = "auto"
-    """transformers (CPU or GPU), lmdeploy (GPU), or auto: lmdeploy when a CUDA GPU is present."""
+    """transformers (CPU or GPU), lmdeploy (GPU), vllm (CPU or GPU), or auto: lmdeploy when a CUDA GPU is present."""
     merge_adapter: bool = True
     """Serve a run's adapter merged into its base (TurboMind); false keeps it separate (LMDeploy's PyTorch engine)."""
     device: str = "auto"
     """transformers: cpu, cuda:0 or auto."""
     dtype: str = "auto"
-    """transformers: weights dtype; auto keeps the saved one (what evaluation measured)."""
+    """transformers, vllm: weights dtype; auto keeps the saved one (what evaluation measured)."""
     continuous_batching: bool = False
     """transformers: batch concurrent requests continuously (throughput) instead of one at a time."""
     engine: str = "turbomind"
@@ -589,7 +589,7 @@ class DeployBackendConfig:
     tp: int = 1
     """lmdeploy: tensor-parallel GPUs."""
     session_len: int = 4096
-    """lmdeploy: longest conversation in tokens."""
+    """lmdeploy, vllm: longest conversation in tokens."""
     cache_max_entry_count: float = 0.8
     """lmdeploy: share of free GPU memory given to the KV cache."""
     quant_policy: int = 0
@@ -597,7 +597,9 @@ class DeployBackendConfig:
     model_format: str | None = None
     """lmdeploy: weight format when not plain hf weights, e.g. awq."""
     env_dir: str | None = None
-    """lmdeploy: its isolated environment; default $ONESTOP_HOME/envs/lmdeploy (made by invoke deploy.setup)."""
+    """lmdeploy, vllm: its isolated environment; default $ONESTOP_HOME/envs/BACKEND (made by invoke deploy.setup)."""
+    kv_cache_gib: float | None = None
+    """vllm on a CPU: GiB of memory for the KV cache (VLLM_CPU_KVCACHE_SPACE); None keeps vLLM's default."""
     wheels: str | None = None
     """lmdeploy: install it offline from this folder of wheels (invoke bench.gpu.wheels fills one), over this
     Python's own torch and transformers, instead of a new environment from the package index."""
@@ -633,7 +635,7 @@ class DeployConfig:
     less what its prompt leaves of the context."""
     max_concurrent_requests: int | None = None
     """Requests forwarded to the backend at once; None: 8 for transformers serve (it generates one at a
-    time), 64 for LMDeploy (it batches on the GPU)."""
+    time), 64 for LMDeploy and vLLM (they batch)."""
     max_queued_requests: int = 64
     """Requests waiting for a free slot; beyond them a request gets 429 with Retry-After."""
     request_timeout_s: float = 300.0

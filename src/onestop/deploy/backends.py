@@ -1,4 +1,5 @@
-"""The backend server behind a deployment: the `transformers serve` command line, its port and its hub folder."""
+"""The backend server behind a deployment: the `transformers serve` command line, its port and its hub folder;
+`invoke deploy.setup` for the backends that run from an environment of their own."""
 
 # Lazy imports: transformers (inside transformers_request_fields).
 
@@ -10,6 +11,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
+from onestop.deploy import lmdeploy, vllm
+
+# deploy.backend -> the function that builds its environment once (invoke deploy.setup deploy=BACKEND)
+SETUPS = {"lmdeploy": lmdeploy.run_setup, "vllm": vllm.run_setup}
 
 
 def free_port() -> int:
@@ -56,3 +61,11 @@ def hf_home() -> Path:
     home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
     (home / "hub").mkdir(parents=True, exist_ok=True)
     return home
+
+
+def run_setup(cfg: DictConfig) -> Path:
+    """`invoke deploy.setup [deploy=vllm]`: the chosen backend's own environment, built once."""
+    backend = cfg.deploy.backend
+    if backend not in SETUPS:
+        raise OnestopError(f"deploy={backend}: has no environment to set up; expected one of {', '.join(SETUPS)}")
+    return SETUPS[backend](cfg)

@@ -1,6 +1,7 @@
 """`invoke deploy`, `deploy.stop`, `deploy.status`: a model behind an OpenAI-compatible API on this machine.
 
     invoke deploy run_dir=runs/train/DIR              # transformers on CPU, LMDeploy on a GPU
+    invoke deploy run_dir=runs/train/DIR deploy=vllm  # vLLM (after invoke deploy.setup deploy=vllm)
     invoke deploy model=gemma3_270m deploy=transformers port=8001
     invoke deploy.status
     invoke deploy.stop
@@ -33,6 +34,7 @@ from onestop.core.errors import OnestopError
 from onestop.core.files import staged_directory, write_json
 from onestop.core.paths import cache_dir
 from onestop.core.rundir import SOURCE_FILE, RunDir, made_from, record_source
+from onestop.deploy import vllm
 from onestop.deploy.backends import check_port_free, free_port, hf_home, transformers_command
 from onestop.deploy.conversations import ConversationLog
 from onestop.deploy.export import current_export, export_run, stop_ids_with_end_of_turn
@@ -79,6 +81,8 @@ def model_to_serve(cfg: DictConfig, backend: str) -> tuple[Path, Path | None]:
             return weights.path, None
         if backend == "lmdeploy" and not cfg.deploy.merge_adapter:
             return Path(resolve_model_path(run.model_config())), weights.path
+        if backend == "vllm":  # a LoRA module on its base, stopping at the template's end of turn
+            return base_model_dir(run.model_config()), weights.path
         merged = run.export_dir("merged")
         if not current_export(run, "merged"):
             if run.has_export("merged"):
@@ -198,8 +202,15 @@ def start(cfg: DictConfig) -> Deployment:
         parser = format_.lmdeploy_parser if format_ else None
         command = lmdeploy_command(model_dir, internal, cfg.deploy, name, adapter, template, parser)
         backend_model, env, tool_calls = name, {}, parser is not None
+    elif backend == "vllm":
+        template = vllm.write_chat_template(adapter or model_dir, state_dir() / f"{name}.vllm")
+        parser = vllm.TOOL_PARSERS.get(format_.name) if format_ else None
+        reasoning = vllm.reasoning_parser(model_dir)
+        command = vllm.vllm_command(model_dir, internal, cfg.deploy, name, adapter, template, adapter or model_dir,
+                                    parser, reasoning)  # fmt: skip
+        backend_model, env, tool_calls = name, vllm.vllm_env(cfg.deploy), parser is not None
     else:
-        raise OnestopError(f"deploy.backend={backend}: expected transformers, lmdeploy or auto")
+        raise OnestopError(f"deploy.backend={backend}: expected transformers, lmdeploy, vllm or auto")
     state = {
         "name": name,
         "model": name,
@@ -261,7 +272,7 @@ def gateway_limits(cfg: DictConfig, backend: str) -> dict:
     limits = {
         "max_request_bytes": cfg.max_request_bytes,
         "max_tokens_limit": cfg.max_tokens_limit,
-        "max_concurrent_requests": cfg.max_concurrent_requests or {"lmdeploy": 64}.get(backend, 8),
+        "max_concurrent_requests": cfg.max_concurrent_requests or {"lmdeploy": 64, "vllm": 64}.get(backend, 8),
         "max_queued_requests": cfg.max_queued_requests,
         "request_timeout_s": cfg.request_timeout_s,
     }
@@ -274,9 +285,9 @@ def gateway_limits(cfg: DictConfig, backend: str) -> dict:
 
 
 def context_length(model_dir: Path, backend: str, deploy: DictConfig) -> int | None:
-    """The most tokens a request may fill, prompt and answer together: LMDeploy's session_len, else the
+    """The most tokens a request may fill, prompt and answer together: LMDeploy's or vLLM's session_len, else the
     model's positions (config.json; a multimodal model's text_config); None when the model does not say."""
-    if backend == "lmdeploy":
+    if backend in ("lmdeploy", "vllm"):
         return deploy.session_len
     config_file = Path(model_dir) / "config.json"
     if not config_file.is_file():

@@ -32,6 +32,7 @@ from onestop.core.errors import OnestopError
 from onestop.core.paths import PACKAGE_DIR, PROJECT_ROOT
 from onestop.core.rundir import RunDir, job_config
 from onestop.data.prepare import BATCHING_KEYS, PIPELINE_VERSION, sources_of
+from onestop.models.processor import text_tokenizer
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "datasets", "hydra-core", "lm-eval")
 # Keys of a run's config that describe where it ran, not what it computed.
@@ -88,6 +89,7 @@ def data_fingerprints(fingerprint: str, data_cfg: DictConfig, tokenizer, seed: i
     options = {k: v for k, v in config.items() if k not in {*BATCHING_KEYS, "path", "val_path", "mix", "contamination"}}
     mix = [{k: v for k, v in entry.items() if k != "path"} for entry in config.get("mix") or []]
     probe = "onestop fingerprint probe: 一站式, 1234567890."
+    tokenizer = text_tokenizer(tokenizer)  # a vision-language model's processor: its tokenizer
     tokenizer_behaviour = [len(tokenizer), str(tokenizer.chat_template), str(tokenizer.eos_token)]
     tokenizer_behaviour.append(tokenizer(probe, add_special_tokens=False)["input_ids"])
     digest = hashlib.sha256(json.dumps([PIPELINE_VERSION, options, mix, tokenizer_behaviour, seed]).encode())

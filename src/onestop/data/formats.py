@@ -285,8 +285,8 @@ def converter(format_name: str) -> Callable[[Record, str | None], dict]:
     if format_name == "feedback":  # a whole file's latest ratings, not one record at a time
         raise OnestopError(
             "config key 'data.format': a feedback file is read whole (the latest rating of each reply) by invoke "
-            "train, which prints the data.format=unpaired file it makes of it; use that file in a data.mix or with "
-            "invoke data.prepare"
+            "train and invoke data.prepare, which print the data.format=unpaired file they make of it; use that file "
+            "in a data.mix"
         )
     if format_name not in FORMATS:
         raise OnestopError(f"config key 'data.format': unknown format {format_name!r}; known: {', '.join(FORMATS)}")

@@ -18,8 +18,10 @@ import torch
 from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
+from onestop.data.media import media_inputs
 from onestop.data.token_rows import TokenRows
 from onestop.data.tokenize import IGNORE_INDEX
+from onestop.models.processor import is_vision_language_type
 
 # Architectures whose attention mask comes from transformers' masking utilities, which read packed position
 # ids when no attention mask is given (FlashAttention-2 turns the same ids into variable-length sequences).
@@ -41,6 +43,8 @@ def inexact_reasons(cfg: DictConfig, model_type: str, stage_reason: str | None =
         reasons.append(f"the virtual tokens of method={cfg.method.name} would precede only a row's first example")
     if cfg.data.streaming:
         reasons.append("data.streaming already fills every row from its text")
+    if is_vision_language_type(model_type):
+        reasons.append(f"model={cfg.model.name} ({model_type}) reads images, batched with their examples when padded")
     if cfg.model.trust_remote_code or model_type not in PACKED_POSITION_MODEL_TYPES:
         reasons.append(f"model={cfg.model.name} ({model_type}) builds its own attention mask, blind to packed rows")
     return reasons
@@ -189,7 +193,7 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if "position_ids" in batch:
         # transformers detects packing only without a KV cache; a model loaded for inference would make one.
         return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **media_inputs(batch)}
 
 
 def real_token_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -28,7 +28,7 @@ from onestop.core.paths import cache_dir
 from onestop.core.progress import progress
 from onestop.data.contamination import contamination_report, eval_texts, prompt_text
 from onestop.data.curate import Context, as_record, curate, curation_steps
-from onestop.data.formats import CONVERSATION_FORMATS, RecordError, converter, map_columns
+from onestop.data.formats import RecordError, converter, map_columns
 from onestop.data.records import is_hub_dataset_id, iter_records
 from onestop.data.token_rows import TokenRows, TokenRowsBuilder
 from onestop.data.tokenize import IGNORE_INDEX, tokenize_example
@@ -518,6 +518,3 @@ def plot_curation(report: DataReport, path: Path) -> None:
     save_figure_atomic(figure, path, dpi=100)
     plt.close(figure)
 
-
-def is_conversation_format(data_cfg: DictConfig) -> bool:
-    return all(source.format in CONVERSATION_FORMATS for source in sources_of(data_cfg))

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from onestop.core.errors import OnestopError
 from onestop.data.batching import pad_batch, pad_pairs, pad_rated
+from onestop.data.media import MEDIA_COLUMN, collate_media
 from onestop.data.packing import collate_packed, collate_padding_free, pack_examples
 from onestop.data.prepare import DataReport, PreparedData, prepare, sources_of
 from onestop.data.records import is_hub_dataset_id
@@ -145,6 +146,8 @@ class SFTDataModule(L.LightningDataModule):
             return pad_pairs(examples, self.tokenizer.pad_token_id)
         if self.layout == "rated":
             return pad_rated(examples, self.tokenizer.pad_token_id)
+        if MEDIA_COLUMN in examples[0]:  # a vision-language model's rows: padded (never padding-free), with pixels
+            return collate_media(examples, self.tokenizer)
         if self.cfg.padding_free is True:  # the training stage resolves `auto` first (resolve_padding_free)
             return collate_padding_free(examples, self.tokenizer.pad_token_id)
         return pad_batch(examples, self.tokenizer.pad_token_id)

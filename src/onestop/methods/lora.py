@@ -12,6 +12,11 @@ from collections.abc import Mapping
 
 from onestop.core.errors import OnestopError
 
+# A vision-language model's vision tower (LLaVA, Gemma 3, InternVL: vision_tower; Qwen-VL: visual) keeps its
+# weights: its layers share names with the language model's (q_proj, gate_proj), so a target list would
+# otherwise adapt them too. A text model has no such module.
+VISION_TOWER_MODULES = r"(.*\.)?(vision_tower|visual|vision_model)(\..*)?"
+
 
 def apply_lora(
     model,
@@ -33,6 +38,7 @@ def apply_lora(
         target_modules=targets[0] if targets == ["all-linear"] else targets,
         use_dora=use_dora,
         use_rslora=use_rslora,
+        exclude_modules=VISION_TOWER_MODULES,
         # a reward model's score head (stage=rm) is new: peft trains and saves it whole beside the adapter
         task_type="SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM",
     )

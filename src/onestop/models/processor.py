@@ -42,6 +42,13 @@ def load_processor(model_cfg: DictConfig, path: str | None = None):
     return processor
 
 
+def is_vision_language_type(model_type: str) -> bool:
+    """Whether an architecture family (a config's `model_type`) reads images as well as text."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
 def text_tokenizer(processor):
     """The tokenizer inside a processor (a text model's processor is its tokenizer)."""
     return getattr(processor, "tokenizer", processor)

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Mapping
 
 from onestop.core.errors import OnestopError
+from onestop.data.media import parts_as_placeholders, with_images
 from onestop.data.records import Record
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -148,7 +149,9 @@ def _sharegpt_call(record: Record, turn: dict, index: int) -> dict:
 
 
 def messages_format(record: Record, system_prompt: str | None = None) -> dict:
-    """OpenAI chat format: messages of role/content; assistant `tool_calls`; `tool` results."""
+    """OpenAI chat format: messages of role/content; assistant `tool_calls`; `tool` results; images as content
+    parts or LLaMA-Factory's `<image>` + `images` (onestop.data.media)."""
+    record = parts_as_placeholders(record, RecordError)
     raw = record.fields.get("messages")
     if not isinstance(raw, list) or not raw:
         raise RecordError(record, "missing field 'messages'", "expected a non-empty list in field 'messages'")
@@ -214,7 +217,7 @@ def _checked_conversation(record: Record, messages: list[dict], tools) -> dict:
         raise RecordError(
             record, "does not end with the assistant", "the conversation must end with an assistant answer"
         )
-    return {"messages": messages, "tools": tools}
+    return with_images(record, {"messages": messages, "tools": tools}, RecordError)
 
 
 def text(record: Record, system_prompt: str | None = None) -> dict:

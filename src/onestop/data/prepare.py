@@ -29,9 +29,11 @@ from onestop.core.progress import progress
 from onestop.data.contamination import contamination_report, eval_texts, prompt_text
 from onestop.data.curate import Context, as_record, curate, curation_steps
 from onestop.data.formats import RecordError, converter, map_columns
+from onestop.data.media import MediaError, tokenize_with_media
 from onestop.data.records import is_hub_dataset_id, iter_records
 from onestop.data.token_rows import TokenRows, TokenRowsBuilder
-from onestop.data.tokenize import IGNORE_INDEX, tokenize_example
+from onestop.data.tokenize import IGNORE_INDEX
+from onestop.models.processor import reads_images, text_tokenizer
 
 # Bump when preparation changes what it writes, so older caches are not reused.
 PIPELINE_VERSION = 2
@@ -64,6 +66,8 @@ class DataReport:
     truncated: int = 0
     dropped_overlength: int = 0
     dropped_no_answer_left: int = 0
+    images: int = 0
+    media_tokens: int = 0
     train_tokens: int = 0
     tokens_p50: int = 0
     tokens_p95: int = 0
@@ -92,6 +96,8 @@ class DataReport:
             counts = {o: sum(c[o] for c in step["sources"].values()) for o in ("removed", "changed", "flagged")}
             done = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
             notes.append(f"curate {step['step']}: {done or 'nothing to do'}")
+        if self.images:
+            notes.append(f"{self.images} images ({self.media_tokens} image tokens) in training examples")
         if self.truncated:
             notes.append(f"{self.truncated} truncated to max_seq_len {self.max_seq_len}")
         if self.dropped_overlength:
@@ -219,7 +225,8 @@ def apply_weights(per_source: list[list[dict]], sources: list[Source], seed: int
     return mixed
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(processor) -> str:
+    tokenizer = text_tokenizer(processor)
     probe = "onestop fingerprint probe: 一站式, 1234567890."
     parts = [
         tokenizer.name_or_path,
@@ -228,6 +235,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
         json.dumps(tokenizer(probe, add_special_tokens=False)["input_ids"]),
         str(tokenizer.eos_token),
     ]
+    if reads_images(processor):  # how images become pixels and tokens
+        parts.append(processor.image_processor.to_json_string())
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
@@ -360,14 +369,25 @@ class TokenizedChunk:
     truncated: int = 0
     dropped_overlength: int = 0
     dropped_no_answer_left: int = 0
+    images: int = 0
+    media_tokens: int = 0
+    media_errors: list[MediaError] = field(default_factory=list)
 
 
 def tokenize_chunk(tokenizer, examples: list[dict], max_seq_len: int, drop_overlength: bool) -> TokenizedChunk:
-    """Token ids and labels of `examples`; over-length (with overlength=drop) or answerless ones are left out."""
+    """Token ids and labels of `examples`; over-length (with overlength=drop) or answerless ones are left out, and
+    those whose images cannot be used (collected in `media_errors`)."""
     builder, kept = TokenRowsBuilder(), []
-    truncated = dropped_overlength = dropped_no_answer_left = 0
+    truncated = dropped_overlength = dropped_no_answer_left = images = media_tokens = 0
+    media_errors = []
     for example in examples:
-        result = tokenize_example(tokenizer, example, max_seq_len)
+        try:
+            result = tokenize_with_media(tokenizer, example, max_seq_len)
+        except MediaError as err:
+            media_errors.append(err)
+            kept.append(False)
+            continue
+        media = (result.pop("images", 0), result.pop("media_tokens", 0))
         if result["overlength"] and drop_overlength:
             dropped_overlength += 1
             kept.append(False)
@@ -379,8 +399,11 @@ def tokenize_chunk(tokenizer, examples: list[dict], max_seq_len: int, drop_overl
             kept.append(False)
             continue
         kept.append(True)
+        images, media_tokens = images + media[0], media_tokens + media[1]
         builder.append({k: v for k, v in result.items() if k != "overlength"})
-    return TokenizedChunk(builder.build(), kept, truncated, dropped_overlength, dropped_no_answer_left)
+    return TokenizedChunk(
+        builder.build(), kept, truncated, dropped_overlength, dropped_no_answer_left, images, media_tokens, media_errors
+    )
 
 
 def _tokenize_all(
@@ -403,6 +426,11 @@ def _tokenize_all(
             report.truncated += chunk.truncated
             report.dropped_overlength += chunk.dropped_overlength
             report.dropped_no_answer_left += chunk.dropped_no_answer_left
+            report.images, report.media_tokens = report.images + chunk.images, report.media_tokens + chunk.media_tokens
+            for error in chunk.media_errors:
+                if data_cfg.on_error != "skip":
+                    raise OnestopError(f"{error} (set data.on_error=skip to skip and count such records)")
+                report.drop(error.reason)
             bar.update(len(chunk.kept))
     return builder.build(), kept
 

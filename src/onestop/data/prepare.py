@@ -545,4 +545,3 @@ def plot_curation(report: DataReport, path: Path) -> None:
 
     save_figure_atomic(figure, path, dpi=100)
     plt.close(figure)
-

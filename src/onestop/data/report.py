@@ -4,6 +4,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from onestop.data.preference import feedback_as_unpaired
 from onestop.data.prepare import DataReport, PreparedData, prepare
 from onestop.models import load_processor, resolve_model_path
 
@@ -85,7 +86,8 @@ def print_report(prepared: PreparedData | None) -> None:
 def run_prepare(cfg: DictConfig) -> PreparedData:
     """Prepare `cfg.data` for `cfg.model`'s tokenizer (no model weights are loaded) and report."""
     tokenizer = load_processor(cfg.model, resolve_model_path(cfg.model))
-    prepared = prepare(cfg.data, tokenizer, seed=cfg.seed)
+    data_cfg = feedback_as_unpaired(cfg.data)  # the web UI's ratings are read as rated answers, as training reads them
+    prepared = prepare(data_cfg, tokenizer, seed=cfg.seed)
     print_report(prepared)
     chart = (
         f"  Curation: {prepared.directory / 'curation.png'}" if (prepared.directory / "curation.png").is_file() else ""

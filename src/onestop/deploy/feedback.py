@@ -22,6 +22,7 @@ from onestop.core.errors import OnestopError
 from onestop.core.files import write_text_atomic
 from onestop.core.paths import cache_dir
 from onestop.core.secrets import redact
+from onestop.data.preference import latest_ratings
 from onestop.deploy.conversations import append_line, is_answer, reply_message, request_messages
 
 RATINGS = ("good", "bad")
@@ -79,19 +80,7 @@ class FeedbackStore:
     def entries(self) -> list[dict]:
         """The latest rating of each reply, oldest first."""
         path = self.paths()["feedback"]
-        if not path.is_file():
-            return []
-        latest: dict[str, dict] = {}
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                raise OnestopError(f"{path}:{number}: not valid JSON; remove or mend that line") from None
-            latest.pop(entry["id"], None)
-            latest[entry["id"]] = entry
-        return list(latest.values())
+        return latest_ratings(path) if path.is_file() else []
 
     def write_datasets(self) -> dict[str, int]:
         conversations, pairs = [], []

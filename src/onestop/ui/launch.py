@@ -19,6 +19,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from omegaconf import DictConfig, OmegaConf
 
+from onestop.config.compose import CHOICES as CONFIG_CHOICES
 from onestop.config.compose import compose
 from onestop.config.fields import field_docs
 from onestop.config.groups import list_group_options
@@ -29,6 +30,7 @@ from onestop.evaluation.runs import csv_losses, list_runs, run_status
 from onestop.selection.devices import GIB, this_machine
 from onestop.selection.estimate import estimate_devices
 from onestop.selection.report import duration, planned_steps
+from onestop.training.stages import STAGES
 from onestop.ui.pages import COMPOSE_LOCK, inside, render, run_path, run_ref, run_roots, start_invoke
 from onestop.ui.runs import launch_words, resume_command
 
@@ -40,7 +42,8 @@ NODES = ("", "data", "method", "trainer", "optim", "scheduler", "checkpoint")
 OPEN_NODES = ("", "data", "trainer", "optim")
 # Identities of an option, and what the form sets itself (it starts every run in a new folder).
 SKIPPED = {"name", "adapter", "resume", "overwrite", "provenance"}
-CHOICES = {"stage": ("sft", "pretrain", "dpo"), "data.format": ("alpaca", "sharegpt", "messages", "text", "preference")}
+# the stage table and the data formats composition accepts, so a new stage or format appears in the form itself
+CHOICES = {"stage": tuple(STAGES), "data.format": CONFIG_CHOICES["data.format"]}
 LOG_LINES = 40
 
 

@@ -216,23 +216,31 @@ def test_the_gateway_returns_calls_in_the_openai_shape_and_counts_garbled_ones()
     assert counted == [1] and out[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+def malformed_so_far(base_url: str) -> int:
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/health") as reply:
+        return json.load(reply)["load"]["malformed_tool_calls"]
+
+
 def test_calls_come_back_through_the_real_gateway_whole_and_streamed(tool_deployment):
     client = OpenAI(base_url=tool_deployment.base_url, api_key="-", max_retries=0)
-    asked = {"model": tool_deployment.name, "max_tokens": 48, "temperature": 0}
+    asked = {"model": tool_deployment.name, "temperature": 0, "tools": [t.openai_schema() for t in tiny_tools()]}
     messages = [{"role": "user", "content": "What is 17 times 23?"}]
-    schemas = [tool.openai_schema() for tool in tiny_tools()]
-    whole = client.chat.completions.create(messages=messages, tools=schemas, **asked).choices[0]
-    assert whole.finish_reason == "tool_calls" and "<tool_call>" not in (whole.message.content or "")
+    whole = client.chat.completions.create(messages=messages, max_tokens=128, **asked).choices[0]
+    assert whole.finish_reason == "tool_calls" and whole.message.content is None
     (call,) = whole.message.tool_calls
     assert call.function.name == "calculator" and json.loads(call.function.arguments) == {"expression": "17 * 23"}
     calls, content, finish = {}, "", None
-    for part in client.chat.completions.create(messages=messages, tools=schemas, stream=True, **asked):
+    for part in client.chat.completions.create(messages=messages, max_tokens=128, stream=True, **asked):
         delta = part.choices[0].delta if part.choices else None
         content += (delta and delta.content) or ""
         for piece in (delta and delta.tool_calls) or []:
             calls[piece.index] = piece.function
         finish = (part.choices and part.choices[0].finish_reason) or finish
-    assert finish == "tool_calls" and "<tool_call>" not in content
+    assert finish == "tool_calls" and content == ""
     assert [(c.name, json.loads(c.arguments)) for c in calls.values()] == [("calculator", {"expression": "17 * 23"})]
-    with urllib.request.urlopen(tool_deployment.base_url.removesuffix("/v1") + "/health") as reply:
-        assert json.load(reply)["load"]["malformed_tool_calls"] == 0
+    # cut off by max_tokens before its </tool_call>: the call comes back as content, and is counted
+    before = malformed_so_far(tool_deployment.base_url)
+    cut = client.chat.completions.create(messages=messages, max_tokens=24, **asked).choices[0]
+    assert cut.finish_reason == "length" and not cut.message.tool_calls
+    assert cut.message.content.startswith("<tool_call>")
+    assert malformed_so_far(tool_deployment.base_url) == before + 1

@@ -61,6 +61,8 @@ from onestop.models.tool_formats import ToolFormat, tool_format
 
 GENERATION_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 GENERATION_PATHS = {kind: path for path, kind in GENERATION_ROUTES.items()}
+# the engines that honour tool_choice and parallel_tool_calls themselves (transformers serve ignores both)
+CHOOSING_BACKENDS = ("lmdeploy", "vllm")
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class GatewayState:
     model: str
     """The name clients call the model by."""
     backend: str
-    """transformers or lmdeploy"""
+    """transformers, lmdeploy or vllm"""
     backend_model: str
     """The name the backend knows the model by."""
     backend_port: int
@@ -137,7 +139,7 @@ class Gateway:
         self.timeout_s = state.limits.request_timeout_s
         self.admission = Admission(state.limits.max_concurrent_requests, state.limits.max_queued_requests)
         self.log = ConversationLog(state.conversations_log, api_key) if state.conversations_log else None
-        self.tools = ToolSupport(tool_calls=state.tool_calls, tool_choice=state.backend == "lmdeploy")
+        self.tools = ToolSupport(tool_calls=state.tool_calls, tool_choice=state.backend in CHOOSING_BACKENDS)
         self.reply_format: ToolFormat | None = (
             tool_format(state.tool_format) if state.backend == "transformers" else None
         )

@@ -78,7 +78,22 @@ class EventRelay:
                 payload["model"] = self.served_name
             if self.reading is not None:
                 payload = self.reading.rewrite(payload)
+                if _says_nothing(payload):  # all it carried is held back: a call may be starting
+                    return b""
             if self.single_tool_call:
                 payload = first_tool_call_only(payload)
             self.reply.feed(payload)
         return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+def _says_nothing(payload: dict) -> bool:
+    """A chunk with choices whose deltas are empty and that finishes nothing (nor carries usage)."""
+    choices = payload.get("choices")
+    return (
+        bool(choices)
+        and not payload.get("usage")
+        and all(
+            not any(value for value in (choice.get("delta") or {}).values()) and not choice.get("finish_reason")
+            for choice in choices
+        )
+    )

@@ -113,6 +113,11 @@ class SFTDataModule(L.LightningDataModule):
         """Raw text read lazily from its files; validation, if any, prepared normally from `data.val_path`."""
         if self.cfg.format != "text":
             raise OnestopError(f"data.streaming: streams raw text (data=text); got data.format={self.cfg.format}")
+        if self.cfg.get("curate"):
+            raise OnestopError(
+                "data.curate: a streamed corpus is read as it trains, never curated as a whole; "
+                "set data.streaming=false, or data.curate=[]"
+            )
         paths = [source.path for source in sources_of(self.cfg)]
         for path in paths:
             if is_hub_dataset_id(path) or not Path(path).is_file():

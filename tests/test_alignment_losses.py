@@ -93,7 +93,7 @@ def test_kto_weights_desirable_and_undesirable_answers_around_the_reference_poin
 
 def test_the_stage_table_is_the_configs_list_of_stages():
     assert tuple(STAGES) == CHOICES["stage"]
-    assert {name for name, stage in STAGES.items() if stage.reference} == {"dpo", "kto"}
+    assert {name for name, stage in STAGES.items() if stage.reference} == {"dpo", "kto", "grpo"}
 
 
 def test_reference_log_probs_are_the_base_models_and_computed_once_per_sequence():

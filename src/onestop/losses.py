@@ -238,3 +238,66 @@ def pairwise_reward_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: f
     """A reward model's Bradley-Terry loss per pair (Ouyang et al. 2022; the margin as in Llama 2):
     -log sigmoid(r_chosen - r_rejected - margin), on the scalar scores r the model gives each whole sequence."""
     return -F.logsigmoid(chosen - rejected - margin)
+
+
+# GRPO (Shao et al. 2024, DeepSeekMath): rewards of a group of answers sampled for one prompt, turned into
+# advantages relative to the group, and a PPO-style clipped objective per answer token.
+GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+
+
+def grpo_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
+    """Each reward minus its group's mean, divided by the group's standard deviation (unbiased, + 1e-4) when
+    `scale` (Dr. GRPO leaves it out). `rewards`: one per answer, the `group_size` answers of a prompt adjacent."""
+    groups = rewards.view(-1, group_size)
+    advantages = groups - groups.mean(dim=1, keepdim=True)
+    if scale:
+        advantages = advantages / (groups.std(dim=1, keepdim=True) + 1e-4)
+    return advantages.reshape(-1)
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+    ref_logps: torch.Tensor | None = None,
+    beta: float = 0.0,
+    loss_type: str = "grpo",
+    max_new_tokens: int | None = None,
+) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    """The clipped policy-gradient loss over answer tokens, with an optional KL to the reference:
+
+        ratio = exp(logp - old_logp)    per token: -min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A) + beta kl
+        kl = exp(ref - logp) - (ref - logp) - 1          (the k3 estimator, Schulman 2020; >= 0)
+
+    `logps`, `old_logps`, `ref_logps`, `mask`: (answers, tokens); `advantages`: one per answer. Returns the loss
+    summed over what `loss_type` averages over, that count, the mean KL per token and the share of tokens clipped:
+    grpo averages tokens within each answer, then answers (count: answers); dapo averages every token of the batch
+    (count: tokens); dr_grpo divides each answer's token sum by `max_new_tokens` (count: answers)."""
+    mask = mask.to(logps.dtype)
+    ratio = torch.exp(logps - old_logps)
+    advantage = advantages.unsqueeze(1)
+    unclipped, clipped = ratio * advantage, torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * advantage
+    per_token = -torch.min(unclipped, clipped)
+    tokens = mask.sum().clamp(min=1)
+    kl = torch.zeros((), dtype=logps.dtype, device=logps.device)
+    if ref_logps is not None:
+        delta = ref_logps - logps
+        per_token_kl = torch.exp(delta) - delta - 1
+        kl = (per_token_kl * mask).sum().detach() / tokens
+        if beta:
+            per_token = per_token + beta * per_token_kl
+    clip_fraction = ((clipped < unclipped).to(logps.dtype) * mask).sum().detach() / tokens
+    if loss_type == "grpo":
+        loss_sum, count = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum(), logps.size(0)
+    elif loss_type == "dapo":
+        loss_sum, count = (per_token * mask).sum(), int(mask.sum())
+    elif loss_type == "dr_grpo":
+        if not max_new_tokens:
+            raise ValueError("grpo_loss: loss_type='dr_grpo' needs max_new_tokens")
+        loss_sum, count = (per_token * mask).sum() / max_new_tokens, logps.size(0)
+    else:
+        raise ValueError(f"grpo_loss: loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
+    return loss_sum, count, kl, clip_fraction

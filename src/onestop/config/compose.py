@@ -164,14 +164,15 @@ def _missing_value_message(key: str) -> str:
 
 
 CHOICES = {
-    "data.format": ("alpaca", "sharegpt", "messages", "text", "preference", "unpaired", "feedback"),
+    "data.format": ("alpaca", "sharegpt", "messages", "text", "preference", "unpaired", "feedback", "prompts"),
     "data.on_error": ("raise", "skip"),
     "data.overlength": ("truncate", "drop"),
     "model.source": ("hub", "embedded"),
     "model.attn_implementation": ("eager", "sdpa", "flash_attention_2", "flex_attention"),
     # onestop.training.stages.STAGES, the table that runs them (a test keeps the two equal)
-    "stage": ("sft", "pretrain", "dpo", "kto", "orpo", "simpo", "rm"),
+    "stage": ("sft", "pretrain", "dpo", "kto", "orpo", "simpo", "rm", "grpo"),
     "dpo.loss_type": ("sigmoid", "ipo", "hinge"),
+    "rl.loss_type": ("grpo", "dapo", "dr_grpo"),
     "format": ("merged", "adapter"),
     "sweep.direction": ("minimize", "maximize"),
     # lightning.Trainer's precision values (its _PRECISION_INPUT), and onestop's own auto

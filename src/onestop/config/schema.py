@@ -65,7 +65,8 @@ class DataConfig:
     """Short name of the option, used in run names."""
     format: str = "alpaca"
     """Record layout: alpaca, sharegpt, messages, text, preference (prompt/chosen/rejected), unpaired
-    (prompt/completion/label, for stage=kto) or feedback (the web UI's feedback.jsonl, read as unpaired)."""
+    (prompt/completion/label, for stage=kto), feedback (the web UI's feedback.jsonl, read as unpaired) or prompts
+    (prompt or messages plus fields for the rewards, for stage=grpo)."""
     path: str = MISSING
     """A JSON/JSONL/CSV/Parquet file, a glob of them, or a Hugging Face dataset id (online)."""
     columns: dict[str, str] = field(default_factory=dict)
@@ -356,6 +357,40 @@ class SimPOConfig:
 
 
 @dataclass
+class RLConfig:
+    """stage=grpo: sampling, rewards and the clipped objective (onestop.training.stages.grpo)."""
+
+    num_generations: int = 8
+    """Answers sampled per prompt; advantages compare each answer with its group (at least 2)."""
+    max_new_tokens: int = 64
+    """Longest sampled answer, in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature; lower makes a group's answers alike (no signal when all score the same)."""
+    top_p: float = 1.0
+    """Nucleus sampling; 1 samples from the whole distribution."""
+    rewards: list[str] = field(default_factory=lambda: ["exact_match"])
+    """Rewards summed per answer: exact_match, contains, number_match, format, or a user's module:function
+    `fn(prompt: str, completion: str, **fields) -> float` (onestop.training.rewards)."""
+    reward_weights: list[float] | None = None
+    """A weight per reward, in the order of `rewards`; None weighs each 1."""
+    answer_field: str = "answer"
+    """The prompt record's field exact_match, contains and number_match compare with."""
+    format_pattern: str | None = None
+    """The regular expression the `format` reward wants the whole answer to match."""
+    beta: float = 0.0
+    """Weight of the KL to the reference in the loss (DeepSeekMath: 0.04; TRL's default 0: KL only logged)."""
+    epsilon: float = 0.2
+    """Clip range below (and above, unless epsilon_high) a ratio of 1."""
+    epsilon_high: float | None = None
+    """Clip range above 1 (DAPO's clip-higher: 0.28); None: epsilon."""
+    loss_type: str = "grpo"
+    """grpo (per-answer token mean, then mean over answers), dapo (mean over every token of the batch) or
+    dr_grpo (token sums divided by max_new_tokens)."""
+    scale_rewards: bool = True
+    """Divide advantages by the group's reward std; false is Dr. GRPO (no bias towards easy or hard prompts)."""
+
+
+@dataclass
 class RMConfig:
     margin: float = 0.0
     """Score gap the chosen answer must clear over the rejected one before a pair stops pulling (Llama 2's
@@ -474,12 +509,17 @@ class TrainConfig:
     stage: str = "sft"
     """sft (supervised fine-tuning), pretrain (raw text, loss on every token), dpo, orpo or simpo (preference
     pairs; orpo and simpo need no reference model), kto (answers rated desirable or not) or rm (a reward model:
-    a score head trained on preference pairs); one module each in onestop/training/stages."""
+    a score head trained on preference pairs) or grpo (online RL on rewards a program checks, data=prompts); one
+    module each in onestop/training/stages."""
     dpo: DPOConfig = field(default_factory=DPOConfig)
     kto: KTOConfig = field(default_factory=KTOConfig)
     orpo: ORPOConfig = field(default_factory=ORPOConfig)
     simpo: SimPOConfig = field(default_factory=SimPOConfig)
     rm: RMConfig = field(default_factory=RMConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    init_from: str | None = None
+    """Start from an earlier run's weights (its directory): its adapter merged into the base, or its full
+    model; the method then applies anew, and the reference is that starting point (SFT, then GRPO or DPO)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: FastPathsConfig = field(default_factory=FastPathsConfig)
     resume: str | None = None

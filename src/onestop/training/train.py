@@ -17,6 +17,7 @@ from onestop.core.errors import OnestopError
 from onestop.core.rundir import RunDir, job_config
 from onestop.data.preference import feedback_as_unpaired
 from onestop.data.prepare import prepare
+from onestop.data.prompts import PromptDataModule
 from onestop.data.report import print_report
 from onestop.data.sft import SFTDataModule
 from onestop.data.vocabulary import train_tokenizer
@@ -50,7 +51,7 @@ from onestop.training.resume import (
 from onestop.training.sharding import full_parameters, parameters_per_rank, weights_sharded
 from onestop.training.stages import stage_of
 from onestop.training.stages.reference import Reference
-from onestop.training.weights import export_trained
+from onestop.training.weights import export_trained, start_from_run
 
 
 @dataclass
@@ -104,20 +105,25 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
         tokenizer = train_tokenizer(tokenizer, cfg.data, cfg.model.train_tokenizer)
     data_cfg = feedback_as_unpaired(cfg.data)  # the web UI's ratings are read as rated answers
     plan = RunPlan.batches(cfg, stage, model_type(cfg.model, model_path))
-    prepared = None if cfg.data.streaming else prepare(plan.data(data_cfg), tokenizer, seed=cfg.seed)
+    online = stage.layout == "prompts"  # prompts only: the stage samples its answers while it trains
+    prepared = None if cfg.data.streaming or online else prepare(plan.data(data_cfg), tokenizer, seed=cfg.seed)
     print_report(prepared)
     plan = plan.fitted(cfg, None if plan.packing or prepared is None else prepared.report.max_len or None)
     for line in plan.notes:
         print(line, flush=True)
     run_cfg = plan.run_config(cfg)  # what this run does, `auto` resolved: its config.yaml and recipe
-    datamodule = SFTDataModule(
-        plan.data(data_cfg),
-        tokenizer,
-        seed=cfg.seed,
-        stage=stage.name,
-        accumulate_grad_batches=plan.accumulate_grad_batches,
-        layout=stage.layout,
-        prepared=prepared,
+    datamodule = (
+        PromptDataModule(plan.data(data_cfg), tokenizer, seed=cfg.seed)
+        if online
+        else SFTDataModule(
+            plan.data(data_cfg),
+            tokenizer,
+            seed=cfg.seed,
+            stage=stage.name,
+            accumulate_grad_batches=plan.accumulate_grad_batches,
+            layout=stage.layout,
+            prepared=prepared,
+        )
     )
     datamodule.setup()
 
@@ -136,6 +142,8 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
             model_path,
             quantization=cfg.method.get("quantization"),
         )
+    if cfg.init_from:
+        model = start_from_run(model, cfg.init_from, cfg.model)
     model = apply_liger_kernels(model, cfg.train)
     reference = Reference.of(model, adapter=cfg.method.adapter) if stage.reference else None
     model = prepare_model_for_hardware(method_from_config(cfg.method)(model), cfg.hardware)
@@ -152,9 +160,12 @@ def _train(cfg: DictConfig, run: RunDir, callbacks: Sequence) -> TrainResult:
 
     # Created only now: a config, data or model error leaves no half-made run directory behind.
     run.create()
-    run.write_config(run_cfg)
-    if datamodule.prepared is not None:  # a streamed corpus is never prepared as a whole
-        run.write_data_report(asdict(datamodule.report), datamodule.prepared.directory / "lengths.png")
+    # Written by the run's first process alone: a rank that starts before it (another node) must not make the
+    # directory look like an earlier run to it.
+    if first_process():
+        run.write_config(run_cfg)
+        if datamodule.prepared is not None:  # a streamed corpus is never prepared as a whole
+            run.write_data_report(asdict(datamodule.report), datamodule.prepared.directory / "lengths.png")
 
     logger = build_logger(cfg.logger, run_dir)
     if logger:

@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
+from onestop.core.errors import OnestopError
 from onestop.core.files import save_pretrained_atomic
 from onestop.core.rundir import RunDir
 
@@ -17,6 +18,23 @@ def export_trained(model, tokenizer, run: RunDir) -> Path:
         return save_pretrained_atomic(model, tokenizer, run.weights_dir(adapter))
     model.config.use_cache = True
     return save_pretrained_atomic(model, tokenizer, run.weights_dir(adapter), state_dict=load_dtype_state(model))
+
+
+def start_from_run(model, run_dir: str, model_cfg) -> torch.nn.Module:
+    """`model` (the run's base, loaded) with what the earlier run `run_dir` trained: its adapter merged in, or
+    its full weights (`init_from`). The earlier run must have trained the same model."""
+    run = RunDir.existing(run_dir, key="init_from")
+    trained = run.model_config().get("name")
+    if trained != model_cfg.name:
+        raise OnestopError(f"config key 'init_from': {run_dir} trained model={trained}; add model={trained}")
+    weights = run.weights()
+    if weights.is_adapter:
+        return PeftModel.from_pretrained(model, str(weights.path)).merge_and_unload()
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(str(weights.path), dtype=model.dtype)
+    model.load_state_dict(saved.state_dict())
+    return model
 
 
 def load_dtype_state(model) -> dict | None:

@@ -8,7 +8,7 @@ one line below.
 from omegaconf import DictConfig
 
 from onestop.core.errors import OnestopError
-from onestop.training.stages import dpo, kto, orpo, pretrain, rm, sft, simpo
+from onestop.training.stages import dpo, grpo, kto, orpo, pretrain, rm, sft, simpo
 from onestop.training.stages.base import Stage
 
 STAGES: dict[str, Stage] = {
@@ -19,6 +19,7 @@ STAGES: dict[str, Stage] = {
     "orpo": orpo.STAGE,
     "simpo": simpo.STAGE,
     "rm": rm.STAGE,
+    "grpo": grpo.STAGE,
 }
 
 

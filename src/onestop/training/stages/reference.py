@@ -35,6 +35,21 @@ class Reference:
             return values
         return torch.tensor([self.cache[key] for key in keys], device=batch["input_ids"].device)
 
+    @contextlib.contextmanager
+    def network(self, policy: torch.nn.Module):
+        """The reference as a module to call, for a loss that needs more than summed log-probabilities (per-token
+        ones: stage=grpo's KL); nothing is cached."""
+        if self.frozen is not None:
+            frozen = self.frozen[0]
+            device = next(policy.parameters()).device
+            if next(frozen.parameters()).device != device:
+                frozen.to(device)
+            yield frozen
+            return
+        disabled = policy.disable_adapter() if hasattr(policy, "disable_adapter") else None
+        with disabled or contextlib.nullcontext():
+            yield policy
+
     def _score(self, policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.frozen is not None:
             frozen = self.frozen[0]

@@ -136,3 +136,21 @@ def test_a_merged_export_of_other_weights_is_merged_again_not_served(used, capsy
 
     (merged / SOURCE_FILE).unlink()  # an export that records nothing (an older onestop's) is not trusted either
     assert not current_export(run)
+
+
+def test_a_start_that_trained_nothing_is_taken_over_and_a_trained_run_is_not(tmp_path, capsys):
+    """A node that never met the others leaves only config.yaml: starting again needs no overwrite=true."""
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "config.yaml").write_text("seed: 1\n")
+    RunDir(stopped).claim(resume=None, overwrite=False)
+    assert "an earlier start here trained nothing (config.yaml); starting over" in capsys.readouterr().out
+    assert not (stopped / "config.yaml").exists()
+
+    trained = tmp_path / "trained"
+    (trained / "checkpoints").mkdir(parents=True)
+    (trained / "config.yaml").write_text("seed: 1\n")
+    (trained / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    with pytest.raises(OnestopError, match="already holds a run"):
+        RunDir(trained).claim(resume=None, overwrite=False)
+    assert (trained / "config.yaml").is_file()

@@ -49,6 +49,8 @@ RUN/eval/TIME/ for a run's evaluation, runs/eval/TIME/ for another."""
 
 # What a training run leaves in its directory; any of them means the directory is a run's.
 _RUN_ARTEFACTS = ("config.yaml", "checkpoints", "adapter", "model", "metrics.json", "recipe.yaml")
+# What a start writes before its first step; a directory holding only these trained nothing.
+_WRITTEN_BEFORE_TRAINING = {"config.yaml"}
 
 
 def job_config(cfg: DictConfig) -> dict:
@@ -319,6 +321,13 @@ class RunDir:
             )
         held = self.holdings()
         if not held or (resume and not overwrite):
+            return
+        if not overwrite and set(held) <= _WRITTEN_BEFORE_TRAINING:
+            # A start that stopped before its first step (a node that never met the others, a data error on
+            # another rank) trained nothing: this run takes its place rather than asking for overwrite=true.
+            print(f"{self.path}: an earlier start here trained nothing ({', '.join(held)}); starting over", flush=True)
+            for name in held:
+                _remove(self.path / name.rstrip("/"))
             return
         if not overwrite:
             raise OnestopError(

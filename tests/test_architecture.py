@@ -2,6 +2,7 @@
 
 import ast
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +65,14 @@ def test_the_package_graph_in_the_docs_matches_the_code():
     spec = importlib.util.spec_from_file_location("make_architecture", PROJECT_ROOT / "docs" / "make_architecture.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.current_block() in module.DOC.read_text(), "run: python docs/make_architecture.py"
-    assert module.PNG.is_file()
+    text = module.DOC.read_text()
+    assert module.current_block() in text, "run: python docs/make_architecture.py"
+    assert module.current_chain_block() in text, "run: python docs/make_architecture.py"
+    assert module.PNG.is_file() and module.CHAIN_PNG.is_file()
+    # the layers table names the import-linter contract's layers, in its order and with its numbers
+    table = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    documented = [(int(number), sorted(re.findall(r"`(\w+)`", names))) for number, names in table]
+    assert documented == [(number, sorted(names)) for number, names in module.layers()]
     edges = module.package_edges()
     assert ("training", "data") in edges and ("evaluation", "losses") in edges
     assert not any(b == "cli" for _, b in edges) and not any(a == "core" for a, _ in edges)

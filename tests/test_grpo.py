@@ -180,3 +180,13 @@ def test_grpo_starts_from_an_sft_runs_adapter(tmp_path):
     result = train(cfg)
     assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
     assert OmegaConf.load(result.run_dir / "config.yaml").init_from == str(sft.run_dir)
+
+
+def test_grpo_refuses_data_without_prompts_in_one_line(tmp_path):
+    cfg = compose(
+        "model=tiny", "hardware=cpu", "stage=grpo", "data=alpaca", f"data.path={ASSETS / 'alpaca_small.jsonl'}",
+        run_dir=tmp_path / "run",
+    )  # fmt: skip
+    with pytest.raises(OnestopError) as error:
+        train(cfg)
+    assert str(error.value) == "stage=grpo: needs prompts (data=prompts); got data.format=alpaca"

@@ -55,6 +55,8 @@ class PromptDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set:
             return
+        if self.cfg.format != "prompts":
+            raise OnestopError(f"stage=grpo: needs prompts (data=prompts); got data.format={self.cfg.format}")
         records = read_records(self.cfg.path)
         digest = hashlib.blake2b(digest_size=16)
         lengths = []

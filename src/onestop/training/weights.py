@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from onestop.core.errors import OnestopError
 from onestop.core.files import save_pretrained_atomic
@@ -30,8 +31,6 @@ def start_from_run(model, run_dir: str, model_cfg) -> torch.nn.Module:
     weights = run.weights()
     if weights.is_adapter:
         return PeftModel.from_pretrained(model, str(weights.path)).merge_and_unload()
-    from transformers import AutoModelForCausalLM
-
     saved = AutoModelForCausalLM.from_pretrained(str(weights.path), dtype=model.dtype)
     model.load_state_dict(saved.state_dict())
     return model

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import ASSETS, compose, run_invoke
 from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
 
 from onestop.core.errors import OnestopError
 from onestop.losses import grpo_advantages, grpo_loss
@@ -180,6 +181,10 @@ def test_grpo_starts_from_an_sft_runs_adapter(tmp_path):
     result = train(cfg)
     assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
     assert OmegaConf.load(result.run_dir / "config.yaml").init_from == str(sft.run_dir)
+    # The new adapter sits on the base with the SFT adapter merged in: that is also the reference (adapter off).
+    base = AutoModelForCausalLM.from_pretrained(ASSETS / "tiny-qwen2").model.layers[0].self_attn.q_proj.weight
+    started = result.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    assert started.shape == base.shape and not torch.equal(started, base)
 
 
 def test_grpo_refuses_data_without_prompts_in_one_line(tmp_path):

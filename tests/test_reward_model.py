@@ -43,7 +43,7 @@ def reward_run(tmp_path_factory):
     """`invoke train stage=rm` with LoRA on the 12 pairs, as a user types it."""
     run_dir = tmp_path_factory.mktemp("rm") / "run"
     result = run_invoke(
-        "train", *TINY, "stage=rm", "data.batch_size=12", "optim.lr=2e-2", "trainer.max_steps=8", *SHORT,
+        "train", *TINY, "stage=rm", "data.batch_size=12", "optim.lr=5e-3", "trainer.max_steps=8", *SHORT,
         f"hydra.run.dir={run_dir}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

@@ -148,7 +148,14 @@ def test_invoke_train_grpo_raises_a_verifiable_reward(tmp_path):
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > first + 0.3 and last >= 0.8, rewards
     assert logged(run_dir, "train/reward_format") == rewards
-    for key in ("train/reward_std", "train/zero_std_fraction", "train/kl", "train/completion_length"):
+    for key in (
+        "train/reward_std",
+        "train/zero_std_fraction",
+        "train/kl",
+        "train/completion_length",
+        "train/generation_seconds",
+        "train/reward_seconds",
+    ):
         assert len(logged(run_dir, key)) == 12, key
     assert logged(run_dir, "train/kl")[0] == 0.0  # before the first update the policy is the reference
     assert (run_dir / "model" / "config.json").is_file()

@@ -15,6 +15,7 @@ LMDeploy) are not wired: generation runs here, on the device that trains.
 """
 
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,9 @@ class GRPOLoss:
 
     def __call__(self, model: torch.nn.Module, batch: dict) -> Terms:
         group, prompt_len = self.rl.num_generations, batch["input_ids"].size(1)
+        started = time.perf_counter()
         sequences, mask, answer_mask = self.sample(model, batch)
+        sampled = time.perf_counter()
         answers = sequences[:, prompt_len:]
         texts = self.tokenizer.batch_decode(
             answers * answer_mask + self.pad * (1 - answer_mask), skip_special_tokens=True
@@ -93,6 +96,7 @@ class GRPOLoss:
         prompts = [p for p in batch["prompts"] for _ in range(group)]
         records = [f for f in batch["fields"] for _ in range(group)]
         per_reward, totals, failures = score(self.rewards, prompts, texts, records)
+        scored = time.perf_counter()
         for name, count in failures.items():
             self.failures[name] = self.failures.get(name, 0) + count
         rewards = torch.tensor(totals, dtype=torch.float32, device=sequences.device)
@@ -125,6 +129,8 @@ class GRPOLoss:
             "kl": kl,
             "clip_fraction": clipped,
             "completion_length": answer_mask.sum(1).float().mean(),
+            "generation_seconds": torch.tensor(sampled - started),
+            "reward_seconds": torch.tensor(scored - sampled),
         }
         for name, values in per_reward.items():
             logged[f"reward_{name.replace(':', '.')}"] = torch.tensor(statistics.fmean(values))

@@ -118,3 +118,19 @@ def test_a_full_weight_reward_model_loads_back_with_its_head(tmp_path):
     with torch.no_grad():
         expected = in_memory(**ids).logits.squeeze().item()
     assert scorer.score(["Hello there."]) == pytest.approx([expected], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=freeze"], r"method=freeze: stage=rm's score head is new and must train"),
+        (["periodic_eval.every_n_steps=1"], r"periodic_eval.every_n_steps: a reward model does not generate"),
+    ],
+)
+def test_a_reward_model_that_could_not_learn_or_would_be_asked_to_generate_stops_in_one_line(
+    tmp_path, overrides, message
+):
+    cfg = compose(*TINY, "stage=rm", "trainer.max_steps=1", *SHORT, *overrides, run_dir=tmp_path / "run")
+    with pytest.raises(OnestopError, match=message) as refused:
+        train(cfg)
+    assert "\n" not in str(refused.value) and not (tmp_path / "run").exists()  # stopped before the run began

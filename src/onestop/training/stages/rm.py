@@ -23,6 +23,16 @@ class PairwiseRewardLoss:
     def __init__(self, cfg: DictConfig, model: torch.nn.Module, reference: None = None):
         if cfg.model.from_scratch:
             raise OnestopError("model.from_scratch: stage=rm puts a score head on a pretrained model; set it false")
+        if cfg.periodic_eval.every_n_steps:
+            raise OnestopError(
+                "periodic_eval.every_n_steps: a reward model does not generate; set it to 0 and score the run "
+                "afterwards with invoke eval run_dir=RUN eval=rm eval.path=PAIRS"
+            )
+        if not any(p.requires_grad for name, p in model.named_parameters() if "score" in name.split(".")):
+            raise OnestopError(
+                f"method={cfg.method.name}: stage=rm's score head is new and must train, and this method leaves it "
+                "frozen; use method=lora or method=full (method=freeze: add score to method.trainable_modules)"
+            )
         self.margin = cfg.rm.margin
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Terms:

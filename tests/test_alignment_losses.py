@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import ASSETS
 
-from onestop.config.compose import CHOICES
+from onestop.config.compose import CHOICES, WHOLE_SEQUENCE_STAGES
 from onestop.data.batching import pad_pairs
 from onestop.losses import (
     DPO_LOSS_TYPES,
@@ -93,6 +93,7 @@ def test_kto_weights_desirable_and_undesirable_answers_around_the_reference_poin
 
 def test_the_stage_table_is_the_configs_list_of_stages():
     assert tuple(STAGES) == CHOICES["stage"]
+    assert {name for name, stage in STAGES.items() if stage.scored_whole} == set(WHOLE_SEQUENCE_STAGES)
     assert {name for name, stage in STAGES.items() if stage.reference} == {"dpo", "kto", "grpo"}
 
 

@@ -163,6 +163,11 @@ def _missing_value_message(key: str) -> str:
     return f"config key '{key}': required and not set; set it with {key}=VALUE"
 
 
+# Stages whose loss scores a whole sequence (a preference pair, a rated or sampled answer) rather than each
+# labelled token: their loss needs the whole output head. onestop.training.stages declares each stage's
+# `scored_whole`; the estimate, a layer below training, reads this (a test keeps the two equal).
+WHOLE_SEQUENCE_STAGES = ("dpo", "kto", "orpo", "simpo", "rm", "grpo")
+
 CHOICES = {
     "data.format": ("alpaca", "sharegpt", "messages", "text", "preference", "unpaired", "feedback", "prompts"),
     "data.on_error": ("raise", "skip"),

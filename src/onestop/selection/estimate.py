@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from omegaconf import DictConfig
 
+from onestop.config.compose import WHOLE_SEQUENCE_STAGES
 from onestop.core.errors import OnestopError
 from onestop.models.heads import is_plain_head
 from onestop.models.precision import weights_dtype, without_bf16
@@ -203,12 +204,13 @@ def cannot_run(cfg: DictConfig, device: Device, settings: Settings) -> str | Non
 
 def configured_loss_chunk(cfg: DictConfig) -> int | None:
     """train.loss_chunk_size as set, or for `auto`: None (the estimate chooses), or 0 where the loss needs the
-    whole head (stage=dpo) or a fused kernel already never holds the logits whole."""
+    whole head (a stage scoring whole sequences: WHOLE_SEQUENCE_STAGES) or a fused kernel already never holds the
+    logits whole."""
     train = cfg.get("train")
     chunk = train.get("loss_chunk_size", 0) if train is not None else 0
     if chunk != "auto":
         return int(chunk)
-    if cfg.get("stage") == "dpo" or train.get("liger_kernels") or train.get("cut_cross_entropy"):
+    if cfg.get("stage") in WHOLE_SEQUENCE_STAGES or train.get("liger_kernels") or train.get("cut_cross_entropy"):
         return 0
     return None
 
@@ -385,9 +387,9 @@ def find_fix(cfg: DictConfig, device: Device, current: Settings, run_steps: int 
 
 def can_chunk_loss(cfg: DictConfig) -> bool:
     """Whether the head and loss of this run can go in chunks exactly: a plain linear head, a token-level loss
-    (not stage=dpo), no virtual tokens in front, and no fused kernel doing it already."""
+    (not a stage scoring whole sequences), no virtual tokens in front, and no fused kernel doing it already."""
     train = cfg.get("train") or {}
-    if cfg.get("stage") == "dpo" or train.get("liger_kernels") or train.get("cut_cross_entropy"):
+    if cfg.get("stage") in WHOLE_SEQUENCE_STAGES or train.get("liger_kernels") or train.get("cut_cross_entropy"):
         return False
     architecture, _ = architecture_config(cfg.model)
     return is_plain_head(architecture) and "num_virtual_tokens" not in cfg.method

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import ASSETS, compose, run_invoke
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from onestop.core.errors import OnestopError
@@ -202,3 +203,20 @@ def test_grpo_refuses_data_without_prompts_in_one_line(tmp_path):
     with pytest.raises(OnestopError) as error:
         train(cfg)
     assert str(error.value) == "stage=grpo: needs prompts (data=prompts); got data.format=alpaca"
+
+
+def test_a_resumed_grpo_run_samples_and_ends_as_an_unbroken_one(tmp_path):
+    # Checkpoints hold the RNG states (TrainingPosition): the resumed run draws the same answers from step 4 on.
+    steps = [
+        *TINY_GRPO, "method=full", "optim.lr=3e-2", "data.batch_size=2", "rl.num_generations=4", "rl.max_new_tokens=2",
+        "rl.rewards=[format]", "rl.format_pattern='[a-z]+'", "scheduler.warmup_ratio=0", "scheduler.min_lr_ratio=1.0",
+        "logger=csv", "trainer.log_every_n_steps=1", "checkpoint.every_n_steps=3", "trainer.max_epochs=100",
+    ]  # fmt: skip
+    unbroken = train(compose(*steps, "trainer.max_steps=6", run_dir=tmp_path / "unbroken"))
+    train(compose(*steps, "trainer.max_steps=3", run_dir=tmp_path / "resumed"))
+    resumed = train(compose(*steps, "trainer.max_steps=6", "resume=auto", run_dir=tmp_path / "resumed"))
+    assert resumed.metrics["resumed_from"].endswith(".ckpt")
+    assert logged(resumed.run_dir, "train/reward") == logged(unbroken.run_dir, "train/reward")[3:]
+    expected = load_file(unbroken.run_dir / "model" / "model.safetensors")
+    got = load_file(resumed.run_dir / "model" / "model.safetensors")
+    assert all(torch.equal(got[name], expected[name]) for name in expected)

@@ -146,6 +146,7 @@ def test_invoke_train_grpo_raises_a_verifiable_reward(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rewards = logged(run_dir, "train/reward")
     assert len(rewards) == 12
+    assert "step 12/12" in result.stdout and f"reward {rewards[-1]:.3f}, " in result.stdout, result.stdout  # progress
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > first + 0.3 and last >= 0.8, rewards
     assert logged(run_dir, "train/reward_format") == rewards

@@ -64,6 +64,8 @@ class TrainingModule(L.LightningModule):
         self.log("loss", mean_loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         if "accuracy" in terms.logged:
             self.log("acc", terms.logged["accuracy"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        if "reward" in terms.logged:  # online RL: its loss stays near 0 by construction; the reward is what moves
+            self.log("reward", terms.logged["reward"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return terms.loss_sum * self.step_loss_scale(batch, terms.count)
 

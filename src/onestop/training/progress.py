@@ -1,4 +1,4 @@
-"""The training progress display: loss, tokens/s and validation loss, nothing else.
+"""The training progress display: loss, tokens/s and validation loss (and online RL's reward), nothing else.
 
 On a terminal a bar redraws in place; in a log (CI, a pipe, a file) a redrawing bar would leave one line of
 thousands of carriage returns, so there a line is printed after the first step, about every 30 s, at the end,
@@ -62,6 +62,8 @@ class LogLines(ProgressBar):
         metrics = trainer.progress_bar_metrics
         if "loss" in metrics:
             parts.append(f"loss {float(metrics['loss']):.4f}")
+        if "reward" in metrics:
+            parts.append(f"reward {float(metrics['reward']):.3f}")
         if "tok/s" in metrics:
             parts.append(f"{float(metrics['tok/s']):.0f} tok/s")
         elapsed = now - self._started

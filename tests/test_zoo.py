@@ -50,6 +50,11 @@ PUBLISHED = {
     "mistral_7b": (7.25, "Hub, mistralai/Mistral-7B-Instruct-v0.3: 7.25B"),
     "minicpm": (2.72, "MiniCPM README: 2.4B non-embedding, 2.7B with embeddings; Hub: 2.72B"),
     "yi": (6.06, "Hub, 01-ai/Yi-1.5-6B-Chat: 6.06B"),
+    # vision-language: the vision tower and projector count too
+    "qwen2_5_vl_3b": (3.75, "Hub, Qwen/Qwen2.5-VL-3B-Instruct: 3.75B"),
+    "qwen3_vl_4b": (4.44, "Hub, Qwen/Qwen3-VL-4B-Instruct: 4.44B"),
+    "internvl3_2b": (2.09, "Hub, OpenGVLab/InternVL3-2B: 2.09B (InternViT-300M + Qwen2.5-1.5B)"),
+    "gemma3_4b": (4.3, "Gemma 3 technical report, table 1: 417M vision encoder, 675M embedding, 3,209M non-embedding"),
 }
 
 

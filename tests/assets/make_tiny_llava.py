@@ -76,6 +76,9 @@ def main() -> None:
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # Wider than the default 0.02: with embeddings tied to the output head, 0.02 bounds a toy model's logits near
+        # zero, and an adapter (which cannot rescale the head) could never make any answer likely.
+        initializer_range=0.25,
     )
     vision = SiglipVisionConfig(
         hidden_size=32,

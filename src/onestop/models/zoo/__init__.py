@@ -188,7 +188,7 @@ def native_config(config: dict):
     if config.get("model_type") == "gemma3" and "text_config" in config:
         config = {"model_type": "gemma3_text", **config["text_config"]}
     elif is_vision_language_config(config):  # its language model; the vision tower is counted apart
-        config = {**config["text_config"]}
+        config = _language_model_config(config)
     model_type = config.get("model_type")
     if model_type in _REMOTE_EQUIVALENTS:
         native_type, equivalent = _REMOTE_EQUIVALENTS[model_type]
@@ -235,18 +235,41 @@ def _parameter_counts(key: str) -> tuple[tuple[str, int], ...]:
 
 def is_vision_language_config(config: dict) -> bool:
     """Whether a config.json dict is a vision-language model's: a vision tower beside a language model."""
-    return "vision_config" in config and "text_config" in config
+    return "vision_config" in config
+
+
+def _full_config(config: dict):
+    from transformers import AutoConfig
+
+    fields = {k: v for k, v in config.items() if k not in {"model_type", "auto_map", "architectures"}}
+    return AutoConfig.for_model(config["model_type"], **fields)
+
+
+# Language models of vision-language families that transformers builds only inside the whole model, as the
+# causal LM with the same weight shapes (their multimodal RoPE holds no weights).
+_LANGUAGE_EQUIVALENTS = {"qwen2_vl_text": "qwen2", "qwen2_5_vl_text": "qwen2", "qwen3_vl_text": "qwen3"}
+
+
+def _language_model_config(config: dict) -> dict:
+    """A vision-language config's language model as a config.json dict of its own (nested under text_config, or
+    at the top level as older Qwen-VL configs have it)."""
+    text = _full_config(config).get_text_config().to_dict()
+    if "tie_word_embeddings" in config:  # the whole model's choice is its language model's
+        text["tie_word_embeddings"] = config["tie_word_embeddings"]
+    dropped = {"architectures", "transformers_version", "_name_or_path"}
+    if text["model_type"] in _LANGUAGE_EQUIVALENTS:
+        text["model_type"] = _LANGUAGE_EQUIVALENTS[text["model_type"]]
+        dropped |= {"rope_parameters", "rope_scaling", "layer_types"}
+    return {k: v for k, v in text.items() if k not in dropped}
 
 
 @functools.lru_cache(maxsize=16)
 def _vision_parameters(key: str) -> int:
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
-    config = json.loads(key)
-    fields = {k: v for k, v in config.items() if k not in {"model_type", "auto_map", "architectures"}}
     with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(AutoConfig.for_model(config["model_type"], **fields))
+        model = AutoModelForImageTextToText.from_config(_full_config(json.loads(key)))
     language = model.get_decoder()
     output = model.get_output_embeddings()
     outside = {id(p) for p in language.parameters()} | ({id(output.weight)} if output is not None else set())

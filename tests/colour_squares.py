@@ -15,7 +15,7 @@ def square(colour: str, size: int = 32, seed: int = 0) -> Image.Image:
     """A square of `colour` at a random place on grey, its shade varied a little."""
     rng = random.Random(seed)
     image = Image.new("RGB", (size, size), (128, 128, 128))
-    side = rng.randint(size // 2, size - 4)
+    side = rng.randint(size * 3 // 4, size - 2)
     left, top = rng.randint(0, size - side), rng.randint(0, size - side)
     shade = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in COLOURS[colour])
     image.paste(shade, (left, top, left + side, top + side))

@@ -32,6 +32,8 @@ def report_table(report: DataReport):
     table.add_row("train examples", str(report.train_records))
     table.add_row("validation examples", str(report.val_records))
     table.add_row("train tokens", str(report.train_tokens))
+    if report.images:
+        table.add_row("images / image tokens in train examples", f"{report.images} / {report.media_tokens}")
     table.add_row("tokens per example p50 / p95 / max", f"{report.tokens_p50} / {report.tokens_p95} / {report.max_len}")
     contamination = report.contamination
     for name, counts in contamination.items():

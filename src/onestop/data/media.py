@@ -19,8 +19,6 @@ same processor that widened their placeholders. An example whose image tokens wo
 `data.max_seq_len` is never cut through them: it stops, or is dropped and counted with `data.on_error=skip`.
 """
 
-# Lazy imports: PIL, torch (inside the functions that need them).
-
 import base64
 import binascii
 import difflib
@@ -29,6 +27,8 @@ import json
 import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+from PIL import Image, UnidentifiedImageError
 
 from onestop.core.errors import OnestopError
 from onestop.data.batching import pad_batch
@@ -141,8 +141,6 @@ def resolve_image(ref: str, base: Path) -> str:
 
 def open_image(ref: str):
     """The image `ref` names (absolute path or data: URL) as an RGB Pillow image; MediaError when it cannot be."""
-    from PIL import Image, UnidentifiedImageError
-
     if ref.startswith(("http://", "https://")):
         raise MediaError(ref, "http image", f"{ref}: http(s) images are not downloaded; save them beside the data file")
     if ref.startswith("data:"):

@@ -145,3 +145,16 @@ def test_data_prepare_stops_in_one_line_on_a_missing_image(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.jsonl:1: images[0]:" in lines[0] and "no such image file" in lines[0]
+
+
+def test_sharegpt_reads_llama_factorys_images_too(processor, tmp_path):
+    square("green").save(tmp_path / "green.png")
+    record = {
+        "conversations": [{"from": "human", "value": "<image>Colour?"}, {"from": "gpt", "value": "green"}],
+        "images": ["green.png"],
+    }
+    path = write(tmp_path / "train.jsonl", [record])
+    cfg = compose("model=tiny_vl", "data=sharegpt", f"data.path={path}", "data.val_ratio=0", "data.cache=false")
+    data = prepare(cfg.data, processor, seed=0)
+    assert (data.report.images, data.report.media_tokens) == (1, IMAGE_TOKENS)
+    assert row_images(data.train[0]) == [str(tmp_path / "green.png")]

@@ -23,7 +23,7 @@ def test_every_group_option_composes_and_resolves(group, option, tmp_path):
         cfg = compose_config("eval", [f"eval={option}", "eval.path=suite.jsonl", f"hydra.run.dir={tmp_path}"])
         resolved = job_config(cfg)
         assert resolved["eval"]["name"] == option and resolved["output_dir"] == str(tmp_path)
-        assert resolved["eval"]["kind"] in {"public", "mcq", "qa", "ppl", "tools", "agent", "classify"}
+        assert resolved["eval"]["kind"] in {"public", "mcq", "qa", "ppl", "tools", "agent", "classify", "rm"}
         return
     if group == "deploy":
         resolved = job_config(compose_config("deploy", [f"deploy={option}", f"hydra.run.dir={tmp_path}"]))

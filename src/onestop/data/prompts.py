@@ -107,14 +107,8 @@ class PromptDataModule(L.LightningDataModule):
             self.sampler.resume_at = self.resume_at
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        self.sampler = ResumableSampler(
-            len(self.train_set),
-            self.cfg.batch_size,
-            self.seed,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-            resume_at=self.resume_at,
+        self.sampler = ResumableSampler.for_trainer(
+            len(self.train_set), self.cfg.batch_size, self.seed, self.trainer, self.resume_at
         )
         return DataLoader(
             self.train_set,

@@ -17,6 +17,12 @@ class ResumableSampler(Sampler[int]):
         self.epoch = 0
         self.resume_at = resume_at
 
+    @classmethod
+    def for_trainer(cls, size: int, batch_size: int, seed: int, trainer, resume_at=None) -> "ResumableSampler":
+        """The sampler of this process's rank of `trainer` (rank 0 of 1 without one)."""
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return cls(size, batch_size, seed, rank=rank, world_size=world_size, resume_at=resume_at)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

@@ -175,14 +175,8 @@ class SFTDataModule(L.LightningDataModule):
                 self.stream.skip_blocks = self.resume_at[1] * self.cfg.batch_size
             return self._loader(self.stream)
 
-        trainer = self.trainer
-        self.sampler = ResumableSampler(
-            len(self.train_set),
-            self.cfg.batch_size,
-            self.seed,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-            resume_at=self.resume_at,
+        self.sampler = ResumableSampler.for_trainer(
+            len(self.train_set), self.cfg.batch_size, self.seed, self.trainer, self.resume_at
         )
         return self._loader(
             self.train_set,

@@ -638,7 +638,7 @@ class DeployBackendConfig:
     """lmdeploy: weight format when not plain hf weights, e.g. awq."""
     env_dir: str | None = None
     """lmdeploy, vllm: its isolated environment; default $ONESTOP_HOME/envs/BACKEND (made by invoke deploy.setup)."""
-    kv_cache_gib: float | None = None
+    kv_cache_gib: int | None = None
     """vllm on a CPU: GiB of memory for the KV cache (VLLM_CPU_KVCACHE_SPACE); None keeps vLLM's default."""
     wheels: str | None = None
     """lmdeploy: install it offline from this folder of wheels (invoke bench.gpu.wheels fills one), over this

@@ -285,10 +285,13 @@ def gateway_limits(cfg: DictConfig, backend: str) -> dict:
 
 
 def context_length(model_dir: Path, backend: str, deploy: DictConfig) -> int | None:
-    """The most tokens a request may fill, prompt and answer together: LMDeploy's or vLLM's session_len, else the
-    model's positions (config.json; a multimodal model's text_config); None when the model does not say."""
-    if backend in ("lmdeploy", "vllm"):
+    """The most tokens a request may fill, prompt and answer together: LMDeploy's session_len, vLLM's
+    max_model_len, else the model's positions (config.json; a multimodal model's text_config); None when the
+    model does not say."""
+    if backend == "lmdeploy":
         return deploy.session_len
+    if backend == "vllm":
+        return vllm.max_model_len(model_dir, deploy.session_len)
     config_file = Path(model_dir) / "config.json"
     if not config_file.is_file():
         return None

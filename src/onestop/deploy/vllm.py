@@ -134,6 +134,16 @@ def write_chat_template(tokenizer_dir: Path, target_dir: Path) -> Path:
     return target
 
 
+def max_model_len(model_dir: Path, session_len: int) -> int:
+    """`session_len`, or fewer where the model has fewer positions (vLLM refuses a longer --max-model-len)."""
+    config_file = Path(model_dir) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    for node in (config, config.get("text_config") or {}):
+        if isinstance(node.get("max_position_embeddings"), int):
+            return min(session_len, node["max_position_embeddings"])
+    return session_len
+
+
 def weights_dtype(model_dir: Path, dtype: str) -> str:
     """`dtype`, where auto means the dtype the weights were saved in (vLLM's own auto casts float32 to 16 bits)."""
     config = Path(model_dir) / "config.json"
@@ -166,14 +176,16 @@ def vllm_command(
     python = str(env_dir(deploy) / "bin" / "python")
     command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--tokenizer", str(tokenizer_dir), "--chat-template", str(template)]
-    command += ["--max-model-len", str(deploy.session_len), "--dtype", weights_dtype(model_dir, deploy.dtype)]
+    command += ["--max-model-len", str(max_model_len(model_dir, deploy.session_len))]
+    command += ["--dtype", weights_dtype(model_dir, deploy.dtype)]
     command += ["--generation-config", "auto"]
     command += ["--served-model-name", f"{served_name}-base" if adapter is not None else served_name]
     if adapter is not None:
         command += ["--enable-lora", "--lora-modules", f"{served_name}={adapter}"]
         command += ["--max-lora-rank", str(lora_rank_limit(adapter))]
-    if tool_parser:
+    if tool_parser:  # tool_choice=none: the tools are left out of the prompt, as the other backends do
         command += ["--enable-auto-tool-choice", "--tool-call-parser", tool_parser]
+        command.append("--exclude-tools-when-tool-choice-none")
     if reasoning:
         command += ["--reasoning-parser", reasoning]
     return command
@@ -183,5 +195,5 @@ def vllm_env(deploy: DictConfig) -> dict[str, str]:
     """Variables for the vLLM process: offline, no usage report, the CPU build's KV-cache size."""
     env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if deploy.get("kv_cache_gib"):
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(deploy.kv_cache_gib)
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(deploy.kv_cache_gib)  # whole GiB: vLLM reads an int
     return env

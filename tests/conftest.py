@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from colour_squares import write_colour_set
 
 from onestop.config.compose import compose as compose_config
 from onestop.core.paths import PROJECT_ROOT
@@ -214,3 +215,26 @@ def tool_deployment(tool_run, tmp_path_factory):
     finally:
         with own_home():
             stop(deployment.name)
+
+
+# The tiny vision-language LoRA run on generated colour squares (tests/colour_squares.py), shared by the
+# training and serving tests: one training per session.
+VL_RUN = ["model=tiny_vl", "hardware=cpu", "logger=none", "data=messages", "data.batch_size=6", "data.val_ratio=0.125"]
+
+
+@pytest.fixture(scope="session")
+def colour_set(tmp_path_factory) -> Path:
+    return write_colour_set(tmp_path_factory.mktemp("colours"), 48)
+
+
+@pytest.fixture(scope="session")
+def vl_lora_run(colour_set, tmp_path_factory) -> Path:
+    """`invoke train` of a LoRA adapter on the colour squares: it names the colour of squares it never saw."""
+    run_dir = tmp_path_factory.mktemp("vl") / "run"
+    result = run_invoke(
+        "train", *VL_RUN, f"data.path={colour_set}", "method=lora", "optim.lr=1e-2", "trainer.max_steps=40",
+        "trainer.max_epochs=100", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "padding-free batches: off, model=tiny_vl (llava) reads images" in result.stdout
+    return run_dir

@@ -1,13 +1,14 @@
 """Fine-tuning the tiny vision-language model through `invoke train` on a generated image task (the colour of a
 square -> its name): the loss falls, the saved adapter answers from the image, the run keeps its processor, and
-the prompt a server builds for an image is the training example's own tokens. One shared LoRA run."""
+the prompt a server builds for an image is the training example's own tokens. One LoRA run, shared with the
+serving tests (tests/conftest.py)."""
 
 import json
 
 import pytest
 import torch
 from colour_squares import COLOURS, QUESTIONS, square, write_colour_set
-from conftest import compose, run_invoke
+from conftest import VL_RUN, compose
 from peft import PeftModel
 from transformers import AutoProcessor
 
@@ -19,24 +20,17 @@ from onestop.models import load_causal_lm, load_processor
 from onestop.models.processor import text_tokenizer
 from onestop.training.train import train
 
-RUN = ["model=tiny_vl", "hardware=cpu", "logger=none", "data=messages", "data.batch_size=6", "data.val_ratio=0.125"]
+RUN = VL_RUN
 
 
 @pytest.fixture(scope="module")
-def colours(tmp_path_factory):
-    return write_colour_set(tmp_path_factory.mktemp("colours"), 48)
+def colours(colour_set):
+    return colour_set
 
 
 @pytest.fixture(scope="module")
-def lora_run(colours, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("vl") / "run"
-    result = run_invoke(
-        "train", *RUN, f"data.path={colours}", "method=lora", "optim.lr=1e-2", "trainer.max_steps=40",
-        "trainer.max_epochs=100", f"hydra.run.dir={run_dir}",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "padding-free batches: off, model=tiny_vl (llava) reads images" in result.stdout
-    return run_dir
+def lora_run(vl_lora_run):
+    return vl_lora_run
 
 
 def ask(processor, image, question="What colour is the square?"):

@@ -31,6 +31,7 @@ LIMITS = {
     "max_concurrent_requests": 8,
     "max_queued_requests": 64,
     "request_timeout_s": 300.0,
+    "max_images_per_request": 4,
 }
 
 

@@ -681,6 +681,9 @@ class DeployConfig:
     request_timeout_s: float = 300.0
     """Longest a request may take, queueing included: then 504 (an error event when streamed), and the
     backend's request is closed."""
+    max_images_per_request: int = 4
+    """Images one chat request may carry (400 beyond); each costs the vision tower's time and its image
+    tokens. A model that reads no images refuses any, whatever this says."""
 
 
 @dataclass

@@ -50,7 +50,14 @@ def export_fingerprint(run: RunDir, export_format: str = "merged", trained: str 
     if export_format != "merged" or not run.weights().is_adapter:
         return fingerprint
     base = json.dumps(model_identity(run.model_config()), sort_keys=True)
-    return hashlib.sha256(f"{fingerprint}\0{base}".encode()).hexdigest()
+    # a vision-language export carries its processor: one merged before it did is made again, never served
+    processor = "\0processor" if keeps_processor(run.weights().path) else ""
+    return hashlib.sha256(f"{fingerprint}\0{base}{processor}".encode()).hexdigest()
+
+
+def keeps_processor(weights_dir: Path) -> bool:
+    """Whether saved weights keep a vision-language processor beside their tokenizer (what reads their images)."""
+    return (Path(weights_dir) / "processor_config.json").is_file()
 
 
 def current_export(run: RunDir, export_format: str = "merged") -> bool:
@@ -81,7 +88,7 @@ def export_run(cfg: DictConfig) -> Path:
 def _export_merged(run: RunDir, weights: Weights, target: Path, dtype: str) -> Path:
     import torch
     from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
     trained = run.weights_fingerprint()  # before they are read: weights replaced meanwhile leave a stale export
     tokenizer = AutoTokenizer.from_pretrained(weights.path)
@@ -100,6 +107,8 @@ def _export_merged(run: RunDir, weights: Weights, target: Path, dtype: str) -> P
     with staged_directory(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if keeps_processor(weights.path):  # without it a server reads the model as text-only and drops images
+            AutoProcessor.from_pretrained(weights.path).save_pretrained(staging)
         record_source(staging, fingerprint, run_dir=str(run.path), weights=str(weights.path), dtype=dtype)
     return target
 

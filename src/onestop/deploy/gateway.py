@@ -74,6 +74,7 @@ class Limits:
     max_concurrent_requests: int
     max_queued_requests: int
     request_timeout_s: float
+    max_images_per_request: int = 4
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class GatewayState:
     started: float
     tool_calls: bool = False
     """Whether the deployment returns tool calls (otherwise `tools` are refused)."""
+    reads_images: bool = False
+    """Whether the served model reads image parts (otherwise they are refused with a 400, never dropped)."""
     tool_format: str | None = None
     """The family whose replies the gateway reads (with transformers serve, which hands them back whole)."""
     tokenizer_dir: str | None = None
@@ -152,7 +155,9 @@ class Gateway:
         self.prepared = Prepared(state)
 
     def policy(self, kind: str) -> Policy:
-        return Policy(self.state.model, self.tools, self.state.limits.max_tokens_limit, self.prepared.fields.get(kind))
+        limits = self.state.limits
+        return Policy(self.state.model, self.tools, limits.max_tokens_limit, self.prepared.fields.get(kind),
+                      self.state.reads_images, limits.max_images_per_request)  # fmt: skip
 
     def authorised(self, request: Request) -> bool:
         # Constant-time: how long a wrong key takes to refuse must not tell how much of it was right.

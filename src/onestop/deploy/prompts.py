@@ -47,13 +47,16 @@ class PromptMeter:
 
 
 def _as_backend_reads(message: dict) -> dict:
-    """A message as `transformers serve` hands it to the chat template: text parts joined with spaces,
-    tool-call arguments as objects, content dropped beside tool calls."""
+    """A message as `transformers serve` hands it to the chat template: text parts joined with spaces (kept
+    as parts beside an image), tool-call arguments as objects, content dropped beside tool calls."""
     shown = {"role": message["role"]}
     content, calls = message.get("content"), message.get("tool_calls")
     if calls:
         shown["tool_calls"] = [_arguments_parsed(call) for call in calls]
         content = ""
+    elif isinstance(content, list) and any(part["type"] == "image_url" for part in content):
+        # a vision-language model's processor renders the parts; each image counts here as its placeholder
+        content = [{"type": "image"} if part["type"] == "image_url" else part for part in content]
     elif isinstance(content, list):
         content = " ".join(part["text"] for part in content)
     shown["content"] = content or ""

@@ -9,6 +9,7 @@ understands (a stop string as a list, `tool_choice` done by the gateway where th
 import json
 from dataclasses import dataclass
 
+from onestop.data.media import MediaError, open_image
 from onestop.deploy.prompts import PromptMeter
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -43,6 +44,11 @@ class Policy:
     """The most max_tokens a request may ask for."""
     known_fields: frozenset | None = None
     """When given, the only top-level fields the backend accepts."""
+    reads_images: bool = False
+    """The served model reads images (a vision-language model served with its processor); otherwise an image
+    part is refused, never dropped."""
+    max_images: int | None = None
+    """The most images one request may carry."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,14 @@ class GenerationRequest:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise RequestError(400, "`messages` is required: a non-empty list of {role, content} objects")
-            for index, message in enumerate(messages):
-                _check_message(message, f"messages[{index}]")
+            images = sum(
+                _check_message(message, f"messages[{index}]", policy) for index, message in enumerate(messages)
+            )
+            if policy.max_images is not None and images > policy.max_images:
+                raise RequestError(
+                    400, f"{images} images in the request; this deployment takes at most {policy.max_images} "
+                    "(max_images_per_request)"
+                )  # fmt: skip
         else:
             prompt = body.get("prompt")
             if not (isinstance(prompt, str) and prompt) and not (
@@ -123,7 +135,8 @@ def _check_model(model, served_name: str) -> None:
         )
 
 
-def _check_message(message, where: str) -> None:
+def _check_message(message, where: str, policy: Policy) -> int:
+    """Checks one chat message; returns how many images it carries."""
     if not isinstance(message, dict):
         raise RequestError(400, f"{where}: expected an object with role system|user|assistant|tool")
     role = message.get("role")
@@ -138,18 +151,50 @@ def _check_message(message, where: str) -> None:
     content = message.get("content")
     if content is None:
         if role == "assistant" and calls:
-            return
+            return 0
         raise RequestError(400, f"{where}.content: required (null only beside an assistant's tool_calls)")
+    images = 0
     if isinstance(content, list):
         for part_index, part in enumerate(content):
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise RequestError(
-                    400, f"{where}.content[{part_index}]: expected {{type: text, text: string}} (this model reads text)"
-                )
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                _check_image(part, f"{where}.content[{part_index}]", role, policy)
+                images += 1
+            elif not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                expected = "{type: text, text} or {type: image_url, image_url: {url}}" if policy.reads_images else (
+                    "{type: text, text: string} (this model reads text)"
+                )  # fmt: skip
+                raise RequestError(400, f"{where}.content[{part_index}]: expected {expected}")
     elif not isinstance(content, str):
         raise RequestError(
             400, f"{where}.content: expected a string or a list of text parts, got {type(content).__name__}"
         )
+    return images
+
+
+def _check_image(part: dict, where: str, role: str, policy: Policy) -> None:
+    """An image part the model will see: a `data:` URL holding a readable image, in a user message. The gateway
+    reads no files and fetches nothing: a path or file:// URL would let a client read any file the server can."""
+    if not policy.reads_images:
+        raise RequestError(
+            400, f"{where}: this model does not read images (a text model); send text parts only, or serve a "
+            "vision-language run"
+        )  # fmt: skip
+    if role != "user":
+        raise RequestError(400, f"{where}: images may only be in user messages (as in training)")
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else None
+    if not isinstance(url, str) or not url:
+        raise RequestError(400, f"{where}: expected {{type: image_url, image_url: {{url: data:image/...;base64,...}}}}")
+    if not url.startswith("data:"):
+        kind = "http(s) URLs are not fetched" if url.startswith(("http://", "https://")) else "files are not read"
+        raise RequestError(
+            400, f"{where}: {kind} by this server; send the image inline as data:image/png;base64,... "
+            f"(got {_shown(url)})"
+        )  # fmt: skip
+    try:
+        open_image(url)
+    except MediaError as err:
+        raise RequestError(400, f"{where}: {err.detail}") from None
 
 
 def _check_generation(body: dict, max_tokens_limit: int | None) -> None:

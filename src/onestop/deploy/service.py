@@ -166,6 +166,12 @@ def whole_reply_copy(model_dir: Path, format_: ToolFormat, name: str) -> Path:
     return serving
 
 
+def reads_images(model_dir: Path) -> bool:
+    """Whether the served directory keeps an image processor, so that its server turns image parts into the
+    model's inputs (a vision-language run's merged export or model/ does; a text model's has none)."""
+    return any((Path(model_dir) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
+
+
 def parses_tool_calls(model_dir: Path) -> bool:
     """Whether `transformers serve` returns tool calls for this directory: its tokenizer has a response template."""
     config = Path(model_dir) / "tokenizer_config.json"
@@ -223,6 +229,7 @@ def start(cfg: DictConfig) -> Deployment:
         "model_dir": str(model_dir),
         "adapter": str(adapter) if adapter else None,
         "tool_calls": tool_calls,
+        "reads_images": reads_images(Path(adapter or model_dir)),
         "tool_format": format_.name if format_ is not None and backend == "transformers" else None,
         "tokenizer_dir": str(adapter or model_dir),
         "context_length": context_length(model_dir, backend, cfg.deploy),
@@ -275,11 +282,12 @@ def gateway_limits(cfg: DictConfig, backend: str) -> dict:
         "max_concurrent_requests": cfg.max_concurrent_requests or {"lmdeploy": 64, "vllm": 64}.get(backend, 8),
         "max_queued_requests": cfg.max_queued_requests,
         "request_timeout_s": cfg.request_timeout_s,
+        "max_images_per_request": cfg.max_images_per_request,
     }
     for key, value in limits.items():
-        if key == "max_queued_requests" and value < 0:
-            raise OnestopError(f"{key}={value}: must be 0 (no queue) or more")
-        if key != "max_queued_requests" and value <= 0:
+        if key in ("max_queued_requests", "max_images_per_request") and value < 0:
+            raise OnestopError(f"{key}={value}: must be 0 or more")
+        if key not in ("max_queued_requests", "max_images_per_request") and value <= 0:
             raise OnestopError(f"{key}={value}: must be positive")
     return limits
 

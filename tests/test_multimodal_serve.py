@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from colour_squares import COLOURS, square, write_colour_set
-from conftest import VL_RUN, compose
+from conftest import ASSETS, VL_RUN, compose
 from fastapi.testclient import TestClient
 from openai import BadRequestError, OpenAI
 from transformers import AutoProcessor
@@ -21,7 +21,8 @@ from transformers.cli.serving.utils import Modality
 from onestop.config.compose import compose as compose_config
 from onestop.data.prepare import prepare
 from onestop.deploy.gateway import GatewayState, Limits, build_app
-from onestop.deploy.requests import GenerationRequest, Policy, RequestError
+from onestop.deploy.prompts import PromptMeter
+from onestop.deploy.requests import GenerationRequest, Policy, RequestError, fit_context
 from onestop.deploy.service import serving
 from onestop.models import load_processor
 
@@ -113,3 +114,16 @@ def test_a_text_model_refuses_an_image_in_one_line():
     assistant = {"role": "assistant", "content": asking(square("red"))[0]["content"]}
     with pytest.raises(RequestError, match="images may only be in user messages"):
         GenerationRequest.parse("chat", {"messages": [assistant]}, Policy("m", reads_images=True, max_images=4))
+
+
+def test_the_context_check_counts_each_images_tokens():
+    meter = PromptMeter.load(str(ASSETS / "tiny-llava"), 2048)
+    body = {"messages": asking(square("red")) * 3, "max_tokens": 4}
+    images = meter.image_tokens(body)
+    assert images == 3 * (4 - 1)  # tiny_vl: 4 tokens an image, one of them its placeholder
+    text = meter.count(meter.prompts("chat", body)[0], 2048)
+    meter.context_length = text + images + 4
+    assert fit_context(meter, "chat", body, 64) == body
+    meter.context_length -= 1
+    with pytest.raises(RequestError, match=f"{text + images} in the prompt"):
+        fit_context(meter, "chat", body, 64)

@@ -405,11 +405,12 @@ def fit_context(meter: PromptMeter | None, kind: str, body: dict, max_tokens_lim
     except Exception as err:  # noqa: BLE001 - a chat template raises whatever its author chose
         raise RequestError(400, f"`messages`: the model's chat template refused them: {err}") from None
     room = asked or max_tokens_limit
+    images = meter.image_tokens(body) if kind == "chat" else 0
     longest = 0
     for text in texts:
-        if len(text.encode()) + room < context:
+        if not images and len(text.encode()) + room < context:
             continue  # every token covers at least one byte (the sentencepiece space aside): no need to count
-        tokens = meter.count(text, context, special=kind != "chat")
+        tokens = meter.count(text, context, special=kind != "chat") + images
         if tokens + (asked or 1) > context:
             what = f"{tokens} in the prompt" + (f" + {asked} in max_tokens" if asked else "")
             raise RequestError(

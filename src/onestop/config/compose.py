@@ -178,7 +178,7 @@ CHOICES = {
     "stage": ("sft", "pretrain", "dpo", "kto", "orpo", "simpo", "rm", "grpo"),
     "dpo.loss_type": ("sigmoid", "ipo", "hinge"),
     "rl.loss_type": ("grpo", "dapo", "dr_grpo"),
-    "format": ("merged", "adapter"),
+    "format": ("merged", "adapter", "gguf"),
     "sweep.direction": ("minimize", "maximize"),
     # lightning.Trainer's precision values (its _PRECISION_INPUT), and onestop's own auto
     "hardware.precision": (

@@ -601,15 +601,24 @@ class QAConfig:
 
 
 @dataclass
+class GgufExportConfig:
+    outtype: str = "q8_0"
+    """Tensor type of the GGUF: f32, f16, bf16 or q8_0 (half f16's size, close to its answers; llama.cpp's
+    converter writes these), or q4_0, q4_k_m, q5_k_m, q6_k (smaller, further off; need llama-quantize)."""
+
+
+@dataclass
 class ExportConfig:
     run_dir: str = MISSING
     """The training run to export."""
     format: str = "merged"
-    """merged: adapter folded into the base, a plain transformers model; adapter: the PEFT adapter alone."""
+    """merged: adapter folded into the base, a plain transformers model; adapter: the PEFT adapter alone;
+    gguf: the merged model as one GGUF file for llama.cpp / Ollama, with an Ollama Modelfile."""
     output: str | None = None
-    """Target directory; default RUN_DIR/export-merged or RUN_DIR/export-adapter."""
+    """Target directory; default RUN_DIR/export-merged, RUN_DIR/export-adapter or RUN_DIR/export-gguf."""
     dtype: str = "float32"
-    """Weights dtype of a merged export (float32, bfloat16, float16)."""
+    """Weights dtype of a merged export (float32, bfloat16, float16); a GGUF is converted from it."""
+    gguf: GgufExportConfig = field(default_factory=GgufExportConfig)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from onestop.core.errors import OnestopError
 from onestop.core.files import staged_directory
 from onestop.core.rundir import RunDir, Weights, made_from, record_source
 from onestop.data.tokenize import IGNORE_INDEX, tokenize_conversation
+from onestop.deploy.gguf import check_outtype, current_gguf, gguf_fingerprint, write_gguf
 from onestop.models import load_causal_lm, resolve_model_path
 from onestop.models.loading import model_identity
 from onestop.models.reward import refuse_reward_model
@@ -69,7 +70,7 @@ def current_export(run: RunDir, export_format: str = "merged") -> bool:
 
 
 def export_run(cfg: DictConfig) -> Path:
-    """The run as `cfg.format` (merged or adapter) in `cfg.output`, by default RUN/export-FORMAT."""
+    """The run as `cfg.format` (merged, adapter or gguf) in `cfg.output`, by default RUN/export-FORMAT."""
     run = RunDir.existing(cfg.run_dir)
     refuse_reward_model(run, "exported as a language model")
     target = Path(cfg.output) if cfg.output else run.export_dir(cfg.format)
@@ -82,7 +83,24 @@ def export_run(cfg: DictConfig) -> Path:
             shutil.copytree(weights.path, staging, dirs_exist_ok=True)
             record_source(staging, fingerprint, run_dir=str(run.path), weights=str(weights.path))
         return target
+    if cfg.format == "gguf":
+        return _export_gguf(run, weights, target, cfg)
     return _export_merged(run, weights, target, cfg.dtype)
+
+
+def _export_gguf(run: RunDir, weights: Weights, target: Path, cfg: DictConfig) -> Path:
+    """RUN/export-merged (made first unless current) converted to GGUF; a current GGUF is kept as it is."""
+    fingerprint = gguf_fingerprint(export_fingerprint(run), cfg.gguf.outtype)
+    if current_gguf(target, fingerprint):
+        print(f"GGUF up to date with the run's weights (reused): {target}", flush=True)
+        return target
+    check_outtype(cfg.gguf.outtype)  # before minutes of merging
+    merged = run.export_dir("merged")
+    if not current_export(run):
+        _export_merged(run, weights, merged, cfg.dtype)
+    model = run.model_config()
+    return write_gguf(merged, target, cfg.gguf.outtype, fingerprint, model.name, model.template_family,
+                      run_dir=str(run.path))  # fmt: skip
 
 
 def _export_merged(run: RunDir, weights: Weights, target: Path, dtype: str) -> Path:

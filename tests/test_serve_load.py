@@ -7,6 +7,8 @@ until the test lets them go: what they assert is ordering and slot accounting, n
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,7 @@ from onestop.deploy.gateway import build_app
 from onestop.deploy.loadtest import malformed_requests, run_load
 from onestop.deploy.prompts import PromptMeter
 from onestop.deploy.requests import RequestError, fit_context, parse_body, validate
-from onestop.deploy.service import gateway_limits, start
+from onestop.deploy.service import gateway_limits, start, wait_until_healthy
 
 LIMITS = {
     "max_request_bytes": 4 << 20,
@@ -332,3 +334,29 @@ def test_a_port_already_in_use_is_refused_before_any_model_loads(tmp_path, monke
         with pytest.raises(OnestopError, match=rf"config key 'port': 127.0.0.1:{port} cannot be bound"):
             start(cfg)
     assert not (tmp_path / "deploy" / "busy.json").exists()
+
+
+def test_a_backend_that_dies_while_starting_ends_the_deployment_at_once_with_its_last_lines(tmp_path):
+    """Not a wait of startup_timeout: the gateway ends with its backend and `invoke deploy` shows why."""
+    backend_log = tmp_path / "backend.log"
+    port = free_port()
+    state = {
+        "model": "demo", "backend_model": "backend", "backend": "transformers", "backend_port": free_port(),
+        "tool_calls": False, "started": time.time(), "tokenizer_dir": str(ASSETS / "tiny-qwen2"),
+        "context_length": 2048, "limits": LIMITS, "host": "127.0.0.1", "port": port,
+        "backend_log": str(backend_log),
+        "backend_command": [sys.executable, "-c", "print('CUDA out of memory while loading'); raise SystemExit(7)"],
+    }  # fmt: skip
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps(state))
+    log = tmp_path / "gateway.log"
+    with open(log, "ab") as handle:
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "onestop.deploy.gateway", str(state_file)], stdout=handle, stderr=subprocess.STDOUT
+        )
+    started = time.monotonic()
+    with pytest.raises(OnestopError) as error:
+        wait_until_healthy(f"http://127.0.0.1:{port}", gateway, 600, log)
+    assert time.monotonic() - started < 120  # the gateway's own start, not startup_timeout's 600 s
+    assert gateway.returncode == 3
+    assert "the backend exited with status 7: CUDA out of memory while loading" in str(error.value)

@@ -385,7 +385,10 @@ def main(state_file: str) -> None:
     log = open(state["backend_log"], "ab")  # noqa: SIM115 - open for the backend's whole life
     backend = subprocess.Popen(state["backend_command"], stdout=log, stderr=subprocess.STDOUT, env=backend_env(state))
 
+    stopping = threading.Event()
+
     def stop_backend(*_):
+        stopping.set()
         if backend.poll() is None:
             backend.terminate()
             try:
@@ -395,6 +398,7 @@ def main(state_file: str) -> None:
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop_backend)
+    threading.Thread(target=exit_with_backend, args=(backend, state["backend_log"], stopping), daemon=True).start()
     try:
         # clients drop idle connections after about 5 s (httpx, the openai SDK); the server waiting longer
         # spares them reusing a connection the moment it closes, which fails the request
@@ -402,6 +406,17 @@ def main(state_file: str) -> None:
         uvicorn.run(app, host=state["host"], port=state["port"], log_level="warning", timeout_keep_alive=75)
     finally:
         stop_backend()
+
+
+def exit_with_backend(backend: subprocess.Popen, backend_log: str, stopping: threading.Event) -> None:
+    """End the gateway when its backend ends unasked (a failed start, a crash): `invoke deploy` then reports the
+    backend's last lines at once instead of waiting out startup_timeout, and the status shows it stopped."""
+    status = backend.wait()
+    if stopping.is_set():
+        return
+    tail = " ".join(Path(backend_log).read_text(errors="replace")[-1000:].split())
+    print(f"the backend exited with status {status}: {tail}", file=sys.stderr, flush=True)
+    os._exit(3)
 
 
 def backend_env(state: dict) -> dict:

@@ -5,8 +5,11 @@ recognise the tokenizer; the 262k vocabulary is most of its 17M parameters). Slo
 converter into the onestop cache, once per machine.
 """
 
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -129,3 +132,52 @@ def test_bad_requests_end_in_one_line_and_write_nothing(gemma_run, tmp_path, mon
     with pytest.raises(OnestopError, match=r"^export format=gguf of .*unknown: .*FooForCausalLM is not supported$"):
         write_gguf(unknown, target, "f16", "fingerprint", "foo", "gemma")
     assert not target.exists() and not list(tmp_path.glob(".out-*"))
+
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers."]
+# llama.cpp in its own process: in one with torch's thread pools it crashes
+LLAMA_CPP = """
+import json, sys
+import llama_cpp
+llm = llama_cpp.Llama(sys.argv[1], n_ctx=256, n_threads=2, verbose=False)
+for line in sys.stdin:
+    ids, n = json.loads(line)
+    llm.reset()
+    answered = []
+    for token in llm.generate(ids, temp=0.0, top_k=1):
+        answered.append(token)
+        if len(answered) == n or llm.token_is_eog(token) if hasattr(llm, "token_is_eog") else len(answered) == n:
+            break
+    print(json.dumps({"tokenized": llm.tokenize(llm.detokenize(ids, special=True), add_bos=False, special=True),
+                      "answered": answered}), flush=True)
+"""
+
+
+def test_the_gguf_answers_like_the_model_it_came_from(tmp_path):
+    """Gemma-3-270M as f16 GGUF, run by llama.cpp (llama-cpp-python, built from source; skipped without
+    it): llama.cpp tokenizes the chat prompt as transformers does, and its greedy answers begin with the same
+    tokens."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (docs/deploy.md: GGUF says how to build it)")
+    from transformers import AutoModelForCausalLM
+
+    gemma = embedded_gemma_dir()
+    target = write_gguf(gemma, tmp_path / "gguf", "f16", "fingerprint", "gemma3_270m", "gemma")
+    tokenizer = AutoTokenizer.from_pretrained(gemma)
+    model = AutoModelForCausalLM.from_pretrained(gemma, dtype=torch.float32)
+    prompts, expected = [], []
+    for prompt in PROMPTS:
+        chat = [{"role": "user", "content": prompt}]
+        ids = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"])
+        prompts.append(ids)
+        expected.append(model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids) :].tolist())
+    served = subprocess.run(
+        [sys.executable, "-c", LLAMA_CPP, str(gguf_file(target))],
+        input="".join(json.dumps([ids, len(want)]) + "\n" for ids, want in zip(prompts, expected, strict=True)),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert served.returncode == 0, served.stderr[-2000:]
+    for ids, want, line in zip(prompts, expected, served.stdout.splitlines(), strict=True):
+        got = json.loads(line)
+        assert got["tokenized"] == ids
+        assert got["answered"][:4] == want[:4], (tokenizer.decode(got["answered"]), tokenizer.decode(want))

@@ -602,9 +602,9 @@ class QAConfig:
 
 @dataclass
 class GgufExportConfig:
-    outtype: str = "q8_0"
-    """Tensor type of the GGUF: f32, f16, bf16 or q8_0 (half f16's size, close to its answers; llama.cpp's
-    converter writes these), or q4_0, q4_k_m, q5_k_m, q6_k (smaller, further off; need llama-quantize)."""
+    outtype: str = "f16"
+    """Tensor type of the GGUF: f16 (answers checked against transformers), f32, bf16 or q8_0 (half f16's
+    size; llama.cpp's converter writes these), or q4_0, q4_k_m, q5_k_m, q6_k (smaller; need llama-quantize)."""
 
 
 @dataclass

@@ -55,8 +55,14 @@ def export(run: Path, **gguf) -> Path:
     return export_run(OmegaConf.create(cfg))
 
 
-def test_gguf_holds_the_merged_weights_the_template_and_the_stop_tokens(gemma_run):
-    target = export(gemma_run, outtype="f16")
+@pytest.fixture(scope="module")
+def f16_export(gemma_run) -> Path:
+    """The run's f16 GGUF export, converted once for the module (about a minute: Gemma's 262k vocabulary)."""
+    return export(gemma_run, outtype="f16")
+
+
+def test_gguf_holds_the_merged_weights_the_template_and_the_stop_tokens(gemma_run, f16_export):
+    target = f16_export
     path = gguf_file(target)
     assert path.name == "gemma3_tiny-f16.gguf" and sorted(p.name for p in target.iterdir()) == sorted(
         [path.name, "Modelfile", "onestop-source.json"]
@@ -96,8 +102,8 @@ def test_gguf_holds_the_merged_weights_the_template_and_the_stop_tokens(gemma_ru
     assert source["outtype"] == "f16" and source["converter"].startswith("llama-cpp-python==")
 
 
-def test_a_current_gguf_is_reused_and_a_stale_one_made_again(gemma_run, capsys):
-    target = gemma_run / "export-gguf"  # the f16 export of the first test
+def test_a_current_gguf_is_reused_and_a_stale_one_made_again(gemma_run, f16_export, capsys):
+    target = f16_export
     fingerprint = made_from(target)
     capsys.readouterr()
     assert export(gemma_run, outtype="f16") == target and "reused" in capsys.readouterr().out

@@ -6,10 +6,13 @@ hardware lines ("GPU available: False") and advertising tip, lm-eval's hints. No
 anything about their run; ONESTOP_DEBUG=1 brings all of it back.
 """
 
+import contextlib
+import io
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 from onestop.core.environment import debugging
 
@@ -32,6 +35,7 @@ QUIET_LOGGERS = (
     "DeepSpeed",
     "deepspeed",
     "datasets",
+    "lm_eval",  # its modules log hints through loggers below this one: the level set here holds for them
     "httpx",
     "absl",
 )
@@ -62,3 +66,23 @@ def quiet_third_party() -> None:
 
 def _errors_only(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def library_output_dropped() -> Iterator[None]:
+    """Within the block, a library's own prints (lm-eval's "bootstrapping for stddev: bleu") are dropped, and in a
+    log (no terminal) its progress bars too, which it draws whatever TQDM_DISABLE says; lines that report an
+    error still reach stderr. ONESTOP_DEBUG=1 leaves both streams alone."""
+    if debugging():
+        yield
+        return
+    errors = io.StringIO()
+    keep_stderr = sys.stderr.isatty()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.nullcontext() if keep_stderr else contextlib.redirect_stderr(errors):
+                yield
+    finally:
+        reported = [line for line in errors.getvalue().splitlines() if "error" in line.lower()]
+        if reported:
+            print("\n".join(reported), file=sys.stderr, flush=True)

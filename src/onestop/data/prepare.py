@@ -38,7 +38,7 @@ from onestop.models.processor import reads_images, text_tokenizer
 # Bump when preparation changes what it writes, so older caches are not reused.
 PIPELINE_VERSION = 2
 # Keys that change batching or how fast preparation runs, not its result: changing them reuses the cache.
-BATCHING_KEYS = ("batch_size", "num_workers", "packing", "streaming", "num_proc")
+BATCHING_KEYS = ("batch_size", "num_workers", "packing", "padding_free", "streaming", "num_proc")
 # Examples tokenized per task: large enough that handing a chunk to a worker process costs little.
 TOKENIZE_CHUNK = 2000
 # Source format -> the data option that reads its curated records back (curated.jsonl).

@@ -29,6 +29,7 @@ from onestop.config.schema import EvalConfig, EvalSuiteConfig
 from onestop.core.errors import OnestopError
 from onestop.core.hub import hub_reachable
 from onestop.core.paths import CONF_DIR
+from onestop.core.quiet import library_output_dropped
 from onestop.core.rundir import RunDir, job_config, write_results_file
 from onestop.core.wandb_mode import wandb_mode
 from onestop.evaluation.classify import UNPARSED, chat_prompt, read_labelled, reply_label, resolve_labels, score_labels
@@ -176,6 +177,7 @@ def evaluate(cfg: DictConfig, lm=None, tokenizer=None, quiet: bool = False) -> E
     chat = bool(suite.chat_template or target.kind == "endpoint")
     started = time.perf_counter()
     with ExitStack() as stack:
+        stack.enter_context(library_output_dropped())
         model = None
         if lm is None and workers > 1:
             model = stack.enter_context(WorkerPool(cfg, target, workers, stop_strings))

@@ -8,6 +8,7 @@ loaded in 4-bit NF4 (see `onestop.models.loading.quantization_config`).
 # Lazy imports: peft (inside the functions that need them).
 
 import inspect
+import re
 from collections.abc import Mapping
 
 from onestop.core.errors import OnestopError
@@ -38,7 +39,9 @@ def apply_lora(
         target_modules=targets[0] if targets == ["all-linear"] else targets,
         use_dora=use_dora,
         use_rslora=use_rslora,
-        exclude_modules=VISION_TOWER_MODULES,
+        # only where there is a tower: the adapter's config keeps the pattern, and peft warns on loading an
+        # adapter whose pattern excluded nothing
+        exclude_modules=VISION_TOWER_MODULES if has_vision_tower(model) else None,
         # a reward model's score head (stage=rm) is new: peft trains and saves it whole beside the adapter
         task_type="SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM",
     )
@@ -46,6 +49,10 @@ def apply_lora(
         return get_peft_model(model, config)
     except ValueError as err:
         raise OnestopError(f"config key 'method.target_modules': {str(err).splitlines()[0]}") from None
+
+
+def has_vision_tower(model) -> bool:
+    return any(re.fullmatch(VISION_TOWER_MODULES, name) for name, _ in model.named_modules())
 
 
 def apply_qlora(model, quantization: dict, gradient_checkpointing: bool = True, **lora):

@@ -2,10 +2,9 @@
 
 import dataclasses
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from chat_endpoint import ChatEndpoint
 from conftest import ASSETS, compose, run_invoke
 from omegaconf import OmegaConf
 
@@ -186,29 +185,14 @@ def moderator():
     fireworks, safe otherwise; it records the texts it was shown."""
     shown = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            prompt = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"][0]["content"]
-            text = prompt.split("<text>")[1]
-            shown.append(text)
-            answer = "unsafe" if "detonator" in text else "it depends" if "fireworks" in text else "safe"
-            message = {"role": "assistant", "content": answer}
-            choice = {"index": 0, "finish_reason": "stop", "message": message}
-            reply = {"id": "x", "object": "chat.completion", "created": 0, "model": "judge", "choices": [choice]}
-            data = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def judge(body: dict) -> tuple[int, str]:
+        text = body["messages"][0]["content"].split("<text>")[1]
+        shown.append(text)
+        return 200, "unsafe" if "detonator" in text else "it depends" if "fireworks" in text else "safe"
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", shown
-    server.shutdown()
+    endpoint = ChatEndpoint(judge)
+    yield endpoint.base_url, shown
+    endpoint.close()
 
 
 def test_safety_asks_a_served_model_after_the_blocklist(moderator):

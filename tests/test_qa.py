@@ -5,10 +5,9 @@ A scripted OpenAI-compatible server pins down parsing, validation, dedup, retrie
 """
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from chat_endpoint import ChatEndpoint
 from conftest import ASSETS, run_invoke
 
 from onestop.config.compose import compose
@@ -30,40 +29,17 @@ Type `tool run` to start.
 """
 
 
-class ScriptedEndpoint:
+class ScriptedEndpoint(ChatEndpoint):
     """Replies from a script, one per request; counts what it was asked."""
 
     def __init__(self, script):
         self.script = list(script)
         self.prompts: list[str] = []
-        endpoint = self
+        super().__init__(self._next_reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                endpoint.prompts.append(body["messages"][0]["content"])
-                status, content = endpoint.script.pop(0) if endpoint.script else (200, "[]")
-                reply = {
-                    "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": content}}],
-                }  # fmt: skip
-                data = json.dumps(reply if status == 200 else {"error": {"message": "slow down"}}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
+    def _next_reply(self, body: dict) -> tuple[int, str]:
+        self.prompts.append(body["messages"][0]["content"])
+        return self.script.pop(0) if self.script else (200, "[]")
 
 
 def qa_cfg(tmp_path, base_url, *extra):
